@@ -1,0 +1,55 @@
+# Entry points of the multi-process QEMU test suite; see README.md.
+#
+#   make check        pytest suite (harness units against real QEMU)
+#   make functional   Avocado suite (TAGS=a,b  AVOCADO_ARGS='-p accel=tcg')
+#
+# Both install what they need on a Debian 12 host: Debian packages (as
+# root; otherwise the exact apt-get line is printed) and a venv in build/.
+
+PYTHON ?= python3
+BUILD := build
+VENV := $(BUILD)/venv
+VPY := $(VENV)/bin/python
+JOB_RESULTS := $(BUILD)/job-results
+TAGS ?=
+AVOCADO_ARGS ?=
+PYTEST_ARGS ?=
+
+# Debian packages the suite needs at run time.
+HOST_PACKAGES := qemu-system-x86 qemu-system-data seabios qemu-utils python3-venv
+
+# Each TAGS word becomes one -t: 'a,b' = both tags, 'a b' = either tag.
+TAG_ARGS := $(foreach t,$(TAGS),-t $(t))
+
+.PHONY: all check functional host-deps venv list clean distclean
+
+all: check
+
+host-deps:
+	@sh scripts/ensure-host-packages $(HOST_PACKAGES)
+
+# The venv is rebuilt only when the dependency declarations change.
+$(VENV)/.installed: setup.cfg setup.py
+	@$(MAKE) --no-print-directory host-deps
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+check: host-deps venv
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+functional: host-deps venv
+	mkdir -p $(JOB_RESULTS)
+	$(VENV)/bin/avocado --config tests/functional/avocado.conf run \
+	    --job-results-dir $(JOB_RESULTS) $(TAG_ARGS) $(AVOCADO_ARGS) tests/functional
+
+list: host-deps venv
+	$(VENV)/bin/avocado --config tests/functional/avocado.conf -V list $(TAG_ARGS) tests/functional
+
+clean:
+	rm -rf $(JOB_RESULTS) $(BUILD)/cache $(BUILD)/avocado
+
+distclean:
+	rm -rf $(BUILD)

@@ -1,0 +1,57 @@
+"""Test parameters shared by Avocado (``-p key=value``) and pytest/shells
+(environment variables).
+
+Each parameter has one lower-case Avocado name and one upper-case
+environment name; Avocado wins when both are given, so that
+``avocado run -p accel=tcg`` overrides a CI-wide ``ACCEL=kvm``.
+"""
+
+import os
+from typing import Callable, Optional
+
+from .errors import ParameterError
+
+ACCEL_CHOICES = ('auto', 'kvm', 'tcg')
+
+# name -> (default, help).  The defaults are what a fresh Debian 12 host
+# with the qemu-system-x86 package needs.
+PARAMETERS = {
+    'qemu_bin': ('qemu-system-x86_64',
+                 'QEMU system emulator to test (path or name on $PATH)'),
+    'accel': ('auto', 'accelerator: auto (KVM when usable, else TCG), kvm or tcg'),
+    'machine': ('pc', 'machine type of the proxy (guest-facing) QEMU'),
+    'memory_mb': ('256', 'guest RAM of the proxy, in MiB'),
+}
+
+
+def get(name: str, lookup: Optional[Callable[[str], Optional[str]]] = None) -> str:
+    """Value of parameter ``name``: ``lookup(name)`` (Avocado's params),
+    then ``$NAME``, then the default."""
+    if name not in PARAMETERS:
+        raise ParameterError(f"unknown parameter {name!r}; known: "
+                             f"{', '.join(sorted(PARAMETERS))}")
+    value = lookup(name) if lookup else None
+    if value is None or value == '':
+        value = os.environ.get(name.upper())
+    if value is None or value == '':
+        value = PARAMETERS[name][0]
+    return str(value)
+
+
+def get_accel(lookup=None) -> str:
+    accel = get('accel', lookup)
+    if accel not in ACCEL_CHOICES:
+        raise ParameterError(f"accel={accel!r} is not an accelerator this suite "
+                             f"knows; use one of {', '.join(ACCEL_CHOICES)}")
+    return accel
+
+
+def get_int(name: str, lookup=None, minimum: int = 1) -> int:
+    raw = get(name, lookup)
+    try:
+        value = int(raw, 0)
+    except ValueError:
+        raise ParameterError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ParameterError(f"{name}={value} is below the minimum {minimum}")
+    return value

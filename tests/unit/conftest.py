@@ -1,0 +1,50 @@
+"""Fixtures shared by the harness's own tests: they run real QEMU (the
+binary named by $QEMU_BIN, Debian's qemu-system-x86_64 by default)."""
+
+import os
+
+import pytest
+
+from harness import params
+from harness.qemu import binary as qemu_binary
+
+
+def pytest_report_header(config):
+    return f"QEMU under test: {params.get('qemu_bin')}"
+
+
+@pytest.fixture(scope='session')
+def caps():
+    return qemu_binary.probe(params.get('qemu_bin'))
+
+
+@pytest.fixture
+def disk(tmp_path):
+    path = tmp_path / 'disk.raw'
+    with open(path, 'wb') as f:
+        f.truncate(16 * 1024 * 1024)
+    return str(path)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f'/proc/{pid}/stat', encoding='utf-8') as f:
+            state = f.read().rsplit(')', 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != 'Z'
+
+
+def socket_inodes(pid: int) -> set:
+    """Inode numbers of the sockets process ``pid`` holds open."""
+    inodes = set()
+    fd_dir = f'/proc/{pid}/fd'
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except FileNotFoundError:
+            continue
+        if target.startswith('socket:['):
+            inodes.add(int(target[8:-1]))
+    return inodes
