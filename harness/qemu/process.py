@@ -1,0 +1,212 @@
+"""One QEMU process: launch, QMP, logs and a shutdown ladder.
+
+Modelled on python/qemu/machine's QEMUMachine, with what the multi-process
+tests need on top: the caller decides exactly which file descriptors the
+child inherits (a socket end passed to the wrong process keeps a dead peer
+alive), every wait has a deadline, and the child dies with the harness.
+
+Files in ``log_dir`` for a process called NAME:
+  NAME.log        its stdout and stderr, interleaved as written
+  NAME.cmdline    the exact command line, shell-quoted
+  qmp-NAME.log    every QMP command, reply and event, timestamped
+"""
+
+import logging
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from typing import List, Optional, Sequence
+
+from ..errors import LaunchError, QMPError
+from . import lifeline
+from .qmp import QMPChannel
+
+LOG = logging.getLogger(__name__)
+
+LAUNCH_TIMEOUT_S = 15.0
+QUIT_TIMEOUT_S = 5.0
+TERM_TIMEOUT_S = 3.0
+KILL_TIMEOUT_S = 5.0
+LOG_TAIL_LINES = 20
+
+
+class QEMUProcess:
+    def __init__(self, qemu: str, args: Sequence[str], *, name: str, log_dir: str,
+                 pass_fds: Sequence[int] = (), qmp: bool = True):
+        self.qemu = qemu
+        self.name = name
+        self.log_dir = log_dir
+        self.log_path = os.path.join(log_dir, f'{name}.log')
+        self.qmp_log_path = os.path.join(log_dir, f'qmp-{name}.log')
+        self._args: List[str] = list(args)
+        self._pass_fds = list(pass_fds)
+        self._use_qmp = qmp
+        self._popen: Optional[subprocess.Popen] = None
+        self._qmp: Optional[QMPChannel] = None
+        self.cmdline: List[str] = []
+        self.launched_at: Optional[float] = None
+        self.ended_by: Optional[str] = None   # how shutdown() ended it
+
+    def __repr__(self) -> str:
+        return f'<QEMUProcess {self.name} pid={self.pid}>'
+
+    def add_args(self, *args: str) -> None:
+        if self._popen:
+            raise LaunchError(f"{self.name}: arguments must be added before launch()")
+        self._args.extend(args)
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._popen.pid if self._popen else None
+
+    @property
+    def exitcode(self) -> Optional[int]:
+        """None while running; negative for death by signal."""
+        return self._popen.poll() if self._popen else None
+
+    def is_running(self) -> bool:
+        return self._popen is not None and self._popen.poll() is None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            with open(self.log_path, 'rb') as f:
+                data = f.read().decode(errors='replace')
+        except OSError:
+            return ''
+        return '\n'.join(data.splitlines()[-lines:])
+
+    def launch(self, timeout_s: float = LAUNCH_TIMEOUT_S) -> None:
+        """Start QEMU and, with QMP, return once it answers."""
+        if self._popen:
+            raise LaunchError(f"{self.name} was already launched")
+        os.makedirs(self.log_dir, exist_ok=True)
+        args = list(self._args)
+        pass_fds = list(self._pass_fds)
+        qmp_ours = qmp_theirs = None
+        if self._use_qmp:
+            qmp_ours, qmp_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            args = ['-chardev', f'socket,id=qmp,fd={qmp_theirs.fileno()}',
+                    '-mon', 'chardev=qmp,mode=control'] + args
+            pass_fds.append(qmp_theirs.fileno())
+        self.cmdline = [self.qemu] + args
+        with open(os.path.join(self.log_dir, f'{self.name}.cmdline'), 'w',
+                  encoding='utf-8') as f:
+            f.write(shlex.join(self.cmdline) + '\n')
+        LOG.info('%s: %s', self.name, shlex.join(self.cmdline))
+        try:
+            with open(self.log_path, 'ab') as log:
+                self._popen = subprocess.Popen(
+                    self.cmdline, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, pass_fds=pass_fds, close_fds=True,
+                    preexec_fn=lifeline.preexec())
+        except OSError as err:
+            if qmp_ours:
+                qmp_ours.close()
+            raise LaunchError(f"{self.name}: cannot execute {self.qemu}: {err}") from None
+        finally:
+            if qmp_theirs:
+                qmp_theirs.close()
+        self.launched_at = time.monotonic()
+        if not qmp_ours:
+            return
+        self._qmp = QMPChannel(qmp_ours, self.name, self.qmp_log_path)
+        try:
+            self._qmp.connect(timeout_s)
+        except QMPError as err:
+            self._hard_stop()
+            raise LaunchError(
+                f"{self.name} did not start (exit status {self.exitcode}): {err}\n"
+                f"--- last lines of {self.log_path} ---\n{self.log_tail()}") from None
+
+    def _channel(self) -> QMPChannel:
+        if not self._qmp:
+            raise QMPError(f"{self.name} has no QMP connection (not launched, "
+                           f"launched without QMP, or already shut down)")
+        return self._qmp
+
+    def qmp(self, command: str, timeout_s: Optional[float] = None, **args):
+        kwargs = {'timeout_s': timeout_s} if timeout_s is not None else {}
+        return self._channel().cmd(command, **kwargs, **args)
+
+    def hmp(self, command_line: str, timeout_s: Optional[float] = None) -> str:
+        kwargs = {'timeout_s': timeout_s} if timeout_s is not None else {}
+        return self._channel().hmp(command_line, **kwargs)
+
+    def send_fd(self, fd: int, fdname: str) -> None:
+        self._channel().send_fd(fd, fdname)
+
+    def get_event(self, name: str, timeout_s: float):
+        return self._channel().get_event(name, timeout_s)
+
+    def send_signal(self, sig: int) -> None:
+        if self.is_running():
+            self._popen.send_signal(sig)
+
+    def wait(self, timeout_s: float) -> int:
+        """Exit status, or subprocess.TimeoutExpired after ``timeout_s``."""
+        if not self._popen:
+            raise LaunchError(f"{self.name} was never launched")
+        return self._popen.wait(timeout=timeout_s)
+
+    def wait_exit(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for the process to end; True if it did."""
+        if not self._popen:
+            return True
+        try:
+            self._popen.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def _hard_stop(self) -> None:
+        if self.is_running():
+            self._popen.kill()
+            self.wait_exit(KILL_TIMEOUT_S)
+        self._close_qmp()
+
+    def _close_qmp(self) -> None:
+        if self._qmp:
+            self._qmp.close()
+            self._qmp = None
+
+    def kill(self) -> None:
+        """SIGKILL now and reap."""
+        if self._popen:
+            self._hard_stop()
+            self.ended_by = self.ended_by or 'sigkill'
+
+    def shutdown(self, timeout_s: float = QUIT_TIMEOUT_S) -> str:
+        """Stop QEMU: QMP quit, then SIGTERM, then SIGKILL, each with a
+        deadline.  Never raises for a process that is already gone.
+        Returns how it ended: 'exited', 'quit', 'sigterm' or 'sigkill'."""
+        if not self._popen:
+            return 'never-launched'
+        if self.ended_by:
+            return self.ended_by
+        if not self.is_running():
+            self.ended_by = 'exited'
+        if not self.ended_by and self._qmp:
+            try:
+                self._qmp.cmd('quit', timeout_s=timeout_s)
+            except QMPError:
+                pass  # a wedged or dying QEMU: the signals below handle it
+            if self.wait_exit(timeout_s):
+                self.ended_by = 'quit'
+        if not self.ended_by:
+            self._popen.terminate()
+            # A SIGSTOPped process only acts on SIGTERM once continued.
+            self._popen.send_signal(signal.SIGCONT)
+            if self.wait_exit(TERM_TIMEOUT_S):
+                self.ended_by = 'sigterm'
+        if not self.ended_by:
+            self._popen.kill()
+            if not self.wait_exit(KILL_TIMEOUT_S):
+                raise LaunchError(f"{self.name} (pid {self.pid}) survived SIGKILL "
+                                  f"for {KILL_TIMEOUT_S} s (uninterruptible sleep?)")
+            self.ended_by = 'sigkill'
+        self._close_qmp()
+        LOG.info('%s: ended by %s, exit status %s', self.name, self.ended_by, self.exitcode)
+        return self.ended_by
