@@ -1,0 +1,50 @@
+"""What guest memory a remote process has mapped.
+
+The remote maps the proxy's RAM from the fds that SYNC_SYSMEM carries and
+names the regions ``remote-mem-N`` (hw/remote/memory.c); its flat memory
+tree (HMP ``info mtree -f``) is the remote's own account of that map.
+"""
+
+import dataclasses
+import re
+import time
+from typing import List
+
+from ..errors import HarnessError
+from ..qemu.process import QEMUProcess
+
+_REGION_RE = re.compile(r'^\s*([0-9a-f]+)-([0-9a-f]+) \(prio \d+, ram\): (remote-mem-\d+)',
+                        re.MULTILINE)
+POLL_INTERVAL_S = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class RamRegion:
+    start: int
+    end: int          # inclusive, as QEMU prints it
+    name: str
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+
+def remote_ram_regions(remote: QEMUProcess) -> List[RamRegion]:
+    """The ``remote-mem-*`` regions in the remote's flat view, sorted by
+    address (each appears once even if several address spaces show it)."""
+    text = remote.hmp('info mtree -f')
+    regions = {RamRegion(int(s, 16), int(e, 16), n) for s, e, n in _REGION_RE.findall(text)}
+    return sorted(regions, key=lambda r: r.start)
+
+
+def wait_for_ram(remote: QEMUProcess, total_bytes: int, timeout_s: float) -> List[RamRegion]:
+    """Poll until the remote maps at least ``total_bytes`` of guest RAM."""
+    deadline = time.monotonic() + timeout_s
+    regions: List[RamRegion] = []
+    while time.monotonic() < deadline:
+        regions = remote_ram_regions(remote)
+        if sum(r.size for r in regions) >= total_bytes:
+            return regions
+        time.sleep(POLL_INTERVAL_S)
+    raise HarnessError(f"{remote.name} mapped {sum(r.size for r in regions)} bytes of guest "
+                       f"RAM after {timeout_s} s, expected at least {total_bytes}: {regions}")

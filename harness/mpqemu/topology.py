@@ -1,0 +1,226 @@
+"""The multi-process topology: remote device processes plus the proxy.
+
+One remote QEMU (``-machine x-remote``) per emulated device, which is what
+QEMU allows: each runs an ``lsi53c895a`` (with a ``scsi-hd`` when given a
+drive) bound by an ``x-remote-object`` to its end of a socketpair.  The
+proxy QEMU runs the guest with memfd-backed shared RAM (the remote maps it
+from the fds that SYNC_SYSMEM sends) and one ``x-pci-proxy-dev`` per remote
+holding the other end.  See docs/system/multi-process.rst in QEMU.
+
+Each process inherits only its own socket end, and the harness closes both
+after the launches: any other holder of a remote's end would hide its death
+from the proxy, whose vCPU then blocks for ever (FACTS.md).
+"""
+
+import logging
+import os
+import signal
+import socket
+from typing import Dict, List, Optional, Sequence
+
+from ..errors import HarnessError, ParameterError
+from ..qemu.binary import Capabilities
+from ..qemu.process import QEMUProcess
+
+LOG = logging.getLogger(__name__)
+
+DISK_FORMATS = ('raw', 'qcow2')
+# A remote exits by itself once the proxy's end of its socket closes
+# (hw/remote/mpqemu-link.c sees EOF); teardown gives it this long.
+REMOTE_SELF_EXIT_S = 2.0
+
+
+def _check_drive(drive: Optional[str], fmt: str) -> None:
+    if fmt not in DISK_FORMATS:
+        raise ParameterError(f"disk format {fmt!r} is not one of {', '.join(DISK_FORMATS)}")
+    if drive is None:
+        return
+    if not os.path.isfile(drive):
+        raise ParameterError(f"disk image {drive} does not exist or is not a file "
+                             f"(build images with 'make images' or pass an existing path)")
+    if not os.access(drive, os.R_OK | os.W_OK):
+        raise ParameterError(f"disk image {drive} is not readable and writable by this user")
+
+
+def remote_args(caps: Capabilities, devid: str, drive: Optional[str], fd: int,
+                fmt: str = 'raw') -> List[str]:
+    """Command line of a remote process serving one LSI 53C895A."""
+    names = caps.require_multiprocess()
+    args = ['-machine', names.machine, '-nodefaults', '-display', 'none',
+            '-device', f'lsi53c895a,id={devid}']
+    if drive is not None:
+        args += ['-drive', f'id={devid}-drive,file={drive},format={fmt},if=none',
+                 '-device', f'scsi-hd,id={devid}-hd,drive={devid}-drive,'
+                            f'bus={devid}.0,scsi-id=0']
+    args += ['-object', f'{names.remote_object},id={devid}-obj,devid={devid},fd={fd}']
+    return args
+
+
+def start_remote(caps: Capabilities, *, devid: str, sock: socket.socket, log_dir: str,
+                 drive: Optional[str] = None, fmt: str = 'raw',
+                 extra_args: Sequence[str] = (), name: Optional[str] = None) -> QEMUProcess:
+    """Launch a remote process on ``sock`` (its end of the socketpair),
+    then close ``sock`` here so that the remote is its only holder."""
+    _check_drive(drive, fmt)
+    process = QEMUProcess(caps.path,
+                          remote_args(caps, devid, drive, sock.fileno(), fmt) + list(extra_args),
+                          name=name or f'remote-{devid}', log_dir=log_dir,
+                          pass_fds=[sock.fileno()])
+    try:
+        process.launch()
+    finally:
+        sock.close()
+    return process
+
+
+class RemoteDevice:
+    """One remote process and what the proxy needs to reach it."""
+
+    def __init__(self, devid: str, drive: Optional[str], fmt: str,
+                 extra_args: Sequence[str], addr: Optional[str]):
+        self.devid = devid
+        self.drive = drive
+        self.fmt = fmt
+        self.extra_args = list(extra_args)
+        self.addr = addr
+        self.process: Optional[QEMUProcess] = None
+        self.proxy_sock: Optional[socket.socket] = None   # until the proxy has it
+
+    def proxy_device_arg(self, caps: Capabilities) -> str:
+        names = caps.require_multiprocess()
+        arg = f'{names.proxy_device},id={self.devid},fd={self.proxy_sock.fileno()}'
+        return arg + (f',addr={self.addr}' if self.addr else '')
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self.process.pid if self.process else None
+
+
+class MultiprocessVM:
+    """A proxy QEMU and its remote device processes, owned as one unit.
+
+    Add remotes and extra arguments, then ``launch()``; ``shutdown()`` (or
+    leaving the ``with`` block) stops everything whatever state it is in.
+    """
+
+    def __init__(self, caps: Capabilities, log_dir: str, *, accel: str = 'tcg',
+                 machine: str = 'pc', memory_mb: int = 256, memory_slots: int = 0,
+                 maxmem_mb: Optional[int] = None):
+        caps.require_multiprocess()
+        if accel not in caps.accelerators:
+            raise ParameterError(f"accelerator {accel!r} is not built into QEMU at "
+                                 f"{caps.path} (it has {', '.join(caps.accelerators)})")
+        if memory_mb < 1:
+            raise ParameterError(f"memory_mb={memory_mb}: the guest needs some RAM")
+        if memory_slots and (maxmem_mb or 0) <= memory_mb:
+            raise ParameterError("memory slots need maxmem_mb larger than memory_mb")
+        self.caps = caps
+        self.log_dir = log_dir
+        self.accel = accel
+        self.machine = machine
+        self.memory_mb = memory_mb
+        self.memory_slots = memory_slots
+        self.maxmem_mb = maxmem_mb
+        self.remotes: Dict[str, RemoteDevice] = {}
+        self.proxy_extra_args: List[str] = []
+        self.proxy: Optional[QEMUProcess] = None
+        os.makedirs(log_dir, exist_ok=True)
+
+    def __enter__(self) -> 'MultiprocessVM':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    def add_lsi_remote(self, devid: str, drive: Optional[str] = None, fmt: str = 'raw',
+                       args: Sequence[str] = (), addr: Optional[str] = None) -> RemoteDevice:
+        """Declare a remote process serving an LSI 53C895A with ``drive``
+        as its disk; ``args`` are extra arguments for that remote."""
+        if self.proxy:
+            raise HarnessError("add remotes before launch(); hot-plug is a separate step")
+        if devid in self.remotes:
+            raise ParameterError(f"there already is a remote device {devid!r}")
+        _check_drive(drive, fmt)
+        remote = RemoteDevice(devid, drive, fmt, args, addr)
+        self.remotes[devid] = remote
+        return remote
+
+    def add_proxy_args(self, *args: str) -> None:
+        if self.proxy:
+            raise HarnessError("proxy arguments must be added before launch()")
+        self.proxy_extra_args.extend(args)
+
+    def remote(self, devid: str) -> QEMUProcess:
+        return self.remotes[devid].process
+
+    def _memory_args(self) -> List[str]:
+        size = f'{self.memory_mb}M'
+        if self.memory_slots:
+            size += f',slots={self.memory_slots},maxmem={self.maxmem_mb}M'
+        return ['-m', size,
+                '-object', f'memory-backend-memfd,id=sysmem,size={self.memory_mb}M,share=on',
+                '-numa', 'node,memdev=sysmem']
+
+    def proxy_args(self) -> List[str]:
+        args = ['-accel', self.accel, '-machine', self.machine,
+                '-nodefaults', '-display', 'none', *self.caps.firmware_args,
+                *self._memory_args()]
+        if self.accel == 'kvm':
+            args += ['-cpu', 'host']
+        for remote in self.remotes.values():
+            args += ['-device', remote.proxy_device_arg(self.caps)]
+        return args + self.proxy_extra_args
+
+    def launch(self) -> None:
+        """Start every remote, then the proxy.  On failure, everything
+        started so far is stopped before the error propagates."""
+        if not self.remotes:
+            raise HarnessError("a multi-process VM needs at least one remote device")
+        try:
+            for remote in self.remotes.values():
+                remote.proxy_sock, remote_sock = socket.socketpair(socket.AF_UNIX,
+                                                                   socket.SOCK_STREAM)
+                remote.process = start_remote(
+                    self.caps, devid=remote.devid, sock=remote_sock, log_dir=self.log_dir,
+                    drive=remote.drive, fmt=remote.fmt, extra_args=remote.extra_args)
+            self.proxy = QEMUProcess(self.caps.path, self.proxy_args(), name='proxy',
+                                     log_dir=self.log_dir,
+                                     pass_fds=[r.proxy_sock.fileno()
+                                               for r in self.remotes.values()])
+            self.proxy.launch()
+        except BaseException:
+            self.shutdown()
+            raise
+        finally:
+            self._close_proxy_socks()
+
+    def _close_proxy_socks(self) -> None:
+        for remote in self.remotes.values():
+            if remote.proxy_sock:
+                remote.proxy_sock.close()
+                remote.proxy_sock = None
+
+    def processes(self) -> List[QEMUProcess]:
+        procs = [self.proxy] if self.proxy else []
+        return procs + [r.process for r in self.remotes.values() if r.process]
+
+    def shutdown(self) -> Dict[str, str]:
+        """Stop the proxy, then the remotes (which normally exit on their
+        own once the proxy is gone).  Returns how each process ended."""
+        # A SIGSTOPped remote would keep the proxy's vCPU waiting for a
+        # reply and make the quit slow; wake the remotes first.
+        for remote in self.remotes.values():
+            if remote.process and remote.process.is_running():
+                remote.process.send_signal(signal.SIGCONT)
+        ended, errors = {}, []
+        for process in self.processes():
+            if process is not self.proxy:
+                process.wait_exit(REMOTE_SELF_EXIT_S)
+            try:
+                ended[process.name] = process.shutdown()
+            except Exception as err:  # pylint: disable=broad-except
+                errors.append(err)
+        self._close_proxy_socks()
+        if errors:
+            raise errors[0]
+        return ended

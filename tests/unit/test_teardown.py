@@ -1,0 +1,53 @@
+"""No QEMU outlives the harness: not after a SIGKILL of the harness
+process, not after Avocado kills a test that overran its timeout."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import pid_alive
+
+DATA = os.path.join(os.path.dirname(__file__), 'data')
+REPO = os.path.dirname(os.path.dirname(DATA))
+GONE_TIMEOUT_S = 10.0
+
+
+def wait_gone(pids, timeout_s=GONE_TIMEOUT_S):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if pid_alive(pid)]
+        if not alive:
+            return []
+        time.sleep(0.05)
+    return alive
+
+
+def test_qemu_dies_with_a_sigkilled_harness(tmp_path, disk):
+    holder = subprocess.Popen([sys.executable, os.path.join(DATA, 'hold_topology.py'),
+                               str(tmp_path), disk], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO)
+    try:
+        pids = json.loads(holder.stdout.readline())
+        assert len(pids) == 2 and all(pid_alive(pid) for pid in pids)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(GONE_TIMEOUT_S)
+        holder.stdout.close()
+    assert wait_gone(pids) == []
+
+
+def test_qemu_dies_with_an_avocado_test_that_timed_out(tmp_path):
+    pids_file = tmp_path / 'pids.json'
+    env = dict(os.environ, MPQEMU_PIDS_FILE=str(pids_file))
+    avocado = os.path.join(os.path.dirname(sys.executable), 'avocado')
+    result = subprocess.run([avocado, 'run', '--job-results-dir', str(tmp_path / 'results'),
+                             os.path.join(DATA, 'avocado_overrun.py')],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert 'INTERRUPT 1' in result.stdout, result.stdout + result.stderr
+    pids = json.loads(pids_file.read_text())
+    assert len(pids) == 2
+    assert wait_gone(pids) == []

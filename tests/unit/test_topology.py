@@ -1,0 +1,144 @@
+"""The multi-process topology against real QEMU (TCG)."""
+
+import os
+import socket
+import time
+
+import pytest
+
+from harness.errors import HarnessError, LaunchError, ParameterError, QEMUBinaryError
+from harness.mpqemu import topology
+from harness.mpqemu.memview import wait_for_ram
+from harness.mpqemu.topology import MultiprocessVM
+from harness.qemu import binary as qemu_binary
+
+from conftest import pid_alive, socket_inodes
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def vm(caps, tmp_path):
+    machine = MultiprocessVM(caps, str(tmp_path / 'logs'))
+    yield machine
+    machine.shutdown()
+
+
+def test_topology_starts_and_stops(vm, disk, record_property):
+    vm.add_lsi_remote('lsi1', disk)
+    start = time.monotonic()
+    vm.launch()
+    record_property('topology_up_s', time.monotonic() - start)
+    remote, proxy = vm.remote('lsi1'), vm.proxy
+    assert remote.qmp('query-status')['status'] == 'running'
+    assert proxy.qmp('query-status')['status'] == 'running'
+    pids = [remote.pid, proxy.pid]
+    assert vm.shutdown() == {'proxy': 'quit', 'remote-lsi1': 'exited'}
+    assert not any(pid_alive(pid) for pid in pids)
+
+
+def test_remote_shows_lsi_and_synced_guest_ram(vm, disk):
+    vm.add_lsi_remote('lsi1', disk)
+    vm.launch()
+    remote = vm.remote('lsi1')
+    qtree = remote.hmp('info qtree')
+    assert 'dev: lsi53c895a, id "lsi1"' in qtree
+    assert 'pci id 1000:0012' in qtree
+    assert 'dev: scsi-hd, id "lsi1-hd"' in qtree
+    regions = wait_for_ram(remote, vm.memory_mb * MIB - 0x40000, timeout_s=10)
+    assert all(r.name.startswith('remote-mem-') for r in regions)
+    assert regions[-1].end == vm.memory_mb * MIB - 1
+
+
+def test_each_process_holds_only_its_own_socket_end(caps, tmp_path, disk, monkeypatch):
+    ends = {}
+    real_socketpair = socket.socketpair
+
+    def recording_socketpair(*args):
+        proxy_end, remote_end = real_socketpair(*args)
+        ends.setdefault('proxy', os.fstat(proxy_end.fileno()).st_ino)
+        ends.setdefault('remote', os.fstat(remote_end.fileno()).st_ino)
+        return proxy_end, remote_end
+
+    vm = MultiprocessVM(caps, str(tmp_path))
+    vm.add_lsi_remote('lsi1', disk)
+    # The first socketpair the topology makes is the proxy<->remote link.
+    monkeypatch.setattr(topology.socket, 'socketpair', recording_socketpair)
+    try:
+        vm.launch()
+        monkeypatch.undo()
+        remote_socks = socket_inodes(vm.remote('lsi1').pid)
+        proxy_socks = socket_inodes(vm.proxy.pid)
+        assert ends['remote'] in remote_socks and ends['proxy'] not in remote_socks
+        assert ends['proxy'] in proxy_socks and ends['remote'] not in proxy_socks
+        assert not {ends['proxy'], ends['remote']} & socket_inodes(os.getpid())
+    finally:
+        vm.shutdown()
+
+
+def test_several_remotes_one_process_each(vm, tmp_path):
+    drives = []
+    for name in ('a', 'b', 'c'):
+        path = tmp_path / f'{name}.raw'
+        path.write_bytes(b'\0' * MIB)
+        drives.append(str(path))
+        vm.add_lsi_remote(f'lsi-{name}', str(path))
+    vm.launch()
+    pids = {vm.remote(devid).pid for devid in vm.remotes}
+    assert len(pids) == 3
+    proxied = {d['qdev_id'] for bus in vm.proxy.qmp('query-pci') for d in bus['devices']}
+    assert {'lsi-a', 'lsi-b', 'lsi-c'} <= proxied
+    for devid, drive in zip(('lsi-a', 'lsi-b', 'lsi-c'), drives):
+        files = [b['inserted']['file'] for b in vm.remote(devid).qmp('query-block')
+                 if 'inserted' in b]
+        assert files == [drive]
+
+
+def test_extra_arguments_reach_each_side(vm, disk):
+    vm.add_lsi_remote('lsi1', disk, args=['-name', 'remote-side'])
+    vm.add_proxy_args('-name', 'proxy-side')
+    vm.launch()
+    assert vm.remote('lsi1').qmp('query-name') == {'name': 'remote-side'}
+    assert vm.proxy.qmp('query-name') == {'name': 'proxy-side'}
+
+
+def test_failed_proxy_launch_stops_the_remotes(vm, disk):
+    remote = vm.add_lsi_remote('lsi1', disk)
+    vm.add_proxy_args('-device', 'no-such-device')
+    with pytest.raises(LaunchError, match="(?s)proxy did not start.*no-such-device"):
+        vm.launch()
+    assert remote.process.pid and not pid_alive(remote.process.pid)
+
+
+def test_missing_disk_image_is_named_before_anything_starts(vm, tmp_path):
+    missing = str(tmp_path / 'nowhere.raw')
+    with pytest.raises(ParameterError, match=f'disk image {missing} does not exist'):
+        vm.add_lsi_remote('lsi1', missing)
+    assert not vm.processes()
+
+
+def test_bad_disk_format_is_named(vm, disk):
+    with pytest.raises(ParameterError, match="disk format 'vmdk'"):
+        vm.add_lsi_remote('lsi1', disk, fmt='vmdk')
+
+
+def test_unknown_accelerator_is_named(caps, tmp_path):
+    with pytest.raises(ParameterError, match="accelerator 'hax' is not built into QEMU"):
+        MultiprocessVM(caps, str(tmp_path), accel='hax')
+
+
+def test_binary_without_multiprocess_is_refused(caps, tmp_path):
+    no_mp = qemu_binary.Capabilities(**{**caps.__dict__, 'multiprocess': None})
+    with pytest.raises(QEMUBinaryError, match='no multi-process support'):
+        MultiprocessVM(no_mp, str(tmp_path))
+
+
+def test_topology_needs_a_remote(vm):
+    with pytest.raises(HarnessError, match='at least one remote'):
+        vm.launch()
+
+
+def test_duplicate_device_id_is_refused(vm, disk):
+    vm.add_lsi_remote('lsi1', disk)
+    with pytest.raises(ParameterError, match="already is a remote device 'lsi1'"):
+        vm.add_lsi_remote('lsi1', disk)
