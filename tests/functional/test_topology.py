@@ -1,0 +1,84 @@
+"""Bring up the multi-process topology and look at it through both monitors.
+
+The remote process must emulate the LSI 53C895A with its disk and map the
+guest RAM the proxy shares with it; the proxy must expose the device with
+the BAR layout it learnt from the remote.
+"""
+
+import os
+
+from harness.mpqemu.memview import wait_for_ram
+from harness.testing import MIB, MultiprocessTest
+
+LSI_VENDOR_ID = 0x1000
+LSI_53C895A_DEVICE_ID = 0x0012
+# hw/scsi/lsi53c895a.c: BAR0 I/O 256 bytes, BAR1 MMIO 1 KiB, BAR2 RAM 8 KiB.
+LSI_BAR_SIZES = {0: 256, 1: 1024, 2: 8192}
+# The PC machine leaves 0xc0000-0xfffff (option ROMs and BIOS) out of RAM.
+PC_RAM_HOLE_START = 0xc0000
+PC_HIGH_RAM_START = 0x100000
+PC_RAM_HOLE_BYTES = PC_HIGH_RAM_START - PC_RAM_HOLE_START
+RAM_SYNC_TIMEOUT_S = 10.0
+
+
+def pci_device(qmp_pci, qdev_id):
+    for bus in qmp_pci:
+        for device in bus['devices']:
+            if device.get('qdev_id') == qdev_id:
+                return device
+    return None
+
+
+class Topology(MultiprocessTest):
+    """
+    :avocado: enable
+    :avocado: tags=topology
+    """
+
+    def test_remote_serves_lsi_and_proxy_forwards_it(self):
+        disk = self.scratch_disk(64)
+        vm = self.launch_vm([disk])
+        remote, proxy = vm.remote('lsi1'), vm.proxy
+
+        # The remote emulates the controller, with the disk behind it.
+        lsi = pci_device(remote.qmp('query-pci'), 'lsi1')
+        self.assertIsNotNone(lsi, 'remote has no lsi1 PCI device')
+        self.assertEqual((lsi['id']['vendor'], lsi['id']['device']),
+                         (LSI_VENDOR_ID, LSI_53C895A_DEVICE_ID))
+        files = [b['inserted']['file'] for b in remote.qmp('query-block') if 'inserted' in b]
+        self.assertEqual(files, [disk])
+
+        # The proxy sized its BARs by asking the remote (hw/remote/proxy.c
+        # probe_pci_info): the same layout as the real device.
+        proxied = pci_device(proxy.qmp('query-pci'), 'lsi1')
+        self.assertIsNotNone(proxied, 'proxy has no lsi1 device')
+        sizes = {r['bar']: r['size'] for r in proxied['regions']}
+        self.assertEqual(sizes, LSI_BAR_SIZES)
+        self.assertEqual(proxy.qmp('query-status')['status'], 'running')
+
+        # The remote mapped all of the guest RAM the proxy shares: below
+        # the ROM hole, above it, and (once SeaBIOS has made the shadow
+        # area RAM through the PAM registers) possibly the hole too.
+        ram_bytes = self.memory_mb * MIB
+        regions = wait_for_ram(remote, ram_bytes - PC_RAM_HOLE_BYTES, RAM_SYNC_TIMEOUT_S)
+        for start, end in ((0, PC_RAM_HOLE_START - 1), (PC_HIGH_RAM_START, ram_bytes - 1)):
+            self.assertTrue(any(r.start <= start and end <= r.end for r in regions),
+                            f'guest RAM {start:#x}-{end:#x} not mapped by the remote: {regions}')
+        self.assertLessEqual(regions[-1].end, ram_bytes - 1)
+
+        for name in ('proxy.log', 'remote-lsi1.log', 'proxy.cmdline',
+                     'remote-lsi1.cmdline', 'qmp-proxy.log', 'qmp-remote-lsi1.log'):
+            self.assertTrue(os.path.exists(os.path.join(self.outputdir, name)), name)
+
+    def test_two_remotes_one_proxy(self):
+        vm = self.launch_vm([self.scratch_disk(16, 'a.raw'), self.scratch_disk(16, 'b.raw')])
+        proxy_ids = {d.get('qdev_id') for bus in vm.proxy.qmp('query-pci')
+                     for d in bus['devices']}
+        self.assertLessEqual({'lsi1', 'lsi2'}, proxy_ids)
+        self.assertNotEqual(vm.remote('lsi1').pid, vm.remote('lsi2').pid)
+        for devid in ('lsi1', 'lsi2'):
+            self.assertIsNotNone(pci_device(vm.remote(devid).qmp('query-pci'), devid))
+        ended = vm.shutdown()
+        self.assertEqual(ended['proxy'], 'quit')
+        for devid in ('lsi1', 'lsi2'):
+            self.assertFalse(vm.remote(devid).is_running())
