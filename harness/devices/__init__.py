@@ -1,0 +1,1 @@
+"""Harness-side drivers for emulated devices (run over pci.DeviceAccess)."""

@@ -1,0 +1,76 @@
+"""A remote device process driven by the fake proxy, in one call.
+
+    with fake_remote.launch(caps, log_dir=out, drive=disk) as remote:
+        lsi = Lsi53c895a(remote.access)
+        lsi.setup()
+
+gives a real ``-machine x-remote`` QEMU serving an LSI 53C895A, its socket
+spoken to by :class:`~harness.mpqemu.protocol.FakeProxy`, guest RAM synced
+from a harness-owned memfd and INTx wired to eventfds the test can wait on.
+No proxy QEMU is involved, so this works with any accelerator and on QEMU
+versions whose proxy cannot run without KVM (10.0, see FACTS.md).
+"""
+
+import socket
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from ..qemu.binary import Capabilities
+from ..qemu.process import QEMUProcess
+from .guestmem import GuestMemory
+from .protocol import DEFAULT_REPLY_TIMEOUT_S, FakeProxy, FakeProxyAccess
+from .topology import start_remote
+
+DEFAULT_RAM_SIZE = 32 << 20
+DEFAULT_RAM_GPA = 0
+
+
+@dataclass
+class FakeProxiedRemote:
+    process: QEMUProcess
+    proxy: FakeProxy
+    memory: GuestMemory
+    access: FakeProxyAccess
+
+    def __enter__(self) -> 'FakeProxiedRemote':
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close our socket end (the remote then exits by itself), make
+        sure the process is gone, and release guest RAM."""
+        try:
+            self.proxy.close()
+            self.process.shutdown()
+        finally:
+            self.memory.close()
+
+
+def launch(caps: Capabilities, *, log_dir: str, drive: Optional[str] = None,
+           fmt: str = 'raw', devid: str = 'lsi1', ram_size: int = DEFAULT_RAM_SIZE,
+           ram_gpa: int = DEFAULT_RAM_GPA, irq: bool = True,
+           extra_args: Sequence[str] = (),
+           timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> FakeProxiedRemote:
+    """Start a remote LSI (with ``drive`` as its scsi-hd), sync ``ram_size``
+    bytes of guest RAM at ``ram_gpa`` and, with ``irq``, send SET_IRQFD."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        process = start_remote(caps, devid=devid, sock=theirs, log_dir=log_dir,
+                               drive=drive, fmt=fmt, extra_args=extra_args)
+    except BaseException:
+        ours.close()
+        raise
+    memory = GuestMemory()
+    proxy = FakeProxy(ours, timeout_s=timeout_s)
+    remote = FakeProxiedRemote(process, proxy, memory, FakeProxyAccess(proxy, memory))
+    try:
+        memory.add_region(ram_gpa, ram_size, 'guest-ram')
+        proxy.sync_sysmem(memory.sysmem_table())
+        if irq:
+            proxy.set_irqfd()
+    except BaseException:
+        remote.close()
+        raise
+    return remote
