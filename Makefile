@@ -16,12 +16,13 @@ AVOCADO_ARGS ?=
 PYTEST_ARGS ?=
 
 # Debian packages the suite needs at run time.
-HOST_PACKAGES := qemu-system-x86 qemu-system-data seabios qemu-utils python3-venv
+HOST_PACKAGES := qemu-system-x86 qemu-system-data seabios qemu-utils python3-venv \
+                 kmod openssh-client mtools syslinux
 
 # Each TAGS word becomes one -t: 'a,b' = both tags, 'a b' = either tag.
 TAG_ARGS := $(foreach t,$(TAGS),-t $(t))
 
-.PHONY: all check functional host-deps venv list clean distclean
+.PHONY: all check functional images host-deps venv list clean distclean
 
 all: check
 
@@ -45,6 +46,10 @@ functional: host-deps venv
 	$(VENV)/bin/avocado --config tests/functional/avocado.conf run \
 	    --job-results-dir $(JOB_RESULTS) $(TAG_ARGS) $(AVOCADO_ARGS) tests/functional
 
+# Guest images from Debian packages (the suite also builds them on first use).
+images: host-deps venv
+	$(VPY) -m harness.guest.image build all
+
 list: host-deps venv
 	$(VENV)/bin/avocado --config tests/functional/avocado.conf -V list $(TAG_ARGS) tests/functional
 
@@ -53,3 +58,17 @@ clean:
 
 distclean:
 	rm -rf $(BUILD)
+
+# Benchmarks of a remote device through the fake proxy (figures, not asserts).
+BENCH_OUT ?= $(BUILD)/bench
+.PHONY: bench
+bench: host-deps venv
+	$(VPY) -m harness.bench --out $(BENCH_OUT)
+
+# The long protocol fuzzing run (the CI run is `make functional TAGS=fuzz`).
+FUZZ_SEED ?= 1
+FUZZ_MESSAGES ?= 200000
+FUZZ_OUT ?= $(BUILD)/fuzz/seed-$(FUZZ_SEED)
+.PHONY: fuzz
+fuzz: host-deps venv
+	$(VPY) -m harness.mpqemu.fuzz --seed $(FUZZ_SEED) --messages $(FUZZ_MESSAGES) --out $(FUZZ_OUT)

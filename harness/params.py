@@ -21,6 +21,13 @@ PARAMETERS = {
     'accel': ('auto', 'accelerator: auto (KVM when usable, else TCG), kvm or tcg'),
     'machine': ('pc', 'machine type of the proxy (guest-facing) QEMU'),
     'memory_mb': ('256', 'guest RAM of the proxy, in MiB'),
+    'fuzz_seed': ('1', 'seed of the protocol fuzzer (tests/functional/test_fuzz.py)'),
+    'fuzz_messages': ('10000', 'messages the protocol fuzzer sends in one test run'),
+    'image': ('lsi-boot', 'guest image: a recipe in tests/images, a directory with '
+                          'a manifest.json, or a qcow2/raw disk file'),
+    'image_user': ('', 'SSH user of a user-supplied image'),
+    'image_key': ('', 'SSH private key (OpenSSH format) of a user-supplied image'),
+    'image_password': ('', 'SSH password of a user-supplied image'),
 }
 
 
@@ -36,6 +43,11 @@ def get(name: str, lookup: Optional[Callable[[str], Optional[str]]] = None) -> s
     if value is None or value == '':
         value = PARAMETERS[name][0]
     return str(value)
+
+
+def get_optional(name: str, lookup=None) -> Optional[str]:
+    """Like get(), with None for a parameter left empty."""
+    return get(name, lookup) or None
 
 
 def get_accel(lookup=None) -> str:

@@ -42,30 +42,41 @@ def _check_drive(drive: Optional[str], fmt: str) -> None:
         raise ParameterError(f"disk image {drive} is not readable and writable by this user")
 
 
-def remote_args(caps: Capabilities, devid: str, drive: Optional[str], fd: int,
-                fmt: str = 'raw') -> List[str]:
-    """Command line of a remote process serving one LSI 53C895A."""
-    names = caps.require_multiprocess()
-    args = ['-machine', names.machine, '-nodefaults', '-display', 'none',
-            '-device', f'lsi53c895a,id={devid}']
+def lsi_device_args(devid: str, drive: Optional[str], fmt: str = 'raw',
+                    addr: Optional[str] = None) -> List[str]:
+    """An LSI 53C895A called ``devid`` with ``drive`` as scsi-hd 0, the same
+    in a remote process and in the control VM."""
+    args = ['-device', f'lsi53c895a,id={devid}' + (f',addr={addr}' if addr else '')]
     if drive is not None:
         args += ['-drive', f'id={devid}-drive,file={drive},format={fmt},if=none',
                  '-device', f'scsi-hd,id={devid}-hd,drive={devid}-drive,'
                             f'bus={devid}.0,scsi-id=0']
-    args += ['-object', f'{names.remote_object},id={devid}-obj,devid={devid},fd={fd}']
     return args
+
+
+def remote_args(caps: Capabilities, devid: str, drive: Optional[str], fd: int,
+                fmt: str = 'raw') -> List[str]:
+    """Command line of a remote process serving one LSI 53C895A."""
+    names = caps.require_multiprocess()
+    return (['-machine', names.machine, '-nodefaults', '-display', 'none']
+            + lsi_device_args(devid, drive, fmt)
+            + ['-object', f'{names.remote_object},id={devid}-obj,devid={devid},fd={fd}'])
 
 
 def start_remote(caps: Capabilities, *, devid: str, sock: socket.socket, log_dir: str,
                  drive: Optional[str] = None, fmt: str = 'raw',
-                 extra_args: Sequence[str] = (), name: Optional[str] = None) -> QEMUProcess:
+                 extra_args: Sequence[str] = (), name: Optional[str] = None,
+                 qmp: bool = True) -> QEMUProcess:
     """Launch a remote process on ``sock`` (its end of the socketpair),
-    then close ``sock`` here so that the remote is its only holder."""
+    then close ``sock`` here so that the remote is its only holder.
+    Without ``qmp`` it returns as soon as the process is forked: the
+    socket buffers what is sent before the remote is up (the fuzzer
+    relaunches remotes by the hundred and cannot wait for QMP)."""
     _check_drive(drive, fmt)
     process = QEMUProcess(caps.path,
                           remote_args(caps, devid, drive, sock.fileno(), fmt) + list(extra_args),
                           name=name or f'remote-{devid}', log_dir=log_dir,
-                          pass_fds=[sock.fileno()])
+                          pass_fds=[sock.fileno()], qmp=qmp)
     try:
         process.launch()
     finally:
@@ -103,10 +114,13 @@ class MultiprocessVM:
     leaving the ``with`` block) stops everything whatever state it is in.
     """
 
+    multiprocess = True
+
     def __init__(self, caps: Capabilities, log_dir: str, *, accel: str = 'tcg',
                  machine: str = 'pc', memory_mb: int = 256, memory_slots: int = 0,
                  maxmem_mb: Optional[int] = None):
-        caps.require_multiprocess()
+        if self.multiprocess:
+            caps.require_multiprocess()
         if accel not in caps.accelerators:
             raise ParameterError(f"accelerator {accel!r} is not built into QEMU at "
                                  f"{caps.path} (it has {', '.join(caps.accelerators)})")
@@ -153,6 +167,10 @@ class MultiprocessVM:
     def remote(self, devid: str) -> QEMUProcess:
         return self.remotes[devid].process
 
+    def device_process(self, devid: str) -> QEMUProcess:
+        """The process that emulates device ``devid``: its remote."""
+        return self.remote(devid)
+
     def _memory_args(self) -> List[str]:
         size = f'{self.memory_mb}M'
         if self.memory_slots:
@@ -161,15 +179,20 @@ class MultiprocessVM:
                 '-object', f'memory-backend-memfd,id=sysmem,size={self.memory_mb}M,share=on',
                 '-numa', 'node,memdev=sysmem']
 
+    def device_args(self) -> List[str]:
+        """How the guest-facing QEMU reaches each LSI: a proxy device."""
+        args = []
+        for remote in self.remotes.values():
+            args += ['-device', remote.proxy_device_arg(self.caps)]
+        return args
+
     def proxy_args(self) -> List[str]:
         args = ['-accel', self.accel, '-machine', self.machine,
                 '-nodefaults', '-display', 'none', *self.caps.firmware_args,
                 *self._memory_args()]
         if self.accel == 'kvm':
             args += ['-cpu', 'host']
-        for remote in self.remotes.values():
-            args += ['-device', remote.proxy_device_arg(self.caps)]
-        return args + self.proxy_extra_args
+        return args + self.device_args() + self.proxy_extra_args
 
     def launch(self) -> None:
         """Start every remote, then the proxy.  On failure, everything
@@ -224,3 +247,37 @@ class MultiprocessVM:
         if errors:
             raise errors[0]
         return ended
+
+
+class ControlVM(MultiprocessVM):
+    """The same machine with each LSI emulated inside the guest's QEMU.
+
+    A control for the multi-process tests: same memory set-up, same
+    devices, same guest, so a failure seen only with MultiprocessVM points
+    at the multi-process path rather than at the image or the test.  Its
+    single QEMU is ``proxy`` (the guest-facing process) and it has no
+    remote processes.
+    """
+
+    multiprocess = False
+
+    def device_args(self) -> List[str]:
+        args = []
+        for remote in self.remotes.values():
+            args += lsi_device_args(remote.devid, remote.drive, remote.fmt, remote.addr)
+        return args
+
+    def remote(self, devid: str) -> QEMUProcess:
+        raise HarnessError(f"{devid} is emulated inside the control VM: it has no remote process")
+
+    def device_process(self, devid: str) -> QEMUProcess:
+        if devid not in self.remotes:
+            raise HarnessError(f"the control VM has no device {devid!r}")
+        return self.proxy
+
+    def launch(self) -> None:
+        if not self.remotes:
+            raise HarnessError("the control VM needs at least one LSI device")
+        self.proxy = QEMUProcess(self.caps.path, self.proxy_args(), name='vm',
+                                 log_dir=self.log_dir)
+        self.proxy.launch()

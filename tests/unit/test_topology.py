@@ -8,7 +8,7 @@ import pytest
 from harness.errors import HarnessError, LaunchError, ParameterError, QEMUBinaryError
 from harness.mpqemu import topology
 from harness.mpqemu.memview import wait_for_ram
-from harness.mpqemu.topology import MultiprocessVM
+from harness.mpqemu.topology import ControlVM, MultiprocessVM
 from harness.qemu import binary as qemu_binary
 
 from conftest import pid_alive, socket_inodes
@@ -139,3 +139,19 @@ def test_duplicate_device_id_is_refused(vm, disk):
     vm.add_lsi_remote('lsi1', disk)
     with pytest.raises(ParameterError, match="already is a remote device 'lsi1'"):
         vm.add_lsi_remote('lsi1', disk)
+
+
+def test_control_vm_emulates_the_lsi_in_process(caps, tmp_path, disk):
+    vm = ControlVM(caps, str(tmp_path))
+    vm.add_lsi_remote('lsi1', disk)
+    try:
+        vm.launch()
+        devices = [d for bus in vm.proxy.qmp('query-pci') for d in bus['devices']]
+        lsi = next(d for d in devices if d.get('qdev_id') == 'lsi1')
+        assert (lsi['id']['vendor'], lsi['id']['device']) == (0x1000, 0x0012)
+        assert vm.device_process('lsi1') is vm.proxy
+        assert vm.processes() == [vm.proxy]
+        with pytest.raises(HarnessError, match='no remote process'):
+            vm.remote('lsi1')
+    finally:
+        vm.shutdown()

@@ -1,0 +1,120 @@
+"""A guest booted in a VM of ours and reached over SSH.
+
+``GuestSession`` adds what a guest needs to the guest-facing QEMU (serial
+console to a file, user-mode NIC forwarding a free host port to the guest's
+SSH, an RNG, and for ``-kernel`` images the kernel, initrd and command line),
+then waits for the console's ready marker and for SSH, recording both
+times.  It does not own the VM: the topology does.
+"""
+
+import dataclasses
+import os
+import subprocess
+import time
+from typing import Dict, List, Optional, Tuple
+
+from ..qemu.process import QEMUProcess
+from .console import DEFAULT_FAILURE_PATTERNS, Console
+from .image import GuestImage, ImageError, prepare_boot_disk
+from .ssh import GuestSSH, connect_to_image, hostfwd_port
+
+BOOT_TIMEOUT_S = 120.0
+SSH_TIMEOUT_S = 60.0
+QEMU_IMG_TIMEOUT_S = 30.0
+NETDEV_ID = 'net0'
+GUEST_SSH_PORT = 22
+
+
+def boot_drive(image: GuestImage, workdir: str,
+               load_sym53c8xx: bool) -> Tuple[Optional[str], str]:
+    """A private, writable boot disk for one run of ``image`` and its format
+    (None for a ``-kernel`` image): a copy with this run's kernel command
+    line for our syslinux disks, a qcow2 overlay for a user-supplied disk."""
+    if not image.disk:
+        return None, 'raw'
+    if image.manifest:
+        return prepare_boot_disk(image, os.path.join(workdir, f'{image.name}-boot.raw'),
+                                 load_sym53c8xx=load_sym53c8xx), 'raw'
+    overlay = os.path.join(workdir, f'{image.name}-overlay.qcow2')
+    cmd = ['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', image.disk_format,
+           '-b', os.path.abspath(image.disk), overlay]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True, text=True,
+                       timeout=QEMU_IMG_TIMEOUT_S)
+    except FileNotFoundError:
+        raise ImageError("qemu-img is missing: apt-get install qemu-utils") from None
+    except subprocess.CalledProcessError as err:
+        raise ImageError(f"cannot make an overlay of {image.disk}: {err.stderr.strip()}") from None
+    return overlay, 'qcow2'
+
+
+@dataclasses.dataclass
+class BootTimes:
+    launched_at: float
+    marker_s: Optional[float] = None      # launch → console ready marker
+    ssh_s: Optional[float] = None         # launch → first SSH session
+
+
+class GuestSession:
+    """Console, network and SSH of one guest boot."""
+
+    def __init__(self, image: GuestImage, log_dir: str, *, load_sym53c8xx: bool = False):
+        self.image = image
+        self.load_sym53c8xx = load_sym53c8xx
+        self.console = Console(os.path.join(log_dir, 'console.log'))
+        self.ssh: Optional[GuestSSH] = None
+        self.port: Optional[int] = None
+        self.times: Optional[BootTimes] = None
+
+    def qemu_args(self) -> List[str]:
+        """Arguments for the guest-facing QEMU."""
+        args = self.console.qemu_args()
+        # hostfwd port 0: the host picks a free port (race-free, parallel-safe);
+        # `info usernet` tells which.  autonegotiation=off brings the link up
+        # at once; romfile= keeps SeaBIOS from running iPXE.
+        args += ['-netdev', f'user,id={NETDEV_ID},'
+                            f'hostfwd=tcp:127.0.0.1:0-:{GUEST_SSH_PORT}',
+                 '-device', f'e1000,netdev={NETDEV_ID},autonegotiation=off,romfile=',
+                 # Seeds the guest's CRNG at once: dropbear waits for it.
+                 '-device', 'virtio-rng-pci']
+        if self.image.kernel:
+            args += ['-kernel', self.image.kernel,
+                     '-append', self.image.boot_append(self.load_sym53c8xx)]
+            if self.image.initrd:
+                args += ['-initrd', self.image.initrd]
+        return args
+
+    def wait_ready(self, qemu: QEMUProcess, timeout_s: float = BOOT_TIMEOUT_S) -> GuestSSH:
+        """Wait for the ready marker (if the image has one), then SSH."""
+        self.times = BootTimes(qemu.launched_at or time.monotonic())
+        deadline = self.times.launched_at + timeout_s
+        if self.image.ready_marker:
+            failures = [self.image.failure_marker] if self.image.failure_marker else []
+            self.console.wait_for(self.image.ready_marker,
+                                  failure_patterns=list(DEFAULT_FAILURE_PATTERNS) + failures,
+                                  timeout_s=max(0.0, deadline - time.monotonic()),
+                                  alive=qemu.is_running)
+            self.times.marker_s = time.monotonic() - self.times.launched_at
+        self.port = hostfwd_port(qemu.hmp('info usernet'), GUEST_SSH_PORT)
+        self.ssh = connect_to_image(self.image, '127.0.0.1', self.port,
+                                    timeout_s=max(1.0, min(SSH_TIMEOUT_S,
+                                                           deadline - time.monotonic())),
+                                    alive=qemu.is_running)
+        self.times.ssh_s = time.monotonic() - self.times.launched_at
+        return self.ssh
+
+    def figures(self) -> Dict[str, float]:
+        if not self.times:
+            return {}
+        out = {}
+        if self.times.marker_s is not None:
+            out['boot_to_marker_s'] = round(self.times.marker_s, 3)
+        if self.times.ssh_s is not None:
+            out['boot_to_ssh_s'] = round(self.times.ssh_s, 3)
+        return out
+
+    def close(self) -> None:
+        if self.ssh:
+            self.ssh.close()
+            self.ssh = None
+
