@@ -46,6 +46,7 @@ class QEMUProcess:
         self._use_qmp = qmp
         self._popen: Optional[subprocess.Popen] = None
         self._qmp: Optional[QMPChannel] = None
+        self._extra_monitor_socks: List[socket.socket] = []
         self.cmdline: List[str] = []
         self.launched_at: Optional[float] = None
         self.ended_by: Optional[str] = None   # how shutdown() ended it
@@ -57,6 +58,19 @@ class QEMUProcess:
         if self._popen:
             raise LaunchError(f"{self.name}: arguments must be added before launch()")
         self._args.extend(args)
+
+    def add_monitor(self, chardev_id: str) -> socket.socket:
+        """A second QMP monitor, for a user other than this object (e.g. a
+        watchdog thread that must not share the main channel): returns our
+        end of its socketpair, to hand to a QMPChannel after launch()."""
+        if self._popen:
+            raise LaunchError(f"{self.name}: monitors must be added before launch()")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._extra_monitor_socks.append(theirs)
+        self._args += ['-chardev', f'socket,id={chardev_id},fd={theirs.fileno()}',
+                       '-mon', f'chardev={chardev_id},mode=control']
+        self._pass_fds.append(theirs.fileno())
+        return ours
 
     @property
     def pid(self) -> Optional[int]:
@@ -77,6 +91,15 @@ class QEMUProcess:
         except OSError:
             return ''
         return '\n'.join(data.splitlines()[-lines:])
+
+    def count_log_lines(self, prefix: str) -> int:
+        """How many lines of the log start with ``prefix`` (e.g. a trace
+        event name such as ``lsi_reset``)."""
+        try:
+            with open(self.log_path, encoding='utf-8', errors='replace') as f:
+                return sum(1 for line in f if line.startswith(prefix))
+        except OSError:
+            return 0
 
     def launch(self, timeout_s: float = LAUNCH_TIMEOUT_S) -> None:
         """Start QEMU and, with QMP, return once it answers."""
@@ -107,8 +130,11 @@ class QEMUProcess:
                 qmp_ours.close()
             raise LaunchError(f"{self.name}: cannot execute {self.qemu}: {err}") from None
         finally:
-            if qmp_theirs:
-                qmp_theirs.close()
+            # The child has its copies: QEMU must be their only holder.
+            for sock in [qmp_theirs] + self._extra_monitor_socks:
+                if sock:
+                    sock.close()
+            self._extra_monitor_socks = []
         self.launched_at = time.monotonic()
         if not qmp_ours:
             return
