@@ -275,7 +275,7 @@ class Link:
         header, fds = self._recv_exact(HEADER_SIZE, deadline, want_fds=True)
         cmd, size = HEADER.unpack(header)
         if size > DATA_UNION_SIZE:
-            _close_fds(fds)
+            close_fds(fds)
             raise ProtocolError(f"the remote sent message {cmd} with {size} data bytes "
                                 f"(at most {DATA_UNION_SIZE}): the stream is corrupt")
         data, _ = self._recv_exact(size, deadline, want_fds=False) if size else (b'', [])
@@ -295,7 +295,7 @@ class Link:
                 data, ancdata = b'', []
             fds += _fds_from(ancdata)
             if not data:
-                _close_fds(fds)
+                close_fds(fds)
                 raise RemoteGone(f"the remote closed its socket after {got} of {length} "
                                  f"bytes: it has exited or was killed; see its log")
             chunks.append(data)
@@ -328,7 +328,8 @@ def _fds_from(ancdata) -> List[int]:
     return fds
 
 
-def _close_fds(fds: Sequence[int]) -> None:
+def close_fds(fds: Sequence[int]) -> None:
+    """Close each fd; one already closed is not an error."""
     for fd in fds:
         try:
             os.close(fd)

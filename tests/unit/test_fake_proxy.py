@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
+from harness import bench
+from harness.bytecheck import assert_same_bytes, read_image, write_random_image
 from harness.devices import lsi, pci
 from harness.mpqemu import fake_remote, protocol
 from harness.mpqemu.guestmem import GuestMemory
@@ -41,16 +43,12 @@ class Remote:
     image: str
 
     def image_bytes(self, offset: int, length: int) -> bytes:
-        with open(self.image, 'rb') as f:
-            f.seek(offset)
-            return f.read(length)
+        return read_image(self.image, offset, length)
 
 
 @pytest.fixture
 def image(tmp_path):
-    path = tmp_path / 'disk.raw'
-    path.write_bytes(os.urandom(IMAGE_SIZE))
-    return str(path)
+    return write_random_image(str(tmp_path / 'disk.raw'), IMAGE_SIZE)
 
 
 @pytest.fixture
@@ -63,21 +61,8 @@ def remote(caps, image, tmp_path):
         yield Remote(launched.process, launched.proxy, launched.memory, device, image)
 
 
-def assert_same_bytes(actual: bytes, expected: bytes, what: str) -> None:
-    """Compare every byte; on failure name the first differing offset."""
-    if len(actual) != len(expected):
-        raise AssertionError(f"{what}: {len(actual)} bytes, expected {len(expected)}")
-    if actual == expected:
-        return
-    first = next(i for i, (a, b) in enumerate(zip(actual, expected)) if a != b)
-    count = sum(a != b for a, b in zip(actual, expected))
-    raise AssertionError(f"{what}: {count} byte(s) differ, first at offset {first} "
-                         f"(got {actual[first]:#04x}, expected {expected[first]:#04x})")
-
-
 def lsi_resets_logged(remote: Remote) -> int:
-    with open(remote.process.log_path, encoding='utf-8', errors='replace') as f:
-        return sum(1 for line in f if line.startswith('lsi_reset'))
+    return remote.process.count_log_lines('lsi_reset')
 
 
 # ---------------------------------------------------------------- config space
@@ -285,10 +270,5 @@ def test_round_trip_latency_is_recorded(remote, record_property):
                'bar_read_us': lambda: device.read_reg(lsi.SCRATCHA, 4),
                'bar_write_us': lambda: device.write_reg(lsi.SCRATCHA, 1, 4)}
     for name, access in samples.items():
-        times = []
-        for _ in range(LATENCY_SAMPLES):
-            started = time.perf_counter()
-            access()
-            times.append(time.perf_counter() - started)
-        times.sort()
-        record_property(name, round(times[len(times) // 2] * 1e6, 1))
+        times = bench.time_calls(access, LATENCY_SAMPLES)
+        record_property(name, bench.spread(times, 1e6)['median'])
