@@ -1,0 +1,100 @@
+"""Malformed and out-of-order protocol messages against a real remote.
+
+The remote may refuse a message or exit cleanly; it must not die by a
+signal or stop answering, and the harness must never hang.  Crashes and
+hangs that are known upstream bugs (tests/known_issues) are reported as
+warnings with their evidence in the whiteboard, not hidden; unknown ones
+fail the test with the reproducer's path.  See harness/mpqemu/fuzz.py for
+the message families and how outcomes are classified; `make fuzz` runs
+the long version.
+"""
+
+import json
+import os
+
+from harness import known_issues, params
+from harness.mpqemu import fuzz
+from harness.testing import MultiprocessTest
+
+# 10,000 messages take ~20-40 s on 2 cores; the limit only bounds a slow host.
+TIME_LIMIT_S = 150
+
+
+class ProtocolFuzz(MultiprocessTest):
+    """
+    :avocado: enable
+    :avocado: tags=fuzz
+    """
+
+    timeout = 240
+
+    def setUp(self):
+        super().setUp()
+        lookup = lambda name: self.params.get(name, default=None)  # noqa: E731
+        self.seed = params.get_int('fuzz_seed', lookup, minimum=0)
+        self.messages = params.get_int('fuzz_messages', lookup)
+        self.issues = known_issues.load()
+        self.fuzzer = fuzz.Fuzzer(self.caps, self.outputdir, self.seed, self.issues,
+                                  log=self.log.info)
+
+    def tearDown(self):
+        self.fuzzer.close()
+        super().tearDown()
+
+    def report_known(self, what, entries):
+        """Known issues met: a WARN with the evidence, never a silent pass."""
+        for entry in entries:
+            issue = next(i for i in self.issues if i.id == entry['known_issue'])
+            self.log.warning('known issue %s (%s) met by %s: %s', issue.id, issue.title, what,
+                             json.dumps(entry))
+        self.record(known_issues_met=sorted({e['known_issue'] for e in entries}))
+
+    def test_random_messages(self):
+        """Seeded random cases: no unknown crash or hang, no harness hang."""
+        summary = self.fuzzer.run(self.messages, time_limit_s=TIME_LIMIT_S)
+        with open(os.path.join(self.outputdir, 'fuzz-summary.json'), 'w',
+                  encoding='utf-8') as f:
+            json.dump(summary.to_json(), f, indent=1)
+        self.log.info('%s', fuzz.format_summary(summary))
+        self.record(fuzz_seed=self.seed, fuzz_messages=summary.messages,
+                    fuzz_cases=summary.cases, fuzz_messages_per_s=round(summary.messages_per_s),
+                    fuzz_elapsed_s=round(summary.elapsed_s, 1), fuzz_outcomes=summary.outcomes,
+                    fuzz_remotes_started=summary.remotes_started,
+                    fuzz_slowest_case_s=round(summary.slowest_case_s, 2),
+                    fuzz_findings=summary.findings)
+
+        self.assertEqual(summary.harness_hangs, 0, 'a fuzz case overran its deadline: '
+                         'a harness bug (see the job log)')
+        self.assertGreaterEqual(summary.messages, self.messages,
+                                f'only {summary.messages} messages within {TIME_LIMIT_S} s')
+        unknown = summary.unknown_findings
+        self.assertFalse(unknown, 'remote crashed or hung, not a known issue; reproducers in '
+                         f'{os.path.join(self.outputdir, "findings")}: {json.dumps(unknown)}')
+        self.report_known(f'seed {self.seed}',
+                          [f for f in summary.findings if f['known_issue']])
+
+    def test_corpus_still_reproduces(self):
+        """Checked-in reproducers (tests/fuzz/corpus) replayed as regression
+        cases: each must end as recorded; one that no longer does is
+        flagged, since its known issue may be fixed."""
+        paths = fuzz.corpus_files()
+        self.assertTrue(paths, f'no reproducers in {fuzz.DEFAULT_CORPUS_DIR}')
+        met, changed = [], []
+        for outcome in fuzz.replay_corpus(self.fuzzer, paths):
+            name = os.path.basename(outcome.path)
+            got = f'{outcome.got.outcome}:{outcome.got.signal}'
+            self.assertLess(outcome.got.elapsed_s, fuzz.CASE_DEADLINE_S,
+                            f'{name}: the harness took {outcome.got.elapsed_s:.1f} s')
+            if not outcome.same:
+                changed.append({'reproducer': name, 'expected': outcome.expected, 'got': got})
+            elif outcome.got.is_finding:
+                self.assertIsNotNone(outcome.known_issue,
+                                     f'{name} ends in {got} but matches no known issue')
+                met.append({'known_issue': outcome.known_issue, 'reproducer': name,
+                            'outcome': got, 'log': outcome.got.log.strip()[-300:]})
+        self.record(corpus_replayed=len(paths), corpus_changed=changed)
+        for entry in changed:
+            self.log.warning('reproducer %s no longer ends as recorded (%s, now %s): '
+                             'fixed upstream? update tests/known_issues', entry['reproducer'],
+                             entry['expected'], entry['got'])
+        self.report_known('the corpus', met)
