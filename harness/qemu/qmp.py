@@ -112,6 +112,8 @@ class QMPChannel:
                 event = self._sync(self._client.events.get(), left)
             except asyncio.TimeoutError:
                 continue
+            # qemu.qmp's Message is a Mapping, not a dict: json.dumps needs one.
+            event = dict(event)
             self._record('<', event)
             if event.get('event') == name:
                 return dict(event)
