@@ -21,6 +21,8 @@ from typing import Dict, List, Optional, Sequence
 from ..errors import HarnessError, ParameterError
 from ..qemu.binary import Capabilities
 from ..qemu.process import QEMUProcess
+from .faults import FaultInjector
+from .watchdog import RemoteWatchdog
 
 LOG = logging.getLogger(__name__)
 
@@ -28,6 +30,9 @@ DISK_FORMATS = ('raw', 'qcow2')
 # A remote exits by itself once the proxy's end of its socket closes
 # (hw/remote/mpqemu-link.c sees EOF); teardown gives it this long.
 REMOTE_SELF_EXIT_S = 2.0
+# device_del of a proxy device completes only once the guest's ACPI PCI
+# hot-plug driver has released it.
+HOTPLUG_TIMEOUT_S = 20.0
 
 
 def _check_drive(drive: Optional[str], fmt: str) -> None:
@@ -63,6 +68,19 @@ def remote_args(caps: Capabilities, devid: str, drive: Optional[str], fd: int,
             + ['-object', f'{names.remote_object},id={devid}-obj,devid={devid},fd={fd}'])
 
 
+def remote_process(caps: Capabilities, *, devid: str, sock: socket.socket, log_dir: str,
+                   drive: Optional[str] = None, fmt: str = 'raw',
+                   extra_args: Sequence[str] = (), name: Optional[str] = None,
+                   qmp: bool = True) -> QEMUProcess:
+    """A remote process for ``sock`` (its end of the socketpair), not yet
+    launched: add monitors or arguments, launch, then close ``sock``."""
+    _check_drive(drive, fmt)
+    return QEMUProcess(caps.path,
+                       remote_args(caps, devid, drive, sock.fileno(), fmt) + list(extra_args),
+                       name=name or f'remote-{devid}', log_dir=log_dir,
+                       pass_fds=[sock.fileno()], qmp=qmp)
+
+
 def start_remote(caps: Capabilities, *, devid: str, sock: socket.socket, log_dir: str,
                  drive: Optional[str] = None, fmt: str = 'raw',
                  extra_args: Sequence[str] = (), name: Optional[str] = None,
@@ -72,11 +90,8 @@ def start_remote(caps: Capabilities, *, devid: str, sock: socket.socket, log_dir
     Without ``qmp`` it returns as soon as the process is forked: the
     socket buffers what is sent before the remote is up (the fuzzer
     relaunches remotes by the hundred and cannot wait for QMP)."""
-    _check_drive(drive, fmt)
-    process = QEMUProcess(caps.path,
-                          remote_args(caps, devid, drive, sock.fileno(), fmt) + list(extra_args),
-                          name=name or f'remote-{devid}', log_dir=log_dir,
-                          pass_fds=[sock.fileno()], qmp=qmp)
+    process = remote_process(caps, devid=devid, sock=sock, log_dir=log_dir, drive=drive,
+                             fmt=fmt, extra_args=extra_args, name=name, qmp=qmp)
     try:
         process.launch()
     finally:
@@ -95,7 +110,33 @@ class RemoteDevice:
         self.extra_args = list(extra_args)
         self.addr = addr
         self.process: Optional[QEMUProcess] = None
+        self.past: List[QEMUProcess] = []                 # replaced by restarts
         self.proxy_sock: Optional[socket.socket] = None   # until the proxy has it
+        self.watchdog: Optional[RemoteWatchdog] = None
+        self.faults: Optional[FaultInjector] = None
+        self.generation = 0                               # restarts so far
+
+    def start(self, caps: Capabilities, log_dir: str, sock: socket.socket,
+              watch: bool) -> None:
+        """Launch the remote on ``sock`` (closed here afterwards), with a
+        watchdog if ``watch``."""
+        name = f'remote-{self.devid}' + (f'-{self.generation}' if self.generation else '')
+        process = remote_process(caps, devid=self.devid, sock=sock, log_dir=log_dir,
+                                 drive=self.drive, fmt=self.fmt,
+                                 extra_args=self.extra_args, name=name)
+        watchdog = RemoteWatchdog(process) if watch else None
+        try:
+            process.launch()
+        finally:
+            sock.close()
+        self.process, self.watchdog = process, watchdog
+        self.faults = FaultInjector(process, watchdog)
+        if watchdog:
+            watchdog.start()
+
+    def stop_watchdog(self) -> None:
+        if self.watchdog:
+            self.watchdog.stop()
 
     def proxy_device_arg(self, caps: Capabilities) -> str:
         names = caps.require_multiprocess()
@@ -118,7 +159,7 @@ class MultiprocessVM:
 
     def __init__(self, caps: Capabilities, log_dir: str, *, accel: str = 'tcg',
                  machine: str = 'pc', memory_mb: int = 256, memory_slots: int = 0,
-                 maxmem_mb: Optional[int] = None):
+                 maxmem_mb: Optional[int] = None, smp: int = 1, watchdog: bool = False):
         if self.multiprocess:
             caps.require_multiprocess()
         if accel not in caps.accelerators:
@@ -135,6 +176,10 @@ class MultiprocessVM:
         self.memory_mb = memory_mb
         self.memory_slots = memory_slots
         self.maxmem_mb = maxmem_mb
+        if smp < 1:
+            raise ParameterError(f"smp={smp}: the guest needs a vCPU")
+        self.smp = smp
+        self.watchdog = watchdog          # a RemoteWatchdog on every remote
         self.remotes: Dict[str, RemoteDevice] = {}
         self.proxy_extra_args: List[str] = []
         self.proxy: Optional[QEMUProcess] = None
@@ -187,7 +232,7 @@ class MultiprocessVM:
         return args
 
     def proxy_args(self) -> List[str]:
-        args = ['-accel', self.accel, '-machine', self.machine,
+        args = ['-accel', self.accel, '-machine', self.machine, '-smp', str(self.smp),
                 '-nodefaults', '-display', 'none', *self.caps.firmware_args,
                 *self._memory_args()]
         if self.accel == 'kvm':
@@ -203,9 +248,7 @@ class MultiprocessVM:
             for remote in self.remotes.values():
                 remote.proxy_sock, remote_sock = socket.socketpair(socket.AF_UNIX,
                                                                    socket.SOCK_STREAM)
-                remote.process = start_remote(
-                    self.caps, devid=remote.devid, sock=remote_sock, log_dir=self.log_dir,
-                    drive=remote.drive, fmt=remote.fmt, extra_args=remote.extra_args)
+                remote.start(self.caps, self.log_dir, remote_sock, self.watchdog)
             self.proxy = QEMUProcess(self.caps.path, self.proxy_args(), name='proxy',
                                      log_dir=self.log_dir,
                                      pass_fds=[r.proxy_sock.fileno()
@@ -225,17 +268,49 @@ class MultiprocessVM:
 
     def processes(self) -> List[QEMUProcess]:
         procs = [self.proxy] if self.proxy else []
-        return procs + [r.process for r in self.remotes.values() if r.process]
+        return procs + [p for r in self.remotes.values() for p in r.past + [r.process] if p]
+
+    def restart_remote(self, devid: str, timeout_s: float = HOTPLUG_TIMEOUT_S) -> RemoteDevice:
+        """Replace a (dead or alive) remote with a fresh one on the same
+        disk: unplug its proxy device (the guest's ACPI hot-plug must
+        complete it), start a new remote, hand the proxy its socket end
+        with QMP getfd and hot-plug a new proxy device with the same id."""
+        remote = self.remotes[devid]
+        names = self.caps.require_multiprocess()
+        self.proxy.qmp('device_del', id=devid)
+        self.proxy.get_event('DEVICE_DELETED', timeout_s)   # the guest let it go
+        remote.stop_watchdog()
+        if remote.process:
+            remote.process.shutdown()
+            remote.past.append(remote.process)
+        remote.generation += 1
+        proxy_end, remote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            remote.start(self.caps, self.log_dir, remote_end, self.watchdog)
+            fdname = f'{devid}-sock-{remote.generation}'
+            self.proxy.send_fd(proxy_end.fileno(), fdname)
+        finally:
+            proxy_end.close()      # the proxy holds its copy now
+        args = {'driver': names.proxy_device, 'id': devid, 'fd': fdname}
+        if remote.addr:
+            args['addr'] = remote.addr
+        self.proxy.qmp('device_add', **args)
+        return remote
 
     def shutdown(self) -> Dict[str, str]:
         """Stop the proxy, then the remotes (which normally exit on their
         own once the proxy is gone).  Returns how each process ended."""
+        ended, errors = {}, []
+        for remote in self.remotes.values():
+            try:
+                remote.stop_watchdog()
+            except Exception as err:  # pylint: disable=broad-except
+                errors.append(err)
         # A SIGSTOPped remote would keep the proxy's vCPU waiting for a
         # reply and make the quit slow; wake the remotes first.
         for remote in self.remotes.values():
             if remote.process and remote.process.is_running():
                 remote.process.send_signal(signal.SIGCONT)
-        ended, errors = {}, []
         for process in self.processes():
             if process is not self.proxy:
                 process.wait_exit(REMOTE_SELF_EXIT_S)
