@@ -382,6 +382,7 @@ SCSI_INQUIRY = 0x12
 SCSI_READ_CAPACITY_10 = 0x25
 SCSI_READ_10 = 0x28
 SCSI_WRITE_10 = 0x2a
+CDB_FUA = 0x08               # WRITE(10) byte 1: write through to the medium
 
 STATUS_GOOD = 0x00
 STATUS_CHECK_CONDITION = 0x02
@@ -652,10 +653,17 @@ class Lsi53c895a:
             if status != STATUS_GOOD:
                 raise self._scsi_error(f"READ(10) lba={chunk_lba} blocks={n}", status)
 
-    def write10_from(self, gpa: int, lba: int, blocks: int) -> None:
-        """WRITE(10) ``blocks`` blocks from guest memory at ``gpa`` to ``lba``."""
+    def write10_from(self, gpa: int, lba: int, blocks: int, fua: bool = False) -> None:
+        """WRITE(10) ``blocks`` blocks from guest memory at ``gpa`` to ``lba``;
+        with ``fua`` each command completes only once its data is flushed
+        (QEMU's scsi-disk flushes before the status: hw/scsi/scsi-disk.c).
+
+        No SYNCHRONIZE CACHE here: without a data phase QEMU's LSI leaves
+        the bus in a data phase while the flush runs, which a polled
+        script cannot tell from a real one."""
         for chunk_lba, n, offset in self._chunks(lba, blocks):
-            cdb = struct.pack('>BBIBHB', SCSI_WRITE_10, 0, chunk_lba, 0, n, 0)
+            cdb = struct.pack('>BBIBHB', SCSI_WRITE_10, CDB_FUA if fua else 0, chunk_lba,
+                              0, n, 0)
             status = self.command(cdb, data_out_gpa=gpa + offset,
                                   data_out_len=n * self.block_size)
             if status != STATUS_GOOD:
@@ -670,14 +678,14 @@ class Lsi53c895a:
         finally:
             self.access.dma_free(buf)
 
-    def write10(self, lba: int, data: bytes) -> None:
+    def write10(self, lba: int, data: bytes, fua: bool = False) -> None:
         if len(data) % self.block_size:
             raise ValueError(f"{len(data)} bytes is not a whole number of "
                              f"{self.block_size}-byte blocks")
         buf = self.access.dma_alloc(len(data), 4096)
         try:
             self.access.mem_write(buf, data)
-            self.write10_from(buf, lba, len(data) // self.block_size)
+            self.write10_from(buf, lba, len(data) // self.block_size, fua)
         finally:
             self.access.dma_free(buf)
 

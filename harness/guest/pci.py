@@ -24,28 +24,48 @@ class GuestPCIDevice:
     def __repr__(self) -> str:
         return f'<GuestPCIDevice {self.address}>'
 
-    def _read32(self, file: str, offset: int) -> int:
+    def _read32_command(self, file: str, offset: int) -> str:
         if offset % 4:
             raise HarnessError(f"unaligned 32-bit access at {offset:#x}")
-        out = self.ssh.run(f'dd if={self.path}/{file} bs=4 skip={offset // 4} count=1 '
-                           f'2>/dev/null | xxd -p', check=True).stdout.strip()
-        if len(out) != 8:
-            raise HarnessError(f"reading 4 bytes at {offset:#x} of {self.path}/{file} "
-                               f"returned {out!r}")
-        return int.from_bytes(bytes.fromhex(out), 'little')
+        return (f'dd if={self.path}/{file} bs=4 skip={offset // 4} count=1 '
+                f'2>/dev/null | xxd -p')
 
-    def config_read32(self, offset: int) -> int:
-        return self._read32('config', offset)
+    def bar_read32_command(self, bar: int, offset: int) -> str:
+        """Shell command printing the 4 bytes at ``offset`` of the BAR as hex."""
+        return self._read32_command(f'resource{bar}', offset)
 
-    def bar_read32(self, bar: int, offset: int) -> int:
-        return self._read32(f'resource{bar}', offset)
-
-    def bar_write32(self, bar: int, offset: int, value: int) -> None:
+    def bar_write32_command(self, bar: int, offset: int, value: int) -> str:
+        """Shell command writing ``value`` (32 bits) at ``offset`` of the BAR."""
         if offset % 4:
             raise HarnessError(f"unaligned 32-bit access at {offset:#x}")
         escaped = ''.join(f'\\x{b:02x}' for b in value.to_bytes(4, 'little'))
-        self.ssh.run(f"printf '{escaped}' | dd of={self.path}/resource{bar} bs=4 "
-                     f"seek={offset // 4} count=1 conv=notrunc 2>/dev/null", check=True)
+        return (f"printf '{escaped}' | dd of={self.path}/resource{bar} bs=4 "
+                f"seek={offset // 4} count=1 conv=notrunc 2>/dev/null")
+
+    @staticmethod
+    def parse32(hex_output: str) -> int:
+        """The value printed by a ``*_read32_command``."""
+        out = hex_output.strip()
+        if len(out) != 8:
+            raise HarnessError(f"a 4-byte read printed {out!r}")
+        return int.from_bytes(bytes.fromhex(out), 'little')
+
+    def config_read32(self, offset: int) -> int:
+        return self.parse32(self.ssh.run(self._read32_command('config', offset),
+                                         check=True).stdout)
+
+    def bar_read32(self, bar: int, offset: int) -> int:
+        return self.parse32(self.ssh.run(self.bar_read32_command(bar, offset),
+                                         check=True).stdout)
+
+    def bar_write32(self, bar: int, offset: int, value: int) -> None:
+        self.ssh.run(self.bar_write32_command(bar, offset, value), check=True)
+
+    def enable(self) -> None:
+        """Turn on decoding of the BARs (PCI_COMMAND I/O and memory), as a
+        driver's pci_enable_device() would: firmware does it at boot, but
+        nothing does it for a hot-plugged device without a driver."""
+        self.ssh.run(f'echo 1 > {self.path}/enable', check=True)
 
     def driver(self) -> Optional[str]:
         result = self.ssh.run(f'readlink {self.path}/driver')

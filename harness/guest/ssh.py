@@ -228,6 +228,14 @@ class GuestSSH:
             raise CommandFailed(result)
         return result
 
+    def spawn(self, command: str) -> None:
+        """Start ``command`` in the background, detached from this SSH
+        session (setsid: dropbear kills what is left in a closed session's
+        process group, nohup or not).  Its output goes nowhere: have it
+        write a file, and poll that file with run()."""
+        self.run(f'setsid sh -c {shlex.quote(command)} </dev/null >/dev/null 2>&1 &',
+                 check=True)
+
     # -------------------------------------------------------------- files
 
     def write_bytes(self, remote_path: str, data: bytes, mode: int = 0o644,

@@ -11,14 +11,11 @@ multi-process path rather than on the image or the harness.
 import os
 import random
 
+from harness.devices import lsi as lsi_regs
 from harness.guest.image import resolve_image
 from harness.guest.pci import find_device
 from harness.testing import MultiprocessTest
 
-LSI_VENDOR_ID = 0x1000
-LSI_53C895A_DEVICE_ID = 0x0012
-LSI_IO_BAR = 0
-SCRATCHA_OFFSET = 0x34       # hw/scsi/lsi53c895a.c: SCRATCHA0..3
 LSI_DRIVE_ID = 'lsi1-drive'
 
 
@@ -40,17 +37,17 @@ class BootFromRemoteLsi(MultiprocessTest):
     def check_register_round_trip(self, vm, session):
         """A value written to SCRATCHA through the I/O BAR reads back, and
         the write is seen by the process that emulates the LSI."""
-        lsi = find_device(session.ssh, LSI_VENDOR_ID, LSI_53C895A_DEVICE_ID)
+        lsi = find_device(session.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
         emulator = vm.device_process('lsi1')
         emulator.qmp('trace-event-set-state', name='lsi_reg_write', enable=True)
         value = random.Random(self.name.str_filesystem).getrandbits(32) | 0x01010101
-        lsi.bar_write32(LSI_IO_BAR, SCRATCHA_OFFSET, value)
-        self.assertEqual(lsi.bar_read32(LSI_IO_BAR, SCRATCHA_OFFSET), value)
+        lsi.bar_write32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)
+        self.assertEqual(lsi.bar_read32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA), value)
         emulator.qmp('trace-event-set-state', name='lsi_reg_write', enable=False)
         # hw/scsi/trace-events: lsi_reg_write "Write reg %s 0x%x = 0x%02x"
         log = open(emulator.log_path, encoding='utf-8', errors='replace').read()
         for i, byte in enumerate(value.to_bytes(4, 'little')):
-            self.assertIn(f'Write reg SCRATCHA{i} 0x{SCRATCHA_OFFSET + i:x} = 0x{byte:02x}', log)
+            self.assertIn(f'Write reg SCRATCHA{i} 0x{lsi_regs.SCRATCHA + i:x} = 0x{byte:02x}', log)
         return lsi
 
     def check_driver_binding(self, lsi):

@@ -1,0 +1,308 @@
+"""A remote device process that dies or hangs: noticed fast, survived, replaced.
+
+Isolation is why multi-process QEMU exists.  Upstream QEMU has no heartbeat
+between proxy and remote, so the harness's watchdog (harness/mpqemu/
+watchdog.py) measures how fast a fault can be noticed, and these scenarios
+pin down what the guest and the VMM experience: all-ones reads from a dead
+device, a blocked access (and only that) while the remote is stopped, a
+proxy whose main loop waits for a stopped remote on reset, a remote that
+exits once its proxy is gone, and a device brought back by hot-plugging a
+fresh remote.
+"""
+
+import os
+import signal
+import statistics
+import time
+
+from harness import bytecheck
+from harness.devices import lsi as lsi_regs
+from harness.errors import QMPError
+from harness.guest.pci import find_device
+from harness.mpqemu import fake_remote
+from harness.testing import MIB, MultiprocessTest
+
+DETECT_TIMEOUT_S = 5.0          # only keeps a broken watchdog from hanging the test
+LATENCY_INJECTIONS = 10
+ALL_ONES_32 = 0xffffffff
+BLOCKED_WHILE_HUNG_S = 1.5      # how long the guest's access must stay blocked
+COMPLETE_TIMEOUT_S = 20.0
+QMP_WEDGED_TIMEOUT_S = 2.0
+REMOTE_EXIT_TIMEOUT_S = 5.0
+DEVICE_BACK_TIMEOUT_S = 30.0
+POLL_S = 0.1
+RESET_TRACE = 'lsi_reset'
+
+
+def ms(seconds):
+    return round(seconds * 1000, 2)
+
+
+def wait_until(condition, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(POLL_S)
+    raise AssertionError(f'{what} within {timeout_s} s')
+
+
+class FaultTest(MultiprocessTest):
+    """
+    :avocado: disable
+    """
+
+    def launch_topology(self, **kwargs):
+        """Proxy + one watched remote, no guest."""
+        vm = self.new_vm(watchdog=True, **kwargs)
+        vm.add_lsi_remote('lsi1', self.scratch_disk(16), args=['-trace', RESET_TRACE])
+        vm.launch()
+        return vm, vm.remotes['lsi1']
+
+    def launch_watched_guest(self):
+        """The tiny guest, two vCPUs (one may block on the device while the
+        other serves SSH), the LSI in a watched remote."""
+        vm, session = self.launch_guest('tiny', data_disk=self.scratch_disk(64), watchdog=True,
+                                        smp=2, remote_args=['-trace', RESET_TRACE])
+        return vm, session, find_device(session.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
+
+
+class RemoteDetection(FaultTest):
+    """How fast the watchdog notices each kind of fault (no guest needed).
+
+    :avocado: enable
+    :avocado: tags=faults,heartbeat
+    """
+
+    def measure(self, kind, event_kind):
+        latencies = []
+        for _ in range(LATENCY_INJECTIONS):
+            vm, remote = self.launch_topology()
+            remote.faults.inject(kind)
+            latencies.append(remote.watchdog.wait_for(event_kind, DETECT_TIMEOUT_S).latency_s)
+            vm.shutdown()
+        return latencies
+
+    def test_detection_latency(self):
+        """Median over 10 injections each of SIGKILL, abort-style crash and
+        SIGSTOP; the design target (250 ms) is a figure, not an assert."""
+        figures = {}
+        for kind, event_kind in (('kill', 'dead'), ('crash', 'dead'), ('hang', 'hung')):
+            latencies = self.measure(kind, event_kind)
+            self.assertEqual(len(latencies), LATENCY_INJECTIONS)
+            figures[f'detect_{kind}_ms'] = {'median': ms(statistics.median(latencies)),
+                                            'max': ms(max(latencies)),
+                                            'n': len(latencies)}
+        self.record(**figures)
+
+    def test_main_loop_hang_is_seen_by_the_ping(self):
+        """A remote whose main loop stops answering is 'hung' even when the
+        process state looks normal: the QMP ping deadline catches it."""
+        vm, remote = self.launch_topology()
+        remote.watchdog.use_proc_state = False      # leave it to the ping
+        fault = remote.faults.hang()
+        event = remote.watchdog.wait_for('hung', DETECT_TIMEOUT_S)
+        self.assertIn('no reply', event.detail)
+        self.assertGreaterEqual(event.detected_at, fault.injected_at)
+        remote.faults.resume()
+        remote.watchdog.wait_for('resumed', DETECT_TIMEOUT_S)
+        self.record(detect_ping_hang_ms=ms(event.latency_s))
+
+    def test_proxy_death_makes_the_remote_exit(self):
+        """No orphan: a remote whose proxy died exits by itself."""
+        vm, remote = self.launch_topology()
+        killed_at = time.monotonic()
+        vm.proxy.send_signal(signal.SIGKILL)
+        remote.watchdog.fault_injected(killed_at)
+        event = remote.watchdog.wait_for('dead', REMOTE_EXIT_TIMEOUT_S)
+        self.assertTrue(remote.process.wait_exit(REMOTE_EXIT_TIMEOUT_S))
+        self.assertEqual(remote.process.exitcode, 0)
+        self.record(remote_exit_after_proxy_death_ms=ms(event.latency_s))
+
+    def test_qemu_heartbeat(self):
+        """The v8 series' own heartbeat made QEMU exit with "Lost contact
+        with device"; upstream dropped it.  Assert it where it exists."""
+        if self.caps.multiprocess.flavour != 'v8':
+            self.record(qemu_heartbeat='none: upstream multi-process QEMU has no '
+                                       'proxy-remote heartbeat (v8 PROXY_PING was dropped)')
+            self.cancel(f'{self.caps.version_string} has no heartbeat of its own '
+                        f'(upstream names, not the v8 series); nothing to check')
+        vm, remote = self.launch_topology()
+        remote.faults.kill()
+        self.assertTrue(vm.proxy.wait_exit(REMOTE_EXIT_TIMEOUT_S),
+                        'QEMU did not exit after losing its remote')
+        with open(vm.proxy.log_path, encoding='utf-8', errors='replace') as log:
+            self.assertIn('Lost contact with device', log.read())
+
+
+class ProxyWithStoppedRemote(FaultTest):
+    """What the VMM's monitor does while a remote is stopped (no guest).
+
+    :avocado: enable
+    :avocado: tags=faults,heartbeat,reset
+    """
+
+    def time_qmp(self, command, **args):
+        started = time.monotonic()
+        try:
+            result = self.vm.proxy.qmp(command, timeout_s=QMP_WEDGED_TIMEOUT_S, **args)
+        except QMPError as err:
+            result = err
+        return result, time.monotonic() - started
+
+    def test_stop_and_reset_with_the_remote_stopped(self):
+        """stop/cont do not involve the device and keep working; a reset
+        sends DEVICE_RESET and waits for the reply in the main loop, so the
+        proxy's monitor is wedged until the remote resumes — then the reset
+        completes.  (QEMU 7.2 has no reply timeout: hw/remote/mpqemu-link.c.)"""
+        self.vm, remote = self.launch_topology()
+        resets_before = remote.process.count_log_lines(RESET_TRACE)
+        remote.faults.hang()
+        remote.watchdog.wait_for('hung', DETECT_TIMEOUT_S)
+
+        for command, status in (('stop', 'paused'), ('cont', 'running')):
+            result, took = self.time_qmp(command)
+            self.assertEqual(result, {}, command)
+            self.assertEqual(self.vm.proxy.qmp('query-status')['status'], status)
+            self.record(**{f'{command}_with_stopped_remote_ms': ms(took)})
+
+        result, _ = self.time_qmp('system_reset')
+        self.assertIsInstance(result, QMPError, 'system_reset answered with the remote stopped')
+        status, _ = self.time_qmp('query-status')
+        self.assertIsInstance(status, QMPError, 'the proxy monitor answered during the reset')
+        self.assertTrue(self.vm.proxy.is_running(), 'the proxy died')
+
+        remote.faults.resume()
+        started = time.monotonic()
+        status = wait_until(lambda: self.time_qmp('query-status')[0], COMPLETE_TIMEOUT_S,
+                            'the proxy monitor did not come back after SIGCONT')
+        self.assertEqual(status['status'], 'running')
+        wait_until(lambda: remote.process.count_log_lines(RESET_TRACE) > resets_before,
+                   COMPLETE_TIMEOUT_S, 'the remote saw no reset')
+        self.record(monitor_back_after_resume_ms=ms(time.monotonic() - started),
+                    reset_with_stopped_remote='monitor wedged until the remote resumed')
+
+
+class GuestFaults(FaultTest):
+    """What the guest and the proxy see when the remote dies or hangs.
+
+    :avocado: enable
+    :avocado: tags=faults,heartbeat,ssh
+    """
+
+    def setUp(self):
+        super().setUp()
+        self.vm, self.session, self.lsi = self.launch_watched_guest()
+        self.remote = self.vm.remotes['lsi1']
+        self.ssh = self.session.ssh
+
+    def test_killed_remote_reads_all_ones_and_vm_survives(self):
+        self.lsi.bar_write32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, 0x5a5a1234)
+        fault = self.remote.faults.kill()
+        event = self.remote.watchdog.wait_for('dead', DETECT_TIMEOUT_S)
+        self.assertGreaterEqual(event.detected_at, fault.injected_at)
+
+        self.assertEqual(self.lsi.bar_read32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA), ALL_ONES_32)
+        self.assertEqual(self.lsi.config_read32(0), ALL_ONES_32)
+        self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
+        self.assertEqual(self.ssh.run('echo alive', check=True).stdout, 'alive\n')
+
+        def proxy_log():
+            with open(self.vm.proxy.log_path, encoding='utf-8', errors='replace') as log:
+                return log.read()
+        log = wait_until(lambda: 'Broken pipe' in proxy_log() and proxy_log(),
+                         DETECT_TIMEOUT_S, 'the proxy logged no error')
+        self.assertIn('Unable to write to socket', log)
+        self.record(detect_kill_ms=ms(event.latency_s))
+
+    def test_hung_remote_blocks_only_the_device_access(self):
+        """While the remote is stopped a guest access to the device blocks;
+        SSH, other guest commands and the proxy's QMP keep working; after
+        SIGCONT the blocked write and read complete with the right value."""
+        self.lsi.bar_write32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, 0x11111111)
+        fault = self.remote.faults.hang()
+        event = self.remote.watchdog.wait_for('hung', DETECT_TIMEOUT_S)
+        self.assertGreaterEqual(event.detected_at, fault.injected_at)
+
+        value = 0x600dcafe
+        out = '/tmp/blocked.out'
+        access = (f"{self.lsi.bar_write32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)}; "
+                  f"{self.lsi.bar_read32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA)} > {out}.tmp; "
+                  f"mv {out}.tmp {out}")
+        self.ssh.run(f'rm -f {out}', check=True)
+        self.ssh.spawn(access)
+
+        blocked_until = time.monotonic() + BLOCKED_WHILE_HUNG_S
+        qmp_ms = []
+        while time.monotonic() < blocked_until:
+            self.assertEqual(self.ssh.run(f'cat {out} 2>/dev/null').stdout, '',
+                             'the device access completed while the remote was stopped')
+            self.assertEqual(self.ssh.run('uname -s', check=True).stdout, 'Linux\n')
+            started = time.monotonic()
+            self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
+            qmp_ms.append(ms(time.monotonic() - started))
+            time.sleep(POLL_S)
+
+        self.remote.faults.resume()
+        self.remote.watchdog.wait_for('resumed', DETECT_TIMEOUT_S)
+        result = wait_until(lambda: self.ssh.run(f'cat {out} 2>/dev/null').stdout,
+                            COMPLETE_TIMEOUT_S, 'the blocked access did not complete')
+        self.assertEqual(self.lsi.parse32(result), value)
+        self.record(detect_hang_ms=ms(event.latency_s),
+                    proxy_qmp_while_hung_ms=max(qmp_ms))
+
+    def test_restart_after_kill_brings_the_device_back(self):
+        """Kill the remote, unplug its proxy device, start a fresh remote on
+        the same disk, pass the proxy its socket with getfd and device_add
+        a new proxy device: the guest sees a working LSI again."""
+        self.remote.faults.kill()
+        self.remote.watchdog.wait_for('dead', DETECT_TIMEOUT_S)
+        old_pid = self.remote.process.pid
+        started = time.monotonic()
+        self.vm.restart_remote('lsi1')
+        lsi = wait_until(lambda: self._lsi_if_present(), DEVICE_BACK_TIMEOUT_S,
+                         'the guest did not see the re-plugged LSI')
+        self.assertNotEqual(self.vm.remote('lsi1').pid, old_pid)
+        value = 0x0badf00d
+        lsi.bar_write32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)
+        self.assertEqual(lsi.bar_read32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA), value)
+        self.assertEqual(self.vm.remotes['lsi1'].watchdog.events(), [])
+        self.record(restart_to_device_usable_s=round(time.monotonic() - started, 3))
+
+    def _lsi_if_present(self):
+        listing = self.ssh.run('grep -l 0x0012 /sys/bus/pci/devices/*/device').stdout
+        if not listing.strip():
+            return None
+        lsi = find_device(self.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
+        lsi.enable()      # no driver, no firmware: nothing else turns on I/O decoding
+        return lsi
+
+
+class RestartKeepsFlushedData(FaultTest):
+    """Data the device wrote and flushed before its process was killed is
+    on the disk for the next remote (device level, through the fake proxy).
+
+    :avocado: enable
+    :avocado: tags=faults,protocol
+    """
+
+    def test_flushed_data_survives_a_killed_remote(self):
+        image = bytecheck.write_random_image(os.path.join(self.workdir, 'disk.raw'), 16 * MIB)
+        payload = os.urandom(2 * MIB)
+        lba = 4096
+        with fake_remote.launch(self.caps, log_dir=self.outputdir, drive=image) as first:
+            engine = lsi_regs.Lsi53c895a(first.access)
+            engine.setup()
+            engine.wait_ready()
+            engine.write10(lba, payload, fua=True)       # written and flushed
+            first.process.kill()
+            self.assertEqual(first.process.exitcode, -9)
+        with fake_remote.launch(self.caps, log_dir=self.outputdir, drive=image) as second:
+            engine = lsi_regs.Lsi53c895a(second.access)
+            engine.setup()
+            engine.wait_ready()
+            bytecheck.assert_same_bytes(engine.read10(lba, len(payload) // 512), payload,
+                                        'data read by the restarted remote')
+        bytecheck.assert_same_bytes(bytecheck.read_image(image, lba * 512, len(payload)),
+                                    payload, 'the image file after the crash')
