@@ -85,22 +85,36 @@ class GuestSession:
         return args
 
     def wait_ready(self, qemu: QEMUProcess, timeout_s: float = BOOT_TIMEOUT_S) -> GuestSSH:
-        """Wait for the ready marker (if the image has one), then SSH."""
-        self.times = BootTimes(qemu.launched_at or time.monotonic())
-        deadline = self.times.launched_at + timeout_s
+        """Wait for the ready marker (if the image has one), then SSH.
+        Times count from the launch of ``qemu``."""
+        self.port = hostfwd_port(qemu.hmp('info usernet'), GUEST_SSH_PORT)
+        return self._wait_boot(qemu, qemu.launched_at or time.monotonic(), 0, timeout_s)
+
+    def wait_rebooted(self, qemu: QEMUProcess, since: int,
+                      timeout_s: float = BOOT_TIMEOUT_S) -> GuestSSH:
+        """After a reset of ``qemu``: drop the old SSH connection, wait for
+        the ready marker written after console offset ``since`` (take
+        ``console.mark()`` before the reset), then log in again.  Times in
+        ``self.times`` count from this call."""
+        self.close()
+        return self._wait_boot(qemu, time.monotonic(), since, timeout_s)
+
+    def _wait_boot(self, qemu: QEMUProcess, started: float, since: int,
+                   timeout_s: float) -> GuestSSH:
+        self.times = BootTimes(started)
+        deadline = started + timeout_s
         if self.image.ready_marker:
             failures = [self.image.failure_marker] if self.image.failure_marker else []
             self.console.wait_for(self.image.ready_marker,
                                   failure_patterns=list(DEFAULT_FAILURE_PATTERNS) + failures,
                                   timeout_s=max(0.0, deadline - time.monotonic()),
-                                  alive=qemu.is_running)
-            self.times.marker_s = time.monotonic() - self.times.launched_at
-        self.port = hostfwd_port(qemu.hmp('info usernet'), GUEST_SSH_PORT)
+                                  since=since, alive=qemu.is_running)
+            self.times.marker_s = time.monotonic() - started
         self.ssh = connect_to_image(self.image, '127.0.0.1', self.port,
                                     timeout_s=max(1.0, min(SSH_TIMEOUT_S,
                                                            deadline - time.monotonic())),
                                     alive=qemu.is_running)
-        self.times.ssh_s = time.monotonic() - self.times.launched_at
+        self.times.ssh_s = time.monotonic() - started
         return self.ssh
 
     def figures(self) -> Dict[str, float]:

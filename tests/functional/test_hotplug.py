@@ -1,0 +1,279 @@
+"""Memory hot-plug must reach the remote: every change of the guest's memory
+map is resent to it (SYNC_SYSMEM), or its device DMAs into stale RAM.
+
+The checks use the remote's own account of its memory (``info mtree -f`` on
+its QMP), and DMA the guest starts itself: the guest writes the LSI's DSP
+through the I/O BAR, the chip fetches SCRIPTS the harness put in one of the
+guest's pages, and moves data between the LSI's disk and the DIMM (SCSI
+data phases reach above 4 GiB through DBMS; see harness/guest/lsi_dma.py).
+A DIMM backed by a file in the test's work directory lets the harness check
+the bytes where they landed.
+"""
+
+import os
+import time
+
+from harness import known_issues
+from harness.devices import lsi
+from harness.guest import lsi_dma
+from harness.guest.pci import find_device
+from harness.mpqemu import hotplug, memview, proxyram
+from harness.testing import MultiprocessTest
+
+MIB = 1 << 20
+BLOCK = 512
+DIMM_SIZE = 128 * MIB          # one Linux memory block on x86_64
+DISK_MB = 64
+MEMORY_SLOTS = 4
+MAXMEM_EXTRA_MB = 1024
+DMA_BYTES = 1 * MIB
+LBA_DISK_PATTERN = 2048        # the disk holds random data here (set up by the test)
+LBA_FROM_DIMM = 8192
+LBA_FROM_GUEST = 16384
+GUEST_BLOCK_WAIT_S = 10.0
+UNPLUG_TIMEOUT_S = 20.0
+LIMIT_DIMM_SIZE = 16 * MIB
+LIMIT_SLOTS = 8
+CHECK_CONDITION = 0x02
+
+
+def read_file(path: str, offset: int, length: int) -> bytes:
+    with open(path, 'rb') as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def write_file(path: str, offset: int, data: bytes) -> None:
+    with open(path, 'r+b') as f:
+        f.seek(offset)
+        f.write(data)
+
+
+class HotplugTest(MultiprocessTest):
+    """Boot with free memory slots and a disk; shared DMA steps."""
+
+    timeout = 120
+
+    def boot(self):
+        self.disk = self.scratch_disk(DISK_MB)
+        self.disk_pattern = os.urandom(DMA_BYTES)
+        write_file(self.disk, LBA_DISK_PATTERN * BLOCK, self.disk_pattern)
+        vm, session = self.launch_guest('tiny', data_disk=self.disk,
+                                        memory_slots=MEMORY_SLOTS,
+                                        maxmem_mb=self.memory_mb + MAXMEM_EXTRA_MB)
+        self.vm, self.session, self.ssh = vm, session, session.ssh
+        self.remote = vm.remote('lsi1')
+        self.lsi = lsi_dma.GuestLsi(find_device(self.ssh, lsi.VENDOR_ID, lsi.DEVICE_ID))
+        self.lsi.enable_bus_master()
+        self.ram = proxyram.boot_ram(vm.proxy.pid, vm.memory_mb * MIB)
+        self.addCleanup(self.ram.close)
+        # Three guest pages in boot RAM: the command block, two data pages.
+        self.pages = lsi_dma.place_marked_pages(self.ssh, self.ram, 3, '/tmp/dma-pages')
+        self.hotplug = hotplug.MemoryHotplug(vm.proxy, self.workdir)
+
+    def scsi(self, write: bool, lba: int, length: int, gpa: int) -> float:
+        """One READ(10)/WRITE(10) between the disk and ``gpa``, started by
+        the guest; returns the seconds it took, seen from the host."""
+        cb = self.pages[0]
+        cdb = lsi_dma.rw10_cdb(write, lba, length // BLOCK)
+        started = time.monotonic()
+        for _ in range(2):
+            self.ram.write(cb, lsi_dma.command_block(bytes(proxyram.PAGE_SIZE), cdb))
+            self.ram.write(cb, lsi_dma.scsi_script(cb, cdb, gpa, length, data_in=not write))
+            self.lsi.run(cb)
+            status = self.ram.read(cb + lsi_dma.CB_STATUS, 1)[0]
+            if status != CHECK_CONDITION:
+                break
+            # A UNIT ATTENTION left by a reset: the target reports it once.
+        self.assertEqual(status, 0, f'SCSI status of {"WRITE" if write else "READ"}(10)')
+        return time.monotonic() - started
+
+    def guest_page(self, index: int) -> bytes:
+        data = self.ssh.read_bytes('/tmp/dma-pages')
+        return data[index * proxyram.PAGE_SIZE:(index + 1) * proxyram.PAGE_SIZE]
+
+    def plug_and_wait(self, dimm_id: str, **kwargs) -> hotplug.Dimm:
+        started = time.monotonic()
+        dimm = self.hotplug.plug(dimm_id, DIMM_SIZE, **kwargs)
+        hotplug.wait_remote_view(self.remote,
+                                 lambda r: hotplug.maps_range(r, dimm.addr, dimm.size),
+                                 what=f'{dimm_id} at {dimm.addr:#x}')
+        self.record(**{f'{dimm_id}_plug_to_remote_visible_ms':
+                       round((time.monotonic() - started) * 1000, 3)})
+        return dimm
+
+    def guest_memory_block(self, dimm: hotplug.Dimm) -> str:
+        block_size = int(self.ssh.run('cat /sys/devices/system/memory/block_size_bytes',
+                                      check=True).stdout, 16)
+        return f'/sys/devices/system/memory/memory{dimm.addr // block_size}'
+
+    def known_issue(self, outcome: str, notes: str, log: str = ''):
+        issue = known_issues.lookup(known_issues.load(),
+                                    {'outcome': outcome, 'notes': notes, 'log': log},
+                                    self.caps.version)
+        self.assertIsNotNone(issue, f'{outcome}: {notes}, and no known issue explains it')
+        self.log.warning('known issue %s: %s', issue.id, issue.title)
+        self.record(known_issues_met=sorted(set(self.figures.get('known_issues_met', []))
+                                            | {issue.id}))
+        return issue
+
+
+class DimmResync(HotplugTest):
+    """
+    :avocado: enable
+    :avocado: tags=hotplug
+    """
+
+    def test_dimm_is_synced_used_for_dma_and_removed(self):
+        self.boot()
+        dimm = self.plug_and_wait('dimm1')
+        self.assertGreaterEqual(dimm.addr, 1 << 32)      # pc: the device-memory window
+        block = self.guest_memory_block(dimm)
+        self.ssh.run(f'timeout {int(GUEST_BLOCK_WAIT_S)} sh -c '
+                     f'"while [ ! -e {block} ]; do usleep 50000; done"', check=True)
+        self.assertEqual(self.ssh.run(f'cat {block}/state', check=True).stdout.strip(),
+                         'offline')    # left offline: the kernel never touches it
+
+        # disk -> DIMM
+        took = self.scsi(False, LBA_DISK_PATTERN, DMA_BYTES, dimm.addr + MIB)
+        self.assertEqual(read_file(dimm.path, MIB, DMA_BYTES), self.disk_pattern)
+        self.record(dma_disk_to_dimm_mb_s=round(DMA_BYTES / MIB / took, 2))
+        # DIMM -> disk
+        from_dimm = os.urandom(DMA_BYTES)
+        write_file(dimm.path, 4 * MIB, from_dimm)
+        took = self.scsi(True, LBA_FROM_DIMM, DMA_BYTES, dimm.addr + 4 * MIB)
+        self.assertEqual(read_file(self.disk, LBA_FROM_DIMM * BLOCK, DMA_BYTES), from_dimm)
+        self.record(dma_dimm_to_disk_mb_s=round(DMA_BYTES / MIB / took, 2))
+        # boot RAM (a guest page) -> DIMM, through the disk
+        page = proxyram.PAGE_SIZE
+        self.scsi(True, LBA_FROM_GUEST, page, self.pages[1])
+        self.scsi(False, LBA_FROM_GUEST, page, dimm.addr + 8 * MIB)
+        self.assertEqual(read_file(dimm.path, 8 * MIB, page), self.guest_page(1))
+        # DIMM -> boot RAM: the guest reads what came from the DIMM
+        self.scsi(False, LBA_FROM_DIMM, page, self.pages[2])
+        self.assertEqual(self.guest_page(2), from_dimm[:page])
+
+        unplug_s = self.hotplug.unplug(dimm, UNPLUG_TIMEOUT_S)
+        started = time.monotonic()
+        hotplug.wait_remote_view(
+            self.remote, lambda r: not hotplug.maps_anything_in(r, dimm.addr, dimm.size),
+            what=f'no RAM at {dimm.addr:#x} after the unplug')
+        self.assertFalse(self.ssh.run(f'test -e {block}').ok)
+        self.assertTrue(self.remote.is_running())
+        self.assertEqual(sum(r.size for r in memview.remote_ram_regions(self.remote)),
+                         self.vm.memory_mb * MIB)
+        self.record(unplug_guest_ack_ms=round(unplug_s * 1000, 3),
+                    unplug_to_remote_gone_ms=round((time.monotonic() - started) * 1000, 3))
+
+    def test_guest_onlines_the_dimm_and_the_device_dmas_into_its_pages(self):
+        self.boot()
+        dimm = self.plug_and_wait('dimm1')
+        block = self.guest_memory_block(dimm)
+        before_kb = self.mem_total_kb()
+        self.ssh.run(f'timeout {int(GUEST_BLOCK_WAIT_S)} sh -c '
+                     f'"while [ ! -e {block} ]; do usleep 50000; done"; '
+                     f'echo online > {block}/state', check=True)
+        self.assertEqual(self.mem_total_kb() - before_kb, DIMM_SIZE // 1024)
+        # New user pages come from the highest zone: the DIMM's.  Find the
+        # guest's own pages in the DIMM's file: the remote maps that file.
+        dimm_ram = proxyram.MappedRam(dimm.path, dimm.addr, dimm.size)
+        self.addCleanup(dimm_ram.close)
+        count = 256
+        in_dimm = lsi_dma.place_marked_pages(self.ssh, dimm_ram, count, '/tmp/online-pages',
+                                             require_all=False)
+        self.record(guest_pages_in_dimm=f'{len(in_dimm)}/{count}')
+        index, gpa = sorted(in_dimm.items())[0]
+        page = proxyram.PAGE_SIZE
+        self.scsi(False, LBA_DISK_PATTERN, page, gpa)
+        data = self.ssh.read_bytes('/tmp/online-pages')[index * page:(index + 1) * page]
+        self.assertEqual(data, self.disk_pattern[:page])
+
+    def mem_total_kb(self) -> int:
+        line = self.ssh.run('grep MemTotal /proc/meminfo', check=True).stdout
+        return int(line.split()[1])
+
+
+class DimmBoundaries(HotplugTest):
+    """What the remote does with RAM it cannot map, or cannot map all of.
+
+    :avocado: enable
+    :avocado: tags=hotplug
+    """
+
+    def test_how_many_ram_regions_the_remote_takes(self):
+        """Each fd-backed RAM section is one fd of SYNC_SYSMEM.  Correct: a
+        DIMM the proxy accepts is mapped by a living remote (or the plug is
+        refused).  No guest is needed."""
+        vm = self.new_vm(memory_slots=LIMIT_SLOTS,
+                         maxmem_mb=self.memory_mb + LIMIT_SLOTS * LIMIT_DIMM_SIZE // MIB)
+        vm.add_lsi_remote('lsi1')
+        vm.launch()
+        remote = vm.remote('lsi1')
+        boot_sections = len(hotplug.wait_remote_view(remote, bool, what='boot RAM'))
+        plug = hotplug.MemoryHotplug(vm.proxy, self.workdir)
+        mapped = boot_sections
+        for i in range(LIMIT_SLOTS):
+            dimm = plug.plug(f'dimm{i}', LIMIT_DIMM_SIZE)
+            sections = boot_sections + i + 1
+            if not remote.wait_exit(0.5):
+                hotplug.wait_remote_view(
+                    remote, lambda r, d=dimm: hotplug.maps_range(r, d.addr, d.size),
+                    what=f'DIMM {i} at {dimm.addr:#x}')
+                mapped = sections
+                continue
+            log = remote.log_tail()
+            self.record(remote_max_ram_regions=mapped, remote_died_at_sections=sections,
+                        remote_exit_status=remote.exitcode, remote_log=log)
+            self.assertTrue(vm.proxy.is_running())
+            self.assertEqual(vm.proxy.qmp('query-status')['status'], 'running')
+            # One more: the proxy itself refuses to send more than 8 fds.
+            plug.plug(f'dimm{i + 1}', LIMIT_DIMM_SIZE)
+            self.record(proxy_log=vm.proxy.log_tail(5))
+            self.known_issue('remote-exit', f'SYNC_SYSMEM with {sections} fds', log)
+            return
+        self.record(remote_max_ram_regions=mapped)
+
+    def test_dimms_the_remote_cannot_share(self):
+        """memory-backend-ram has no fd; a share=off file is mapped
+        privately by the proxy.  Correct: the proxy refuses either for a
+        VM with proxied devices, or the device sees what the guest sees."""
+        self.boot()
+        anon = self.hotplug.plug('anon', DIMM_SIZE, backend='ram', share=False)
+        private = self.plug_and_wait('private', backend='file', share=False)
+        # 'private' is in the remote's view, so the table that came with it
+        # is complete: whatever is missing now was left out.
+        regions = memview.remote_ram_regions(self.remote)
+        anon_mapped = hotplug.maps_anything_in(regions, anon.addr, anon.size)
+        self.record(anon_dimm_addr=hex(anon.addr), anon_dimm_mapped_by_remote=anon_mapped,
+                    private_dimm_mapped_by_remote=True)
+
+        # DMA into the anonymous DIMM, then back out through the disk.
+        page = proxyram.PAGE_SIZE
+        self.scsi(False, LBA_DISK_PATTERN, page, anon.addr)
+        self.scsi(True, LBA_FROM_GUEST, page, anon.addr)
+        round_trip = read_file(self.disk, LBA_FROM_GUEST * BLOCK, page)
+        self.assertTrue(self.remote.is_running())
+        self.record(anon_dma_round_trip_bytes_kept=sum(
+            a == b for a, b in zip(round_trip, self.disk_pattern[:page])),
+            anon_dma_round_trip_all_zero=round_trip == bytes(page))
+
+        # A "guest store" into the private DIMM (the proxy's copy-on-write
+        # page) and what the device reads there.
+        stored = os.urandom(page)
+        proxyram.write_as_cpu(self.vm.proxy.pid, private.path, 0, stored)
+        self.assertEqual(proxyram.read_as_cpu(self.vm.proxy.pid, private.path, 0, page), stored)
+        self.scsi(True, LBA_FROM_DIMM, page, private.addr)
+        device_read = read_file(self.disk, LBA_FROM_DIMM * BLOCK, page)
+        # ... and a device write there, seen by the guest's CPU or not.
+        self.scsi(False, LBA_DISK_PATTERN, page, private.addr)
+        cpu_sees = proxyram.read_as_cpu(self.vm.proxy.pid, private.path, 0, page)
+        self.record(private_device_read_guest_store=device_read == stored,
+                    private_cpu_sees_device_write=cpu_sees == self.disk_pattern[:page])
+
+        coherent = device_read == stored and cpu_sees == self.disk_pattern[:page]
+        if anon_mapped and round_trip == self.disk_pattern[:page]:
+            pass
+        else:
+            self.known_issue('not-mapped', 'memory-backend-ram DIMM')
+        if not coherent:
+            self.known_issue('stale-dma', 'share=off DIMM')
