@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 from harness import paths
 from harness.errors import HarnessError
 
-from . import bootdisk, debs, initramfs
+from . import bootdisk, debs, guesttools, initramfs
 from .bootdisk import data_area_sector  # noqa: F401  (re-exported for IO tests)
 from .elf import ElfFile
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 GUEST_DIR = os.path.dirname(os.path.abspath(__file__))
 RECIPES_DIR = os.path.join(paths.REPO_DIR, 'tests', 'images')
-BUILDER_SOURCES = ('image.py', 'debs.py', 'elf.py', 'cpio.py', 'initramfs.py',
+BUILDER_SOURCES = ('image.py', 'debs.py', 'elf.py', 'cpio.py', 'initramfs.py', 'guesttools.py',
                    'bootdisk.py')
 MANIFEST_NAME = 'manifest.json'
 MANIFEST_FORMAT = 1
@@ -59,7 +59,7 @@ TOOL_TIMEOUT_S = 60
 # Host packages whose programs write bytes into a recipe kind's outputs:
 # their versions are part of the cache key.
 HOST_PACKAGES = {
-    'initramfs': ('kmod', 'openssh-client'),
+    'initramfs': ('kmod', 'openssh-client', 'gcc', 'libc6-dev'),
     'syslinux-disk': ('mtools', 'syslinux'),
 }
 # Appended by the harness only where the accelerator delivers the LSI's
@@ -190,6 +190,9 @@ class Plan:
                                                 os.path.join(images_dir(), 'debs'))
         h = hashlib.sha256()
         _hash_tree(h, self.recipe['dir'])
+        # Guest tools compiled from tests/images/tools/ (outside the recipe).
+        self.tools = guesttools.tool_specs(self.recipe, RECIPES_DIR)
+        h.update(guesttools.key_material(self.tools))
         for source in BUILDER_SOURCES:
             with open(os.path.join(GUEST_DIR, source), 'rb') as f:
                 h.update(f.read())
@@ -313,6 +316,9 @@ def _build_initramfs(plan: Plan, out_dir: str, work: str) -> dict:
     tree = initramfs.Tree()
     initramfs.add_base_layout(tree)
     tree.add_overlay(os.path.join(recipe['dir'], 'rootfs'))
+    tools = guesttools.build_tools(plan.tools, work)
+    for install, tool in tools.items():
+        tree.add_host_file(install, tool.pop('host_path'), 0o755)
     programs = []
     for binary in recipe['userland']['binaries']:
         programs += initramfs.add_program(tree, stage, binary)
@@ -336,6 +342,7 @@ def _build_initramfs(plan: Plan, out_dir: str, work: str) -> dict:
         'kernel': {'package': kernel_pkg, 'version': kernel_version},
         'modules': modules,
         'programs': sorted(programs),
+        'tools': tools,
         'boot': {'kernel': 'vmlinuz', 'initrd': 'initrd.img',
                  'append': recipe['kernel']['append'],
                  'ready_marker': guest['ready_marker'],

@@ -228,11 +228,17 @@ class GuestSSH:
             raise CommandFailed(result)
         return result
 
-    def spawn(self, command: str) -> None:
+    def spawn(self, command: str, cpu: Optional[int] = None) -> None:
         """Start ``command`` in the background, detached from this SSH
         session (setsid: dropbear kills what is left in a closed session's
         process group, nohup or not).  Its output goes nowhere: have it
-        write a file, and poll that file with run()."""
+        write a file, and poll that file with run().
+
+        ``cpu`` pins it to one vCPU: a vCPU blocked on a stopped device
+        takes no interrupts, so a command that may block must stay off
+        the vCPU that serves the NIC's interrupt (CPU 0), or SSH stalls."""
+        if cpu is not None:
+            command = f'taskset {1 << cpu:x} sh -c {shlex.quote(command)}'
         self.run(f'setsid sh -c {shlex.quote(command)} </dev/null >/dev/null 2>&1 &',
                  check=True)
 
