@@ -32,6 +32,7 @@ REMOTE_EXIT_TIMEOUT_S = 5.0
 DEVICE_BACK_TIMEOUT_S = 30.0
 POLL_S = 0.1
 RESET_TRACE = 'lsi_reset'
+GUEST_SMP = 2                   # one vCPU may block on the device, the other serves SSH
 
 
 def ms(seconds):
@@ -64,7 +65,7 @@ class FaultTest(MultiprocessTest):
         """The tiny guest, two vCPUs (one may block on the device while the
         other serves SSH), the LSI in a watched remote."""
         vm, session = self.launch_guest('tiny', data_disk=self.scratch_disk(64), watchdog=True,
-                                        smp=2, remote_args=['-trace', RESET_TRACE])
+                                        smp=GUEST_SMP, remote_args=['-trace', RESET_TRACE])
         return vm, session, find_device(session.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
 
 
@@ -231,7 +232,7 @@ class GuestFaults(FaultTest):
                   f"{self.lsi.bar_read32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA)} > {out}.tmp; "
                   f"mv {out}.tmp {out}")
         self.ssh.run(f'rm -f {out}', check=True)
-        self.ssh.spawn(access)
+        self.ssh.spawn(access, cpu=GUEST_SMP - 1)
 
         blocked_until = time.monotonic() + BLOCKED_WHILE_HUNG_S
         qmp_ms = []
