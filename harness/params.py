@@ -18,6 +18,8 @@ ACCEL_CHOICES = ('auto', 'kvm', 'tcg')
 PARAMETERS = {
     'qemu_bin': ('qemu-system-x86_64',
                  'QEMU system emulator to test (path or name on $PATH)'),
+    'qemu_src': ('', 'QEMU source to build and test instead of qemu_bin: debian:bookworm, '
+                     'debian:trixie, a source tree or a git URL[#ref] (harness/qemu/build.py)'),
     'accel': ('auto', 'accelerator: auto (KVM when usable, else TCG), kvm or tcg'),
     'machine': ('pc', 'machine type of the proxy (guest-facing) QEMU'),
     'memory_mb': ('256', 'guest RAM of the proxy, in MiB'),

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
 import subprocess
 from typing import List, Optional, Tuple
@@ -28,7 +29,7 @@ LOG = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 20.0
 # Bumped whenever the shape of Capabilities changes, to invalidate caches.
-PROBE_FORMAT = 1
+PROBE_FORMAT = 2
 
 # Firmware the proxy's PC machine needs; a binary that cannot find it in
 # its own data directories gets Debian's packages' directories with -L.
@@ -154,6 +155,33 @@ def _firmware_dirs(data_dirs) -> Tuple[str, ...]:
     return extra
 
 
+def _answers_qtest(path: str) -> bool:
+    """True if QEMU runs with ``-accel qtest`` and answers a qtest command.
+    ``-accel help`` never lists qtest (softmmu/vl.c leaves it out as "used
+    for tests only"), and Debian's packages lack it ("invalid accelerator
+    qtest"), so it has to be tried."""
+    cmd = [path, '-accel', 'qtest', '-machine', 'none', '-nodefaults', '-display', 'none',
+           '-qtest', 'stdio']
+    try:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+    except OSError:
+        return False
+    try:
+        # QEMU keeps running after the answer (and after stdin closes).
+        proc.stdin.write(b'endianness\n')
+        proc.stdin.flush()
+        ready = select.select([proc.stdout], [], [], PROBE_TIMEOUT_S)[0]
+        return bool(ready) and proc.stdout.readline().startswith(b'OK')
+    except OSError:
+        return False
+    finally:
+        proc.kill()
+        proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            pipe.close()
+
+
 def _probe_uncached(path: str) -> Capabilities:
     banner = _run(path, '-version')
     match = re.search(r'version (\d+)\.(\d+)\.(\d+)', banner)
@@ -167,6 +195,8 @@ def _probe_uncached(path: str) -> Capabilities:
     objects = _first_words(_run(path, *common, '-object', 'help'))
     accel_out = _run(path, '-accel', 'help').splitlines()
     accelerators = tuple(line.strip() for line in accel_out[1:] if line.strip())
+    if 'qtest' not in accelerators and _answers_qtest(path):
+        accelerators += ('qtest',)
     data_dirs = tuple(os.path.normpath(line.strip())
                       for line in _run(path, '-L', 'help').splitlines() if line.strip())
     return Capabilities(path=path, version=version,

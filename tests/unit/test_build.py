@@ -1,0 +1,211 @@
+"""harness/qemu/build.py without compiling QEMU: spec parsing, option
+detection from configure --help, cache keys, fingerprints, and the errors a
+tree without multi-process support gets (a fake tree whose configure is a
+shell script)."""
+
+import json
+import os
+import stat
+import textwrap
+
+import pytest
+
+from harness.qemu import build
+
+# The shape of a meson-era configure --help (QEMU 7.2 and later).
+MESON_HELP = textwrap.dedent("""\
+    Usage: configure [options]
+    Options: [defaults in brackets after descriptions]
+
+    Standard options:
+      --help                   print this message
+      --without-default-features default all --enable-* options to "disabled"
+      --disable-werror         disable compilation abort on warning
+
+    Optional features, enabled with --enable-FEATURE and
+    disabled with --disable-FEATURE, default is enabled if available
+    (unless built with --without-default-features):
+
+      alsa            ALSA sound support
+      docs            Documentations build support
+      kvm             KVM acceleration support
+      multiprocess    Out of process device emulation support
+      slirp           libslirp user mode network backend support
+      tcg             TCG support
+      safe-stack      SafeStack Stack Smash Protection. Depends on
+                      clang/llvm >= 3.7 and requires coroutine backend ucontext.
+
+    NOTE: The object files are built at the place where configure is launched
+    """)
+# A tree carrying the v8 patch series: shell-era configure, literal options.
+V8_HELP = textwrap.dedent("""\
+    Usage: configure [options]
+      --enable-mpqemu          enable multi-process QEMU
+      --disable-mpqemu         disable multi-process QEMU
+      --disable-gtk            disable gtk UI
+      --disable-werror         disable compilation abort on warning
+      --enable-kvm             enable KVM acceleration support
+      --disable-docs           disable documentation build
+    """)
+NO_MULTIPROCESS_HELP = MESON_HELP.replace(
+    '  multiprocess    Out of process device emulation support\n', '')
+
+
+def fake_tree(tmp_path, help_text, meson_version="'>=0.61.3'"):
+    """A fake QEMU tree: a configure script that prints ``help_text`` and a
+    meson.build asking for ``meson_version``."""
+    tree = tmp_path / 'fake-qemu'
+    tree.mkdir()
+    script = tree / 'configure'
+    script.write_text("#!/bin/sh\ncat <<'HELP'\n" + help_text + "HELP\n")
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    (tree / 'meson.build').write_text(
+        f"project('qemu', ['c'], meson_version: {meson_version},\n"
+        "        default_options: ['warning_level=1'])\n")
+    return tree
+
+
+def test_multiprocess_option_upstream_and_v8():
+    assert build.multiprocess_option(MESON_HELP) == '--enable-multiprocess'
+    assert build.multiprocess_option(V8_HELP) == '--enable-mpqemu'
+
+
+def test_no_multiprocess_support_is_a_clear_error():
+    with pytest.raises(build.BuildError,
+                       match=r'fake-tree has no multi-process support.*--enable-multiprocess'
+                             r'.*--enable-mpqemu'):
+        build.multiprocess_option(NO_MULTIPROCESS_HELP, 'fake-tree')
+
+
+def test_meson_era_args_disable_default_features_and_keep_the_needed_ones():
+    args = build.configure_args(MESON_HELP)
+    assert args[:3] == ['--target-list=x86_64-softmmu', '--enable-multiprocess',
+                        '--without-default-features']
+    for needed in ('--enable-kvm', '--enable-tcg', '--enable-slirp', '--disable-werror',
+                   '--disable-docs'):
+        assert needed in args
+    assert not any('alsa' in a for a in args)
+
+
+def test_old_configure_gets_only_the_disables_it_knows():
+    args = build.configure_args(V8_HELP, extra=['--enable-debug'])
+    assert '--enable-mpqemu' in args
+    assert '--disable-gtk' in args and '--disable-docs' in args
+    assert '--without-default-features' not in args
+    assert '--disable-sdl' not in args           # this configure does not know it
+    assert args[-1] == '--enable-debug'
+
+
+def test_features_parse_multiline_descriptions():
+    features, options = build.configure_features(MESON_HELP)
+    assert {'alsa', 'kvm', 'multiprocess', 'safe-stack'} <= features
+    assert 'clang' not in features
+    assert '--without-default-features' in options
+
+
+def test_spec_parsing(tmp_path):
+    assert build.parse_spec('debian:bookworm') == build.SourceSpec('debian', 'bookworm')
+    assert build.parse_spec('debian:trixie=1:10.0.13+ds-0+deb13u1').ref == \
+        '1:10.0.13+ds-0+deb13u1'
+    spec = build.parse_spec('https://gitlab.com/qemu-project/qemu.git#v9.2.0')
+    assert (spec.kind, spec.location, spec.ref) == \
+        ('git', 'https://gitlab.com/qemu-project/qemu.git', 'v9.2.0')
+    tree = fake_tree(tmp_path, MESON_HELP)
+    assert build.parse_spec(str(tree)) == build.SourceSpec('local', str(tree))
+
+
+@pytest.mark.parametrize('text, message', [
+    ('debian:sid', "suite 'sid' is not one"),
+    ('', 'qemu_src is empty'),
+    ('/nonexistent/qemu', 'is not a directory, a git URL'),
+])
+def test_bad_specs_say_what_is_accepted(text, message):
+    with pytest.raises(build.BuildError, match=message):
+        build.parse_spec(text)
+
+
+def test_directory_without_configure_is_not_a_qemu_tree(tmp_path):
+    with pytest.raises(build.BuildError, match='no configure script'):
+        build.parse_spec(str(tmp_path))
+
+
+def test_cache_key_depends_on_fingerprint_and_options_only():
+    key = build.cache_key('debian:1:7.2+dfsg-7+deb12u18')
+    assert key == build.cache_key('debian:1:7.2+dfsg-7+deb12u18')
+    assert key != build.cache_key('debian:1:7.2+dfsg-7+deb12u15')
+    assert key != build.cache_key('debian:1:7.2+dfsg-7+deb12u18', ['--enable-debug'])
+    assert len(key) == 16
+
+
+def test_tree_fingerprint_changes_with_content(tmp_path):
+    tree = fake_tree(tmp_path, MESON_HELP)
+    before = build.tree_fingerprint(str(tree))
+    assert before == build.tree_fingerprint(str(tree))
+    (tree / 'build').mkdir()                     # an in-tree build dir is ignored
+    (tree / 'build' / 'x.o').write_bytes(b'obj')
+    assert before == build.tree_fingerprint(str(tree))
+    (tree / 'hw.c').write_text('int x;\n')
+    assert before != build.tree_fingerprint(str(tree))
+
+
+def test_required_meson_from_meson_build(tmp_path):
+    assert build.required_meson(str(fake_tree(tmp_path, MESON_HELP, "'>=1.5.0'"))) == (1, 5, 0)
+
+
+def test_building_a_tree_without_multiprocess_fails_before_compiling(tmp_path, monkeypatch):
+    monkeypatch.setenv('MPQEMU_BUILD_DIR', str(tmp_path / 'out'))
+    tree = fake_tree(tmp_path, NO_MULTIPROCESS_HELP)
+    with pytest.raises(build.BuildError, match='has no multi-process support'):
+        build.build(str(tree), log=lambda message: None)
+    # Nothing claims to be a finished build.
+    assert not any(name == 'result.json' for _, _, files in os.walk(tmp_path / 'out')
+                   for name in files)
+
+
+def test_madison_parsing_keeps_the_suite_and_its_updates():
+    text = textwrap.dedent("""\
+          qemu | 1:7.2+dfsg-7+deb12u18 | http://deb.debian.org/debian-security bookworm-security/main Sources
+          qemu | 1:7.2+dfsg-7+deb12u15 | http://deb.debian.org/debian bookworm/main Sources
+          qemu | 1:10.0.13+ds-0+deb13u1 | http://deb.debian.org/debian trixie/main Sources
+          qemu | 1:8.2+dfsg-1~bpo12+1 | http://deb.debian.org/debian bookworm-backports/main Sources
+        qemu-system-x86 | 1:7.2+dfsg-7+deb12u18+b3 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
+        """)
+    assert build.parse_madison(text, 'bookworm') == ['1:7.2+dfsg-7+deb12u18',
+                                                     '1:7.2+dfsg-7+deb12u15']
+    assert build.parse_madison(text, 'trixie') == ['1:10.0.13+ds-0+deb13u1']
+
+
+def test_avocado_args_name_the_source():
+    assert build.specs_from_avocado_args("-p qemu_src=debian:bookworm -p accel=tcg") == \
+        ['debian:bookworm']
+    assert build.specs_from_avocado_args("-t qtest") == []
+
+
+def test_python_args_follow_the_configure_generation(tmp_path):
+    tree = fake_tree(tmp_path, MESON_HELP)
+    assert build.python_args(str(tree), build.SYSTEM_PYTHON) == []
+    assert build.python_args(str(tree), '/x/venv/bin/python3') == ['--meson=/x/venv/bin/meson']
+    (tree / 'configure').write_text('#!/bin/sh\n# python/scripts/mkvenv.py\n')
+    assert build.python_args(str(tree), '/x/venv/bin/python3') == ['--python=/x/venv/bin/python3']
+
+
+def test_a_cached_build_is_returned_without_configuring(tmp_path, monkeypatch):
+    """A result.json under the key of (fingerprint, options) is the whole
+    answer: configure (which would fail here) is never run."""
+    monkeypatch.setenv('MPQEMU_BUILD_DIR', str(tmp_path / 'out'))
+    tree = fake_tree(tmp_path, NO_MULTIPROCESS_HELP)
+    key = build.cache_key(build.tree_fingerprint(str(tree)))
+    key_dir = tmp_path / 'out' / 'qemu' / key
+    key_dir.mkdir(parents=True)
+    fake_binary = tmp_path / 'qemu-system-x86_64'
+    fake_binary.write_text('#!/bin/sh\n')
+    fake_binary.chmod(0o755)
+    (key_dir / 'result.json').write_text(json.dumps(dict(
+        spec=str(tree), key=key, binary=str(fake_binary), version='QEMU emulator version 9.9.9',
+        fingerprint='x', configure_args=[], build_log='', build_s=1.0, firmware_dirs=[],
+        has_qtest=True, multiprocess_option='--enable-multiprocess')))
+    result = build.build(str(tree), log=lambda message: None)
+    assert result.cached and result.binary == str(fake_binary)
+    assert build.cached_result(str(tree)).binary == str(fake_binary)
+    # Other options are another key: not cached.
+    assert build.cached_result(str(tree), ['--enable-debug']) is None
