@@ -8,14 +8,16 @@ timed-out test instead, the processes die with it (PR_SET_PDEATHSIG, see
 harness/qemu/lifeline.py).
 """
 
+import contextlib
 import json
 import os
 import time
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import avocado
+from avocado.core.exceptions import TestSkipError
 
-from . import params
+from . import known_issues, params
 from .guest.image import GuestImage, resolve_image
 from .guest.session import GuestSession, boot_drive
 from .mpqemu.topology import ControlVM, MultiprocessVM
@@ -32,13 +34,70 @@ class MultiprocessTest(avocado.Test):
     """
 
     timeout = 120
+    # Added to the timeout when qemu_src names a build that is not cached
+    # yet: the first test to ask builds it (the others wait on its lock).
+    BUILD_TIMEOUT_S = 1200
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        spec = params.get_optional('qemu_src', lambda name: self.params.get(name, default=None))
+        if spec and self.timeout:
+            from .qemu import build as qemu_build   # pylint: disable=import-outside-toplevel
+            if qemu_build.cached_result(spec) is None:
+                self.timeout = float(self.timeout) + self.BUILD_TIMEOUT_S
+
+    def qemu_under_test(self) -> str:
+        """The binary to test: built from ``qemu_src`` (cached) when given,
+        else ``qemu_bin``."""
+        spec = params.get_optional('qemu_src', self._lookup)
+        if not spec:
+            return params.get('qemu_bin', self._lookup)
+        from .qemu import build as qemu_build       # pylint: disable=import-outside-toplevel
+        result = qemu_build.build(spec, log=self.log.info)
+        self.record(qemu_src=spec, qemu_build_key=result.key, qemu_build_cached=result.cached,
+                    qemu_build_request_s=result.request_s)
+        return result.binary
+
+    @contextlib.contextmanager
+    def known_issue_guard(self, *issue_ids: str) -> Iterator[None]:
+        """Run a block that a known upstream bug (tests/known_issues/ID.json)
+        may break.  If the block fails the way the entry describes, on a
+        QEMU version and accelerator the entry covers, the test ends as
+        CANCEL with the entry's text (a known issue: visible, not red); if
+        it passes where the entry says it should not, the test is flagged
+        (WARN) "fixed upstream?".  Other failures propagate unchanged."""
+        issues = [known_issues.by_id(i) for i in issue_ids]
+        context = {'accel': getattr(self, 'accel_in_use', None) or self.accel.name}
+        expected = [i for i in issues if known_issues.applies(i, self.caps.version, **context)
+                    and known_issues.covers(i, str(self.name))]
+        try:
+            yield
+        except (avocado.TestCancel, TestSkipError):
+            raise
+        except Exception as err:      # pylint: disable=broad-except
+            result = known_issues.error_result(err)
+            for issue in expected:
+                if issue.matches(result):
+                    self.record(known_issue=issue.id, known_issue_error=result['error'][:500])
+                    self.log.info('failure explained by known issue %s: %s', issue.id,
+                                  result['error'])
+                    self.cancel(known_issues.explain(issue, self.caps.version))
+            raise
+        for issue in expected:
+            note = known_issues.fixed_note(issue, self.caps.version)
+            self.record(known_issue_not_reproduced=issue.id)
+            self.log.warning(note)
+
+    def launch_guard_issues(self) -> Sequence[str]:
+        """Known issues checked at every multi-process topology launch."""
+        return [i.id for i in known_issues.load() if i.data.get('guard') == 'launch']
 
     def setUp(self):
         self._vms = []
         self._sessions = []
         self.figures = {}
         self._lookup = lookup = lambda name: self.params.get(name, default=None)  # noqa: E731
-        self.caps = qemu_binary.probe(params.get('qemu_bin', lookup))
+        self.caps = qemu_binary.probe(self.qemu_under_test())
         self.caps.require_multiprocess()
         self.accel = qemu_accel.select_accel(self.caps, params.get_accel(lookup))
         self.machine = params.get('machine', lookup)
@@ -71,11 +130,25 @@ class MultiprocessTest(avocado.Test):
         """A topology, not yet launched, logging into the output dir; with
         ``control``, the LSI is emulated inside the guest's QEMU instead."""
         vm_class = ControlVM if control else MultiprocessVM
-        vm = vm_class(self.caps, self.outputdir, accel=self.accel.name,
-                      machine=self.machine, memory_mb=memory_mb or self.memory_mb,
+        kwargs.setdefault('accel', self.accel.name)
+        kwargs.setdefault('machine', self.machine)
+        vm = vm_class(self.caps, self.outputdir, memory_mb=memory_mb or self.memory_mb,
                       **kwargs)
         self._vms.append(vm)
+        self._guard_launch(vm)
         return vm
+
+    def _guard_launch(self, vm: MultiprocessVM) -> None:
+        """Make ``vm.launch()`` report a known launch failure (e.g. 10.0's
+        proxy crash without KVM) as the known issue it is."""
+        if not vm.multiprocess:
+            return
+        launch, issue_ids = vm.launch, self.launch_guard_issues()
+
+        def guarded_launch(*args, **kwargs):
+            with self.known_issue_guard(*issue_ids):
+                return launch(*args, **kwargs)
+        vm.launch = guarded_launch
 
     def launch_vm(self, drives: Sequence[str] = (), **kwargs) -> MultiprocessVM:
         """Launch a proxy with one remote LSI per drive (``lsi1``, ``lsi2``
