@@ -27,7 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from . import bytecheck, params
 from .devices import lsi, pci
@@ -72,12 +72,26 @@ def spread(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> Dict
     return out
 
 
+def write_report(out_dir: str, name: str, report: dict, table: str) -> None:
+    """``NAME.json`` (the figures) and ``NAME.md`` (the table) in
+    ``out_dir``; the table is printed too."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f'{name}.json'), 'w', encoding='utf-8') as f:
+        json.dump(report, f, indent=2)
+        f.write('\n')
+    with open(os.path.join(out_dir, f'{name}.md'), 'w', encoding='utf-8') as f:
+        f.write(table)
+    print(table)
+
+
 # ---------------------------------------------------------------- measurements
 
-def latency_probes(remote: fake_remote.FakeProxiedRemote,
+def latency_probes(remote: Optional[fake_remote.FakeProxiedRemote],
                    device: lsi.Lsi53c895a) -> Dict[str, Callable[[], object]]:
-    """The proxied accesses whose round trip is measured, by name."""
-    proxy = remote.proxy
+    """The proxied accesses whose round trip is measured, by name.  They go
+    through ``device.access`` (the fake proxy's here, qtest's in
+    harness/qtest_bench.py); ``remote`` is not needed."""
+    proxy = device.access
     mmio = device.function.bar(lsi.MMIO_BAR).address
     io = device.function.bar(lsi.IO_BAR).address
     return {
@@ -156,8 +170,21 @@ def run(caps: qemu_binary.Capabilities, workdir: str, runs: int = DEFAULT_RUNS,
         'tier': 'protocol (real remote, fake proxy, harness-owned guest RAM)',
         'runs': runs, 'samples_per_run': samples,
         'figures': figures,
-        'in_process': None, 'in_process_note': IN_PROCESS_NOTE,
+        **_in_process_comparison(caps, workdir, runs, samples, dma_mib),
     }
+
+
+def _in_process_comparison(caps, workdir: str, runs: int, samples: int, dma_mib: int) -> dict:
+    """Proxied vs in-process through qtest (harness/qtest_bench.py) when
+    this QEMU has the qtest accelerator; else a note saying how to get one."""
+    if not caps.has_qtest:
+        return {'in_process': None,
+                'in_process_note': IN_PROCESS_NOTE + ': this QEMU has none; '
+                                   'run with QEMU_BIN=$(python -m harness.qemu.build '
+                                   'debian:bookworm)'}
+    from . import qtest_bench  # pylint: disable=import-outside-toplevel
+    report = qtest_bench.compare(caps, workdir, runs, min(samples, 300), min(dma_mib, 4))
+    return {'in_process': report, 'in_process_note': qtest_bench.markdown(report)}
 
 
 def markdown(report: dict) -> str:

@@ -16,8 +16,9 @@ import os
 import signal
 import time
 
-from harness import bench, bytecheck
+from harness import bytecheck
 from harness.devices import lsi, pci
+from harness.devices import lsi_scenarios as scenarios
 from harness.mpqemu import fake_remote, protocol
 from harness.testing import MIB, MultiprocessTest
 
@@ -29,8 +30,6 @@ HIGH_RAM_GPA = 0x4000_0000          # the region synced later, 1 GiB up
 HIGH_RAM_BYTES = 8 * MIB
 REPLY_TIMEOUT_S = 5.0               # generous: it only keeps a broken remote from hanging us
 STOPPED_REPLY_TIMEOUT_S = 0.3
-LATENCY_SAMPLES = 200
-SCSI_CLASS_STORAGE = 0x0100
 RESET_TRACE_EVENT = 'lsi_reset'
 
 
@@ -57,92 +56,30 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         self.remote.close()
         super().tearDown()
 
-    def record_latency(self, name, access):
-        self.record(**{f'{name}_us': bench.spread(bench.time_calls(access, LATENCY_SAMPLES),
-                                                  1e6)})
-
     # ------------------------------------------------------------ config space
 
     def test_identity_and_bar_programming_through_config_space(self):
         """The remote answers config space like the real chip, and the BARs
         the proxy programs there decide where its registers appear."""
-        self.assertEqual(self.proxy.config_read(pci.VENDOR_ID, 4), 0x0012_1000)
-        self.assertEqual(self.proxy.config_read(pci.CLASS_DEVICE, 2), SCSI_CLASS_STORAGE)
-        self.assertEqual(self.proxy.config_read(pci.INTERRUPT_PIN, 1), 1)
-
-        layout = [(bar.index, bar.io, bar.size) for bar in self.lsi.function.bars]
-        self.assertEqual(layout, [(0, True, 0x100), (1, False, 0x400), (2, False, 0x2000)])
-        for bar in self.lsi.function.bars:
-            mask = pci.BAR_IO_MASK if bar.io else pci.BAR_MEM_MASK
-            raw = self.proxy.config_read(pci.BASE_ADDRESS_0 + 4 * bar.index, 4)
-            self.assertEqual(raw & mask, bar.address, str(bar))
-
-        # Move the register BAR: the registers follow it.
-        mmio = self.lsi.function.bar(lsi.MMIO_BAR)
-        self.lsi.write_reg(lsi.SCRATCHA, 0x600d_cafe, 4)
-        mmio.address += 0x10_0000
-        self.lsi.function.program_bar(mmio)
-        self.assertEqual(self.proxy.bar_read(mmio.address + lsi.SCRATCHA, 4), 0x600d_cafe)
-
-        self.record_latency('config_read', lambda: self.proxy.config_read(pci.VENDOR_ID, 4))
+        self.record(**scenarios.identity_and_bar_programming(self, self.lsi))
 
     # ------------------------------------------------------------ registers
 
     def test_register_round_trips(self):
         """Writes through either register window land in the one register
         file; SCRIPTS RAM keeps what is written at both ends."""
-        for value in (0x1234_5678, 0xa5a5_a5a5, 0xffff_ffff, 0):
-            self.lsi.regs_bar = lsi.IO_BAR
-            self.lsi.write_reg(lsi.SCRATCHB, value, 4)
-            self.lsi.regs_bar = lsi.MMIO_BAR
-            self.assertEqual(self.lsi.read_reg(lsi.SCRATCHB, 4), value)
-        self.lsi.write_reg(lsi.SCRATCHA, 0, 4)
-        self.lsi.write_reg(lsi.SCRATCHA + 3, 0x7e, 1)
-        self.assertEqual(self.lsi.read_reg(lsi.SCRATCHA, 4), 0x7e00_0000)
-
-        for offset, value in ((0, 0x0bad_f00d), (lsi.SCRIPT_RAM_SIZE - 4, 0xfeed_beef)):
-            self.lsi.script_ram_write(offset, value)
-            self.assertEqual(self.lsi.script_ram_read(offset), value)
-
-        scratcha = self.lsi.function.bar(lsi.MMIO_BAR).address + lsi.SCRATCHA
-        self.record_latency('bar_read', lambda: self.proxy.bar_read(scratcha, 4))
-        self.record_latency('bar_write', lambda: self.proxy.bar_write(scratcha, 1, 4))
+        self.record(**scenarios.register_round_trips(self, self.lsi))
 
     # ------------------------------------------------------------ DMA
 
     def test_dma_read_is_byte_exact(self):
         """READ(10) of several MiB puts the image's bytes, every one of
         them, into guest RAM; and the check does notice one wrong byte."""
-        self.lsi.wait_ready()
-        lba = 2047                                  # deliberately unaligned
-        buf = self.remote.memory.alloc(DMA_BYTES, 4096)
-        started = time.monotonic()
-        self.lsi.read10_to(buf, lba, DMA_BYTES // BLOCK_SIZE)
-        elapsed = time.monotonic() - started
-        expected = bytecheck.read_image(self.image, lba * BLOCK_SIZE, DMA_BYTES)
-        bytecheck.assert_same_bytes(self.remote.memory.read(buf, DMA_BYTES), expected,
-                                    'guest RAM after READ(10)')
-        self.record(dma_read_MBps=round(DMA_BYTES / elapsed / 1e6, 1), dma_read_bytes=DMA_BYTES)
-
-        corrupt_at = DMA_BYTES - 3
-        self.remote.memory.write(buf + corrupt_at, bytes([expected[corrupt_at] ^ 0x80]))
-        with self.assertRaisesRegex(AssertionError, f'1 byte.* offset {corrupt_at} '):
-            bytecheck.assert_same_bytes(self.remote.memory.read(buf, DMA_BYTES), expected,
-                                        'guest RAM with one flipped bit')
+        self.record(**scenarios.dma_read_is_byte_exact(self, self.lsi, self.image, DMA_BYTES))
 
     def test_dma_write_is_byte_exact(self):
         """WRITE(10) of several MiB from guest RAM reaches the image file."""
-        self.lsi.wait_ready()
-        lba = 5
-        payload = os.urandom(DMA_BYTES)
-        started = time.monotonic()
-        self.lsi.write10(lba, payload)
-        elapsed = time.monotonic() - started
-        bytecheck.assert_same_bytes(bytecheck.read_image(self.image, lba * BLOCK_SIZE,
-                                                          DMA_BYTES),
-                                    payload, 'image file after WRITE(10)')
-        self.record(dma_write_MBps=round(DMA_BYTES / elapsed / 1e6, 1),
-                    dma_write_bytes=DMA_BYTES)
+        self.record(**scenarios.dma_write_is_byte_exact(self, self.lsi, self.image, DMA_BYTES))
 
     def test_second_memory_region_synced_later_is_usable_for_dma(self):
         """RAM added after start-up (a new SYNC_SYSMEM table, as the proxy
@@ -172,14 +109,7 @@ class RemoteLsiOverProtocol(MultiprocessTest):
     def test_interrupt_is_observed_on_the_eventfd(self):
         """With DIEN set, the SCRIPTS INT that ends a command raises INTx:
         one edge on the irqfd, and none once DSTAT has been read."""
-        irq = self.proxy.irq
-        self.lsi.use_irq = True
-        edges = irq.count
-        self.assertEqual(self.lsi.inquiry().product, 'QEMU HARDDISK')
-        self.assertTrue(self.lsi.last_stop.by_irq, str(self.lsi.last_stop))
-        self.assertEqual(irq.count, edges + 1)
-        self.assertFalse(irq.wait(0.05), 'INTx raised again after DSTAT was read')
-        self.record(irq_command_ms=round(self.lsi.last_stop.elapsed_s * 1000, 3))
+        self.record(**scenarios.interrupt_ends_command(self, self.lsi, self.proxy.irq))
 
     # ------------------------------------------------------------ reset
 

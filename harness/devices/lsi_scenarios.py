@@ -1,0 +1,140 @@
+"""Device-level LSI 53C895A checks shared by every tier that reaches the
+device through a :class:`harness.devices.pci.DeviceAccess`.
+
+The protocol tier (tests/functional/test_protocol.py: a remote driven by
+the fake proxy) and the qtest tier (tests/functional/test_qtest.py: a real
+proxy, or the in-process device, driven through qtest) run the same
+checks, so "config space works" or "DMA is byte exact" means the same
+thing in both, and a difference between tiers points at the proxy.
+
+Each check takes the running ``unittest.TestCase`` (for its asserts), the
+driver and whatever else it needs, asserts exact values, and returns the
+figures it measured for the test to record.
+"""
+
+import os
+import time
+from typing import Callable, Dict
+
+from .. import bench, bytecheck
+from . import lsi, pci
+
+BLOCK_SIZE = 512
+SCSI_CLASS_STORAGE = 0x0100
+LSI_ID_DWORD = lsi.DEVICE_ID << 16 | lsi.VENDOR_ID
+EXPECTED_BARS = [(0, True, 0x100), (1, False, 0x400), (2, False, 0x2000)]
+LATENCY_SAMPLES = 200
+BAR_MOVE_BYTES = 0x10_0000
+
+
+def latency_us(call: Callable[[], object], samples: int = LATENCY_SAMPLES) -> Dict[str, float]:
+    """Median and spread, in microseconds, of ``samples`` calls."""
+    return bench.spread(bench.time_calls(call, samples), 1e6)
+
+
+def identity_and_bar_programming(test, device: lsi.Lsi53c895a) -> Dict[str, dict]:
+    """Config space answers like the real chip, and the BARs programmed
+    there decide where the registers appear (moving a BAR moves them)."""
+    access = device.access
+    test.assertEqual(access.config_read(pci.VENDOR_ID, 4), LSI_ID_DWORD)
+    test.assertEqual(access.config_read(pci.CLASS_DEVICE, 2), SCSI_CLASS_STORAGE)
+    test.assertEqual(access.config_read(pci.INTERRUPT_PIN, 1), 1)
+
+    layout = [(bar.index, bar.io, bar.size) for bar in device.function.bars]
+    test.assertEqual(layout, EXPECTED_BARS)
+    for bar in device.function.bars:
+        mask = pci.BAR_IO_MASK if bar.io else pci.BAR_MEM_MASK
+        raw = access.config_read(pci.BASE_ADDRESS_0 + 4 * bar.index, 4)
+        test.assertEqual(raw & mask, bar.address, str(bar))
+
+    mmio = device.function.bar(lsi.MMIO_BAR)
+    device.write_reg(lsi.SCRATCHA, 0x600d_cafe, 4)
+    mmio.address += BAR_MOVE_BYTES
+    device.function.program_bar(mmio)
+    test.assertEqual(access.bar_read(mmio.address + lsi.SCRATCHA, 4, True), 0x600d_cafe)
+
+    return {'config_read_us': latency_us(lambda: access.config_read(pci.VENDOR_ID, 4)),
+            'config_write_us': latency_us(
+                lambda: access.config_write(pci.INTERRUPT_LINE, 0x0b, 1))}
+
+
+def register_round_trips(test, device: lsi.Lsi53c895a) -> Dict[str, dict]:
+    """Writes through either register window land in the one register
+    file; byte writes merge; SCRIPTS RAM keeps what is written at both
+    ends."""
+    regs_bar = device.regs_bar
+    try:
+        for value in (0x1234_5678, 0xa5a5_a5a5, 0xffff_ffff, 0):
+            device.regs_bar = lsi.IO_BAR
+            device.write_reg(lsi.SCRATCHB, value, 4)
+            device.regs_bar = lsi.MMIO_BAR
+            test.assertEqual(device.read_reg(lsi.SCRATCHB, 4), value)
+    finally:
+        device.regs_bar = regs_bar
+    device.write_reg(lsi.SCRATCHA, 0, 4)
+    device.write_reg(lsi.SCRATCHA + 3, 0x7e, 1)
+    test.assertEqual(device.read_reg(lsi.SCRATCHA, 4), 0x7e00_0000)
+
+    for offset, value in ((0, 0x0bad_f00d), (lsi.SCRIPT_RAM_SIZE - 4, 0xfeed_beef)):
+        device.script_ram_write(offset, value)
+        test.assertEqual(device.script_ram_read(offset), value)
+
+    access = device.access
+    scratcha = device.function.bar(lsi.MMIO_BAR).address + lsi.SCRATCHA
+    io_scratcha = device.function.bar(lsi.IO_BAR).address + lsi.SCRATCHA
+    return {'bar_read_us': latency_us(lambda: access.bar_read(scratcha, 4, True)),
+            'bar_write_us': latency_us(lambda: access.bar_write(scratcha, 1, 4, True)),
+            'bar_read_io_us': latency_us(lambda: access.bar_read(io_scratcha, 4, False))}
+
+
+def dma_read_is_byte_exact(test, device: lsi.Lsi53c895a, image: str,
+                           length: int, lba: int = 2047) -> Dict[str, float]:
+    """READ(10) of ``length`` bytes puts the image's bytes, every one of
+    them, into guest RAM; and the check does notice one wrong byte."""
+    access = device.access
+    device.wait_ready()
+    buf = access.dma_alloc(length, 4096)
+    try:
+        started = time.monotonic()
+        device.read10_to(buf, lba, length // BLOCK_SIZE)
+        elapsed = time.monotonic() - started
+        expected = bytecheck.read_image(image, lba * BLOCK_SIZE, length)
+        bytecheck.assert_same_bytes(access.mem_read(buf, length), expected,
+                                    'guest RAM after READ(10)')
+
+        corrupt_at = length - 3
+        access.mem_write(buf + corrupt_at, bytes([expected[corrupt_at] ^ 0x80]))
+        with test.assertRaisesRegex(AssertionError, f'1 byte.* offset {corrupt_at} '):
+            bytecheck.assert_same_bytes(access.mem_read(buf, length), expected,
+                                        'guest RAM with one flipped bit')
+    finally:
+        access.dma_free(buf)
+    return {'dma_read_MBps': round(length / elapsed / 1e6, 1), 'dma_read_bytes': length}
+
+
+def dma_write_is_byte_exact(test, device: lsi.Lsi53c895a, image: str,
+                            length: int, lba: int = 5) -> Dict[str, float]:
+    """WRITE(10) of ``length`` bytes from guest RAM reaches the image."""
+    device.wait_ready()
+    payload = os.urandom(length)
+    started = time.monotonic()
+    device.write10(lba, payload)
+    elapsed = time.monotonic() - started
+    bytecheck.assert_same_bytes(bytecheck.read_image(image, lba * BLOCK_SIZE, length),
+                                payload, 'image file after WRITE(10)')
+    return {'dma_write_MBps': round(length / elapsed / 1e6, 1), 'dma_write_bytes': length}
+
+
+def interrupt_ends_command(test, device: lsi.Lsi53c895a, irq) -> Dict[str, float]:
+    """With DIEN set, the SCRIPTS INT that ends a command raises INTx:
+    one edge, and none again once DSTAT has been read."""
+    device.use_irq = True
+    try:
+        edges = irq.count
+        test.assertEqual(device.inquiry().product, 'QEMU HARDDISK')
+        test.assertTrue(device.last_stop.by_irq, str(device.last_stop))
+        test.assertEqual(irq.count, edges + 1)
+        test.assertFalse(irq.wait(0.05), 'INTx raised again after DSTAT was read')
+    finally:
+        device.use_irq = False
+    return {'irq_command_ms': round(device.last_stop.elapsed_s * 1000, 3)}
