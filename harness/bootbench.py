@@ -10,7 +10,6 @@ as ``boot.json`` and ``boot.md``.  Figures, not asserts.
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import time
 from typing import Sequence
 
 from . import params
-from .bench import spread
+from .bench import spread, write_report
 from .guest.image import resolve_image
 from .guest.session import GuestSession, boot_drive
 from .mpqemu.topology import ControlVM, MultiprocessVM
@@ -74,17 +73,11 @@ def main(argv: Sequence[str] = ()) -> int:
     caps = qemu_binary.probe(params.get('qemu_bin'))
     caps.require_multiprocess()
     accel = qemu_accel.select_accel(caps, params.get_accel()).name
-    os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='bootbench-') as workdir:
         started = time.monotonic()
         report = run(caps, accel, args.runs, workdir)
         report['wall_s'] = round(time.monotonic() - started, 1)
-    with open(os.path.join(args.out, 'boot.json'), 'w', encoding='utf-8') as f:
-        json.dump(report, f, indent=2)
-    text = markdown(report)
-    with open(os.path.join(args.out, 'boot.md'), 'w', encoding='utf-8') as f:
-        f.write(text)
-    print(text)
+    write_report(args.out, 'boot', report, markdown(report))
     return 0
 
 

@@ -446,19 +446,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     b.add_argument('--accel', default=None, help='auto (default), kvm or tcg')
     args = parser.parse_args(argv)
     from .. import params
+    from ..bench import write_report
     os.makedirs(args.out, exist_ok=True)
     try:
         report = bench(args.out, args.qemu_bin, args.accel or params.get_accel())
     except HarnessError as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
-    with open(os.path.join(args.out, 'diskio-bench.json'), 'w', encoding='utf-8') as f:
-        json.dump(report, f, indent=2)
-        f.write('\n')
-    table = bench_markdown(report)
-    with open(os.path.join(args.out, 'diskio-bench.md'), 'w', encoding='utf-8') as f:
-        f.write(table)
-    print(table)
+    write_report(args.out, 'diskio-bench', report, bench_markdown(report))
     return 0
 
 
