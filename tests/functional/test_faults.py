@@ -32,6 +32,7 @@ REMOTE_EXIT_TIMEOUT_S = 5.0
 DEVICE_BACK_TIMEOUT_S = 30.0
 POLL_S = 0.1
 RESET_TRACE = 'lsi_reset'
+BLOCKED_OUT = '/tmp/blocked.out'
 GUEST_SMP = 2                   # one vCPU may block on the device, the other serves SSH
 
 
@@ -54,10 +55,11 @@ class FaultTest(MultiprocessTest):
     :avocado: disable
     """
 
-    def launch_topology(self, **kwargs):
+    def launch_topology(self, proxy_args=(), **kwargs):
         """Proxy + one watched remote, no guest."""
         vm = self.new_vm(watchdog=True, **kwargs)
         vm.add_lsi_remote('lsi1', self.scratch_disk(16), args=['-trace', RESET_TRACE])
+        vm.add_proxy_args(*proxy_args)
         vm.launch()
         return vm, vm.remotes['lsi1']
 
@@ -138,7 +140,7 @@ class RemoteDetection(FaultTest):
 
 
 class ProxyWithStoppedRemote(FaultTest):
-    """What the VMM's monitor does while a remote is stopped (no guest).
+    """What the VMM's monitor does while a reset waits for a stopped remote.
 
     :avocado: enable
     :avocado: tags=faults,heartbeat,reset
@@ -152,37 +154,36 @@ class ProxyWithStoppedRemote(FaultTest):
             result = err
         return result, time.monotonic() - started
 
-    def test_stop_and_reset_with_the_remote_stopped(self):
-        """stop/cont do not involve the device and keep working; a reset
-        sends DEVICE_RESET and waits for the reply in the main loop, so the
-        proxy's monitor is wedged until the remote resumes — then the reset
-        completes.  (QEMU 7.2 has no reply timeout: hw/remote/mpqemu-link.c.)"""
-        self.vm, remote = self.launch_topology()
+    def test_reset_with_the_remote_stopped(self):
+        """A reset sends DEVICE_RESET and waits for the reply; the proxy
+        must survive it, the reset must reach the remote once it runs
+        again, and the monitor should stay responsive meanwhile (QEMU 7.2
+        waits in its main loop with no timeout: a known issue)."""
+        # -S: no vCPU runs, so only the reset touches the device.
+        self.vm, remote = self.launch_topology(proxy_args=['-S'])
         resets_before = remote.process.count_log_lines(RESET_TRACE)
         remote.faults.hang()
         remote.watchdog.wait_for('hung', DETECT_TIMEOUT_S)
 
-        for command, status in (('stop', 'paused'), ('cont', 'running')):
-            result, took = self.time_qmp(command)
-            self.assertEqual(result, {}, command)
-            self.assertEqual(self.vm.proxy.qmp('query-status')['status'], status)
-            self.record(**{f'{command}_with_stopped_remote_ms': ms(took)})
-
-        result, _ = self.time_qmp('system_reset')
-        self.assertIsInstance(result, QMPError, 'system_reset answered with the remote stopped')
-        status, _ = self.time_qmp('query-status')
-        self.assertIsInstance(status, QMPError, 'the proxy monitor answered during the reset')
+        reset_reply, reset_s = self.time_qmp('system_reset')
+        status, status_s = self.time_qmp('query-status')
         self.assertTrue(self.vm.proxy.is_running(), 'the proxy died')
+        self.record(system_reset_with_stopped_remote=str(reset_reply),
+                    system_reset_with_stopped_remote_ms=ms(reset_s),
+                    query_status_during_reset=str(status))
 
         remote.faults.resume()
         started = time.monotonic()
-        status = wait_until(lambda: self.time_qmp('query-status')[0], COMPLETE_TIMEOUT_S,
-                            'the proxy monitor did not come back after SIGCONT')
-        self.assertEqual(status['status'], 'running')
+        back = wait_until(lambda: not isinstance(self.time_qmp('query-status')[0], QMPError),
+                          COMPLETE_TIMEOUT_S, 'the proxy monitor did not come back after SIGCONT')
+        self.assertTrue(back)
         wait_until(lambda: remote.process.count_log_lines(RESET_TRACE) > resets_before,
                    COMPLETE_TIMEOUT_S, 'the remote saw no reset')
-        self.record(monitor_back_after_resume_ms=ms(time.monotonic() - started),
-                    reset_with_stopped_remote='monitor wedged until the remote resumed')
+        self.record(monitor_back_after_resume_ms=ms(time.monotonic() - started))
+
+        with self.known_issue_guard('proxy-reset-blocks-on-stopped-remote'):
+            self.assertIsInstance(status, dict, 'the proxy monitor did not answer while a '
+                                                'reset waited for the stopped remote')
 
 
 class GuestFaults(FaultTest):
@@ -217,41 +218,80 @@ class GuestFaults(FaultTest):
         self.assertIn('Unable to write to socket', log)
         self.record(detect_kill_ms=ms(event.latency_s))
 
+    def start_blocked_access(self, value):
+        """Hang the remote, then start (on the last vCPU) a guest write of
+        ``value`` to SCRATCHA and a read back into a file."""
+        fault = self.remote.faults.hang()
+        event = self.remote.watchdog.wait_for('hung', DETECT_TIMEOUT_S)
+        self.assertGreaterEqual(event.detected_at, fault.injected_at)
+        access = (f"{self.lsi.bar_write32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)}; "
+                  f"{self.lsi.bar_read32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA)} "
+                  f"> {BLOCKED_OUT}.tmp; mv {BLOCKED_OUT}.tmp {BLOCKED_OUT}")
+        self.ssh.run(f'rm -f {BLOCKED_OUT}', check=True)
+        self.ssh.spawn(access, cpu=GUEST_SMP - 1)
+        return event
+
+    def blocked_result(self):
+        return self.ssh.run(f'cat {BLOCKED_OUT} 2>/dev/null').stdout
+
+    def resume_remote(self):
+        self.remote.faults.resume()
+        self.remote.watchdog.wait_for('resumed', DETECT_TIMEOUT_S)
+
+    def check_access_completed(self, value):
+        result = wait_until(self.blocked_result, COMPLETE_TIMEOUT_S,
+                            'the blocked access did not complete')
+        self.assertEqual(self.lsi.parse32(result), value)
+
     def test_hung_remote_blocks_only_the_device_access(self):
         """While the remote is stopped a guest access to the device blocks;
         SSH, other guest commands and the proxy's QMP keep working; after
         SIGCONT the blocked write and read complete with the right value."""
         self.lsi.bar_write32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, 0x11111111)
-        fault = self.remote.faults.hang()
-        event = self.remote.watchdog.wait_for('hung', DETECT_TIMEOUT_S)
-        self.assertGreaterEqual(event.detected_at, fault.injected_at)
-
         value = 0x600dcafe
-        out = '/tmp/blocked.out'
-        access = (f"{self.lsi.bar_write32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)}; "
-                  f"{self.lsi.bar_read32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA)} > {out}.tmp; "
-                  f"mv {out}.tmp {out}")
-        self.ssh.run(f'rm -f {out}', check=True)
-        self.ssh.spawn(access, cpu=GUEST_SMP - 1)
-
+        event = self.start_blocked_access(value)
         blocked_until = time.monotonic() + BLOCKED_WHILE_HUNG_S
         qmp_ms = []
         while time.monotonic() < blocked_until:
-            self.assertEqual(self.ssh.run(f'cat {out} 2>/dev/null').stdout, '',
+            self.assertEqual(self.blocked_result(), '',
                              'the device access completed while the remote was stopped')
             self.assertEqual(self.ssh.run('uname -s', check=True).stdout, 'Linux\n')
             started = time.monotonic()
             self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
             qmp_ms.append(ms(time.monotonic() - started))
             time.sleep(POLL_S)
+        self.resume_remote()
+        self.check_access_completed(value)
+        self.record(detect_hang_ms=ms(event.latency_s), proxy_qmp_while_hung_ms=max(qmp_ms))
 
-        self.remote.faults.resume()
-        self.remote.watchdog.wait_for('resumed', DETECT_TIMEOUT_S)
-        result = wait_until(lambda: self.ssh.run(f'cat {out} 2>/dev/null').stdout,
-                            COMPLETE_TIMEOUT_S, 'the blocked access did not complete')
-        self.assertEqual(self.lsi.parse32(result), value)
-        self.record(detect_hang_ms=ms(event.latency_s),
-                    proxy_qmp_while_hung_ms=max(qmp_ms))
+    def test_pause_while_a_vcpu_waits_for_the_hung_remote(self):
+        """QMP stop must pause every vCPU, including one stuck in an access
+        to the stopped remote: it should answer (QEMU 7.2 waits for the
+        vCPU with no timeout: a known issue).  Either way, once the remote
+        runs again the VM is paused, resumes, and the access completes."""
+        value = 0x5eed1e55
+        self.start_blocked_access(value)
+        wait_until(lambda: not self.blocked_result(), COMPLETE_TIMEOUT_S, 'no access pending')
+        try:
+            stop_reply = self.vm.proxy.qmp('stop', timeout_s=QMP_WEDGED_TIMEOUT_S)
+        except QMPError as err:
+            stop_reply = err
+        self.record(stop_with_vcpu_blocked_on_remote=str(stop_reply))
+        self.resume_remote()
+        status = wait_until(self._proxy_status, COMPLETE_TIMEOUT_S,
+                            'the proxy monitor did not come back after SIGCONT')
+        self.assertEqual(status, 'paused')
+        self.vm.proxy.qmp('cont')
+        self.check_access_completed(value)
+        with self.known_issue_guard('proxy-stop-blocks-on-stopped-remote'):
+            self.assertEqual(stop_reply, {}, 'QMP stop did not answer while a vCPU waited '
+                                             'for the stopped remote')
+
+    def _proxy_status(self):
+        try:
+            return self.vm.proxy.qmp('query-status', timeout_s=QMP_WEDGED_TIMEOUT_S)['status']
+        except QMPError:
+            return None
 
     def test_restart_after_kill_brings_the_device_back(self):
         """Kill the remote, unplug its proxy device, start a fresh remote on
