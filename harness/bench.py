@@ -224,13 +224,7 @@ def main(argv: Sequence[str] = ()) -> int:
         for name in os.listdir(workdir):
             if name.endswith(('.log', '.cmdline')):
                 os.replace(os.path.join(workdir, name), os.path.join(args.out, name))
-    with open(os.path.join(args.out, 'bench.json'), 'w', encoding='utf-8') as f:
-        json.dump(report, f, indent=2)
-        f.write('\n')
-    table = markdown(report)
-    with open(os.path.join(args.out, 'bench.md'), 'w', encoding='utf-8') as f:
-        f.write(table)
-    print(table)
+    write_report(args.out, 'bench', report, markdown(report))
     print(f"written: {os.path.join(args.out, 'bench.json')}, {os.path.join(args.out, 'bench.md')}")
     return 0
 

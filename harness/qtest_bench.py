@@ -13,7 +13,6 @@ its report when its QEMU has the qtest accelerator.
 """
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -95,12 +94,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='qtest-bench-', dir=args.out) as workdir:
         report = compare(caps, workdir, args.runs, args.samples, args.dma_mib)
-    with open(os.path.join(args.out, 'qtest-bench.json'), 'w', encoding='utf-8') as f:
-        json.dump(report, f, indent=2)
-    table = markdown(report)
-    with open(os.path.join(args.out, 'qtest-bench.md'), 'w', encoding='utf-8') as f:
-        f.write(table)
-    print(table)
+    bench.write_report(args.out, 'qtest-bench', report, markdown(report))
     return 0
 
 
