@@ -16,7 +16,7 @@ AVOCADO_ARGS ?=
 PYTEST_ARGS ?=
 
 # Debian packages the suite needs at run time.
-HOST_PACKAGES := qemu-system-x86 qemu-system-data seabios qemu-utils python3-venv \
+HOST_PACKAGES := qemu-system-x86 qemu-system-data seabios qemu-utils python3-venv gcc libc6-dev \
                  kmod openssh-client mtools syslinux
 
 # Each TAGS word becomes one -t: 'a,b' = both tags, 'a b' = either tag.
@@ -43,6 +43,9 @@ check: host-deps venv
 
 functional: host-deps venv
 	mkdir -p $(JOB_RESULTS)
+	@# A qemu_src in AVOCADO_ARGS or $$QEMU_SRC: build it (or find it cached) here,
+	@# where its progress shows, before Avocado's tests ask for it.
+	$(VPY) -m harness.qemu.build --from-avocado-args "$(AVOCADO_ARGS)"
 	$(VENV)/bin/avocado --config tests/functional/avocado.conf run \
 	    --job-results-dir $(JOB_RESULTS) $(TAG_ARGS) $(AVOCADO_ARGS) tests/functional
 
@@ -59,11 +62,19 @@ clean:
 distclean:
 	rm -rf $(BUILD)
 
-# Benchmarks of a remote device through the fake proxy (figures, not asserts).
+# Benchmarks of a remote device through the fake proxy (figures, not asserts),
+# then disk IO inside booted guests: remote vs in-process LSI, same workloads.
 BENCH_OUT ?= $(BUILD)/bench
 .PHONY: bench
 bench: host-deps venv
 	$(VPY) -m harness.bench --out $(BENCH_OUT)
+	$(VPY) -m harness.guest.diskio bench --out $(BENCH_OUT)
+
+# Boot to console marker and to SSH, remote vs in-process LSI (minutes).
+BOOT_RUNS ?= 5
+.PHONY: bench-boot
+bench-boot: host-deps venv
+	$(VPY) -m harness.bootbench --runs $(BOOT_RUNS) --out $(BENCH_OUT)
 
 # The long protocol fuzzing run (the CI run is `make functional TAGS=fuzz`).
 FUZZ_SEED ?= 1
@@ -72,3 +83,17 @@ FUZZ_OUT ?= $(BUILD)/fuzz/seed-$(FUZZ_SEED)
 .PHONY: fuzz
 fuzz: host-deps venv
 	$(VPY) -m harness.mpqemu.fuzz --seed $(FUZZ_SEED) --messages $(FUZZ_MESSAGES) --out $(FUZZ_OUT)
+
+# QEMU built from source with multi-process support (cached in build/qemu/).
+QEMU_SRC ?= debian:bookworm
+.PHONY: qemu
+qemu: host-deps venv
+	$(VPY) -m harness.qemu.build $(QEMU_SRC)
+
+# The suite against several QEMUs: build/matrix/matrix.md and matrix.json.
+# MATRIX_QEMUS: LABEL=BINARY or LABEL=SOURCE words; MATRIX_TAGS: Avocado tags.
+MATRIX_QEMUS ?= debian-7.2=qemu-system-x86_64 src-7.2=debian:bookworm src-10.0=debian:trixie
+MATRIX_TAGS ?= topology protocol qtest build
+.PHONY: matrix
+matrix: host-deps venv
+	$(VPY) -m harness.matrix --tags '$(MATRIX_TAGS)' $(foreach q,$(MATRIX_QEMUS),--qemu $(q))
