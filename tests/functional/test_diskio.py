@@ -30,6 +30,7 @@ DATA_DISK_MIB = 64
 GUEST_CPUS = 2
 LSI = 'lsi1'
 HANG_HOLD_S = 3.0
+HANG_POLL_S = 0.1
 FAULT_BOUND_S = 30.0       # the tool's own deadline after a kill (generous: TCG on 2 cores)
 REBOOT_TIMEOUT_S = 120.0
 PROGRESS_TIMEOUT_S = 60.0
@@ -181,8 +182,14 @@ class DiskIORemoteFaults(DiskIOTest):
 
     def test_io_completes_after_remote_hang(self):
         """SIGSTOP the remote mid-workload: the IO waits (the vCPU that
-        touched the device waits with it, SSH and QMP keep working); after
-        SIGCONT it completes with the right data."""
+        touched the device waits with it, the proxy's QMP keeps working);
+        after SIGCONT it completes with the right data.
+
+        The guest is not asked anything during the hang: a vCPU stuck in a
+        device access answers no IPIs, so whether the rest of the guest
+        runs on is a matter of luck (test_faults.py covers SSH during a
+        hang with a single access).  The tool's own per-command latency
+        shows that the command in flight waited."""
         vm, session, dio = self.boot()
         remote = vm.remote(LSI)
         run = dio.start(self.LONG, 'hang')
@@ -190,13 +197,13 @@ class DiskIORemoteFaults(DiskIOTest):
 
         remote.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
-        ssh_ms, checks = [], 0
+        qmp_ms, checks = [], 0
         while time.monotonic() - stopped_at < HANG_HOLD_S:
             started = time.monotonic()
-            self.assertFalse(run.done(), 'the workload finished while its remote was stopped')
-            ssh_ms.append((time.monotonic() - started) * 1000)
             self.assertEqual(vm.proxy.qmp('query-status')['status'], 'running')
+            qmp_ms.append((time.monotonic() - started) * 1000)
             checks += 1
+            time.sleep(HANG_POLL_S)
         remote.send_signal(signal.SIGCONT)
         held_s = time.monotonic() - stopped_at
 
@@ -209,7 +216,7 @@ class DiskIORemoteFaults(DiskIOTest):
         slowest_s = max(p['lat_us']['max'] for p in result.report['phases']) / 1e6
         self.assertGreater(slowest_s, 0.8 * held_s)
         self.record(hang_held_s=round(held_s, 2), checks_during_hang=checks,
-                    ssh_during_hang_ms_max=round(max(ssh_ms), 1),
+                    proxy_qmp_during_hang_ms_max=round(max(qmp_ms), 1),
                     workload_s=round(result.report['elapsed_s'], 2),
                     slowest_command_s=round(slowest_s, 2),
                     diskio=result.figures())
