@@ -33,6 +33,7 @@ from ..qemu.qmp import QMPChannel
 INTERVAL_S = 0.05          # between liveness checks
 PING_DEADLINE_S = 0.15     # a QMP ping slower than this means "hung"
 STOP_JOIN_S = 2.0
+READY_TIMEOUT_S = 15.0     # QMP connect (10 s) plus margin
 WATCHDOG_CHARDEV = 'watchdog'
 
 
@@ -62,6 +63,7 @@ class RemoteWatchdog:
         self._wake_r, self._wake_w = os.pipe()
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
+        self._ready = threading.Event()
         self.pings = 0
         # Seeing SIGSTOP in /proc is faster than a missed ping; turn it off
         # to test the ping alone.
@@ -75,6 +77,12 @@ class RemoteWatchdog:
         self._thread = threading.Thread(target=self._run, name=f'watchdog-{self.process.name}',
                                         daemon=True)
         self._thread.start()
+        # Return once the monitor is negotiated: a fault injected right
+        # after start() must find the watchdog watching, not still waiting
+        # for the capabilities reply of a process that was just stopped.
+        if not self._ready.wait(READY_TIMEOUT_S):
+            raise HarnessError(f"watchdog of {self.process.name} did not connect to its "
+                               f"monitor within {READY_TIMEOUT_S} s")
 
     def stop(self) -> None:
         """End the thread (bounded: a ping in flight ends at its deadline)."""
@@ -151,18 +159,26 @@ class RemoteWatchdog:
             return str(err)
 
     def _run(self) -> None:
-        pidfd = os.pidfd_open(self.process.pid)
+        try:
+            pidfd = os.pidfd_open(self.process.pid)
+        except OSError as err:               # already gone and reaped
+            self._emit('dead', f'{self.process.name} exited before its watchdog ran ({err})')
+            self._ready.set()
+            return
         qmp = None
         try:
             qmp = QMPChannel(self._monitor_sock, f'{self.process.name}-watchdog')
             self._monitor_sock = None        # the channel owns and closes it
             qmp.connect()
+            self._ready.set()
             self._loop(pidfd, qmp)
         except QMPError as err:
+            self._ready.set()
             if not self._wait_dead(pidfd, 0):
                 self._emit('hung', f'watchdog monitor unusable: {err}')
                 self._loop(pidfd, None)
         finally:
+            self._ready.set()
             os.close(pidfd)
             if qmp:
                 qmp.close()
