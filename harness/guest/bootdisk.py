@@ -12,11 +12,11 @@ Layout (all offsets in bytes from the start of the image):
 """
 
 import os
-import subprocess
 import tempfile
 from typing import Dict, List
 
-from harness.errors import HarnessError
+from ..errors import HarnessError
+from ..hosttools import run_tool
 
 SECTOR_BYTES = 512
 MIB = 1024 * 1024
@@ -25,7 +25,6 @@ HEADS = 64
 SECTORS_PER_TRACK = 32
 # Fixed volume serial so two builds differ only where their inputs do.
 VOLUME_SERIAL = '4d505145'
-TOOL_TIMEOUT_S = 60
 COPY_CHUNK_BYTES = MIB
 DATA_RECORD_BYTES = 16
 SYSLINUX_CFG_NAME = 'syslinux.cfg'
@@ -36,14 +35,7 @@ class BootDiskError(HarnessError):
 
 
 def _tool(argv: List[str], package: str) -> None:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True,
-                              timeout=TOOL_TIMEOUT_S)
-    except FileNotFoundError:
-        raise BootDiskError(f"{argv[0]} not found: apt-get install {package}") from None
-    if proc.returncode != 0:
-        raise BootDiskError(f"{' '.join(argv)} failed (exit {proc.returncode}): "
-                            f"{(proc.stderr or proc.stdout).strip()}")
+    run_tool(argv, f'apt-get install {package}', BootDiskError)
 
 
 def data_area_sector(lba: int) -> bytes:

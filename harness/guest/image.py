@@ -32,6 +32,7 @@ from typing import Dict, List, Optional
 from harness import paths
 from harness.errors import HarnessError
 
+from ..hosttools import run_tool
 from . import bootdisk, debs, guesttools, initramfs
 from .bootdisk import data_area_sector  # noqa: F401  (re-exported for IO tests)
 from .elf import ElfFile
@@ -261,15 +262,7 @@ def _staged_tool(stage: str, program: str) -> List[str]:
 
 
 def _run_tool(argv: List[str], fix: str) -> str:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True,
-                              timeout=TOOL_TIMEOUT_S)
-    except FileNotFoundError:
-        raise ImageError(f"{argv[0]} not found: {fix}") from None
-    if proc.returncode != 0:
-        raise ImageError(f"{' '.join(argv)} failed (exit {proc.returncode}): "
-                         f"{proc.stderr.strip()}")
-    return proc.stdout
+    return run_tool(argv, fix, ImageError)
 
 
 def _make_keys(stage: str, out_dir: str, work: str) -> Dict[str, str]:

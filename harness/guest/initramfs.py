@@ -14,6 +14,7 @@ from typing import Dict, Iterable, List, Tuple
 
 from harness.errors import HarnessError
 
+from ..hosttools import run_tool
 from .cpio import CpioWriter
 from .elf import ElfFile
 
@@ -169,14 +170,7 @@ def add_busybox_applets(tree: Tree, busybox_host_path: str) -> int:
 
 
 def _tool(argv: List[str], package: str) -> str:
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True,
-                              timeout=TOOL_TIMEOUT_S)
-    except FileNotFoundError:
-        raise InitramfsError(f"{argv[0]} not found: apt-get install {package}") from None
-    if proc.returncode != 0:
-        raise InitramfsError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    return run_tool(argv, f'apt-get install {package}', InitramfsError)
 
 
 def resolve_modules(kernel_root: str, kernel_version: str,
