@@ -23,6 +23,7 @@ import subprocess
 from typing import List, Optional, Tuple
 
 from .. import paths
+from ..hosttools import run_tool
 from ..errors import QEMUBinaryError
 
 LOG = logging.getLogger(__name__)
@@ -114,19 +115,7 @@ def find_binary(name_or_path: str) -> str:
 
 
 def _run(path: str, *args: str) -> str:
-    cmd = [path, *args]
-    try:
-        result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                                text=True, timeout=PROBE_TIMEOUT_S, check=False)
-    except subprocess.TimeoutExpired:
-        raise QEMUBinaryError(f"{' '.join(cmd)} did not answer within "
-                              f"{PROBE_TIMEOUT_S:.0f} s") from None
-    except OSError as err:
-        raise QEMUBinaryError(f"cannot run {path}: {err}") from None
-    if result.returncode != 0:
-        raise QEMUBinaryError(f"{' '.join(cmd)} failed (exit {result.returncode}): "
-                              f"{result.stderr.strip()[-500:]}")
-    return result.stdout
+    return run_tool([path, *args], error=QEMUBinaryError, timeout_s=PROBE_TIMEOUT_S)
 
 
 def _first_words(text: str) -> set:

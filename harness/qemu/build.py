@@ -47,6 +47,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .. import paths
 from ..errors import HarnessError
+from ..hosttools import run_tool
 from . import binary as qemu_binary
 from . import lifeline
 
@@ -151,19 +152,7 @@ def parse_spec(text: str, cwd: Optional[str] = None) -> SourceSpec:
 def _run(cmd: Sequence[str], *, cwd: Optional[str] = None, timeout_s: float = 60,
          env: Optional[Dict[str, str]] = None, what: str = '') -> str:
     """Run a short command, return stdout; a BuildError names what failed."""
-    try:
-        result = subprocess.run(list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, timeout=timeout_s,
-                                check=False, preexec_fn=lifeline.preexec())
-    except subprocess.TimeoutExpired:
-        raise BuildError(f"{what or shlex.join(cmd)}: no result within {timeout_s:.0f} s") \
-            from None
-    except OSError as err:
-        raise BuildError(f"{what or shlex.join(cmd)}: cannot run {cmd[0]}: {err}") from None
-    if result.returncode != 0:
-        raise BuildError(f"{what or shlex.join(cmd)} failed (exit {result.returncode}):\n"
-                         f"{(result.stderr or result.stdout).strip()[-2000:]}")
-    return result.stdout
+    return run_tool(cmd, error=BuildError, timeout_s=timeout_s, cwd=cwd, env=env, what=what)
 
 
 def _sha(*parts: str) -> str:
