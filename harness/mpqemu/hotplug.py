@@ -70,9 +70,9 @@ class MemoryHotplug:
         self.dimms: Dict[str, Dimm] = {}
 
     def plug(self, dimm_id: str, size: int, backend: str = 'file',
-             share: bool = True) -> Dimm:
-        """Add a backend and a pc-dimm on it; returns the DIMM with the
-        address QEMU gave it."""
+             share: bool = True, node: Optional[int] = None) -> Dimm:
+        """Add a backend and a pc-dimm on it (in NUMA ``node`` if given);
+        returns the DIMM with the address QEMU gave it."""
         memdev = f'{dimm_id}-mem'
         path = None
         if backend == 'file':
@@ -83,7 +83,8 @@ class MemoryHotplug:
         started = time.monotonic()
         self.proxy.qmp('object-add', **backend_args(memdev, backend, size, share, path))
         try:
-            self.proxy.qmp('device_add', driver='pc-dimm', id=dimm_id, memdev=memdev)
+            extra = {} if node is None else {'node': node}
+            self.proxy.qmp('device_add', driver='pc-dimm', id=dimm_id, memdev=memdev, **extra)
         except QMPError:
             self.proxy.qmp('object-del', id=memdev)
             raise

@@ -21,7 +21,7 @@ import time
 from harness.guest import diskio
 from harness.guest.diskio import Workload
 from harness.guest.ssh import connect_to_image
-from harness.mpqemu import memview
+from harness.mpqemu import hotplug
 from harness.testing import MIB, MultiprocessTest
 
 DATA_DISK_MIB = 64
@@ -296,27 +296,14 @@ class DiskIOHotpluggedMemory(DiskIOTest):
     # Node 1 starts without memory; the DIMM gives it some.
     extra_proxy_args = ('-numa', f'node,nodeid={DIMM_NODE}')
 
-    def plug_dimm(self, vm) -> dict:
-        path = os.path.join(self.workdir, 'dimm1.ram')
-        with open(path, 'wb') as f:
-            f.truncate(DIMM_MIB * MIB)
-        vm.proxy.qmp('object-add', **{'qom-type': 'memory-backend-file', 'id': 'dimm1-mem',
-                                      'size': DIMM_MIB * MIB, 'mem-path': path,
-                                      'share': True})
-        vm.proxy.qmp('device_add', driver='pc-dimm', id='dimm1', memdev='dimm1-mem',
-                     node=DIMM_NODE)
-        dimm = next(d['data'] for d in vm.proxy.qmp('query-memory-devices')
-                    if d['data'].get('id') == 'dimm1')
-        dimm['path'] = path
-        return dimm
+    def plug_dimm(self, vm) -> hotplug.Dimm:
+        return hotplug.MemoryHotplug(vm.proxy, self.workdir).plug(
+            'dimm1', DIMM_MIB * MIB, backend='file', share=True, node=DIMM_NODE)
 
     def wait_remote_maps(self, vm, dimm):
-        deadline = time.monotonic() + HOTPLUG_TIMEOUT_S
-        while not any(r.start == dimm['addr'] and r.size == dimm['size']
-                      for r in memview.remote_ram_regions(vm.remote(LSI))):
-            if time.monotonic() > deadline:
-                self.fail(f"the remote never mapped the DIMM at {dimm['addr']:#x}")
-            time.sleep(memview.POLL_INTERVAL_S)
+        hotplug.wait_remote_view(vm.remote(LSI),
+                                 lambda r: hotplug.maps_range(r, dimm.addr, dimm.size),
+                                 HOTPLUG_TIMEOUT_S, what=f'the DIMM at {dimm.addr:#x}')
 
     def online_in_guest(self, ssh, dimm) -> int:
         """Online the DIMM's memory blocks (movable: user pages only);
@@ -324,7 +311,7 @@ class DiskIOHotpluggedMemory(DiskIOTest):
         started = time.monotonic()
         block = int(ssh.run('cat /sys/devices/system/memory/block_size_bytes',
                             check=True).stdout, 16)
-        blocks = range(dimm['addr'] // block, (dimm['addr'] + dimm['size']) // block)
+        blocks = range(dimm.addr // block, (dimm.addr + dimm.size) // block)
         for index in blocks:
             state = f'/sys/devices/system/memory/memory{index}/state'
             deadline = time.monotonic() + HOTPLUG_TIMEOUT_S
@@ -352,7 +339,7 @@ class DiskIOHotpluggedMemory(DiskIOTest):
         pages = report['data_pages']
         self.assertEqual(report['data_nodes'], {str(DIMM_NODE): w.bs // PAGE_BYTES})
         for pa in pages:
-            self.assertTrue(dimm['addr'] <= pa < dimm['addr'] + dimm['size'],
+            self.assertTrue(dimm.addr <= pa < dimm.addr + dimm.size,
                             f'buffer page {pa:#x} outside the DIMM')
         if dio.path == diskio.PATH_POLLED:
             self.assertTrue(report['dma64'])
@@ -360,14 +347,14 @@ class DiskIOHotpluggedMemory(DiskIOTest):
         # DIMM's backing file at the pages' offsets.
         last_lba = w.lba + w.blocks - w.bs // diskio.SECTOR_BYTES
         sectors_per_page = PAGE_BYTES // diskio.SECTOR_BYTES
-        with open(dimm['path'], 'rb') as f:
+        with open(dimm.path, 'rb') as f:
             for i, pa in enumerate(pages):
-                f.seek(pa - dimm['addr'])
+                f.seek(pa - dimm.addr)
                 expected = diskio.pattern(w.seed, last_lba + i * sectors_per_page,
                                           sectors_per_page)
                 mismatch = diskio.compare(f.read(PAGE_BYTES), expected)
                 self.assertIsNone(mismatch, f'DIMM page {pa:#x}: {mismatch}')
-        self.record(dimm_addr=hex(dimm['addr']), dimm_online_s=round(online_s, 2),
+        self.record(dimm_addr=hex(dimm.addr), dimm_online_s=round(online_s, 2),
                     diskio=result.figures())
 
 
