@@ -31,12 +31,14 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
 from . import known_issues, paths
+from .bench import write_report
 from .qemu import build as qemu_build
 
 DEFAULT_QEMUS = ('debian-7.2=qemu-system-x86_64', 'src-7.2=debian:bookworm',
@@ -143,8 +145,17 @@ def run_column(column: Column, tags: str, out_dir: str, extra_args: Sequence[str
     cmd += column.avocado_params() + list(extra_args) + list(suite)
     log(f"{column.label}: {shlex.join(cmd)}")
     started = time.monotonic()
-    subprocess.run(cmd, cwd=paths.REPO_DIR, check=False, timeout=JOB_TIMEOUT_S,
-                   stdin=subprocess.DEVNULL)
+    # Its own session, so that a job past its deadline goes down with
+    # every process it started, not just the avocado front end.
+    with subprocess.Popen(cmd, cwd=paths.REPO_DIR, stdin=subprocess.DEVNULL,
+                          start_new_session=True) as job:
+        try:
+            job.wait(timeout=JOB_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+            return {'(job)': Cell('fail', f'job overran {JOB_TIMEOUT_S} s',
+                                  f'{shlex.join(cmd)} was killed after {JOB_TIMEOUT_S} s')}
     results = os.path.join(job_dir, 'latest', 'results.json')
     if not os.path.exists(results):
         return {'(job)': Cell('fail', 'no results.json', f'{shlex.join(cmd)} left none')}
@@ -245,13 +256,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                args.avocado_arg, log=say, suite=args.suite)
     matrix = table(columns, results)
     matrix.update(generated=time.strftime('%Y-%m-%d %H:%M:%S %Z'), tags=args.tags)
-    with open(os.path.join(args.out, 'matrix.json'), 'w', encoding='utf-8') as f:
-        json.dump(matrix, f, indent=2)
-        f.write('\n')
-    text = markdown(matrix, known_issues.load())
-    with open(os.path.join(args.out, 'matrix.md'), 'w', encoding='utf-8') as f:
-        f.write(text)
-    print(text)
+    write_report(args.out, 'matrix', matrix, markdown(matrix, known_issues.load()))
     say(f"written: {os.path.join(args.out, 'matrix.md')}, {os.path.join(args.out, 'matrix.json')}")
     failed = any(cell['kind'] == 'fail' for cells in matrix['cells'].values()
                  for cell in cells.values())

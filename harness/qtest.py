@@ -150,7 +150,12 @@ class QTestClient:
         """Send one command; return the words after ``OK``."""
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         try:
+            # A stopped QEMU stops reading: a large b64write must not block.
+            self.sock.settimeout(timeout_s)
             self.sock.sendall(line.encode('ascii') + b'\n')
+        except socket.timeout:
+            raise QTestTimeout(f"qtest {line.split()[0]}: QEMU took nothing within "
+                               f"{timeout_s} s (stuck)") from None
         except OSError as err:
             raise QTestError(f"qtest {line.split()[0]}: cannot send ({err}): QEMU is gone") \
                 from None

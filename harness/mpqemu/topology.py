@@ -121,12 +121,17 @@ class RemoteDevice:
         """Launch the remote on ``sock`` (closed here afterwards), with a
         watchdog if ``watch``."""
         name = f'remote-{self.devid}' + (f'-{self.generation}' if self.generation else '')
-        process = remote_process(caps, devid=self.devid, sock=sock, log_dir=log_dir,
-                                 drive=self.drive, fmt=self.fmt,
-                                 extra_args=self.extra_args, name=name)
-        watchdog = RemoteWatchdog(process) if watch else None
+        watchdog = None
         try:
+            process = remote_process(caps, devid=self.devid, sock=sock, log_dir=log_dir,
+                                     drive=self.drive, fmt=self.fmt,
+                                     extra_args=self.extra_args, name=name)
+            watchdog = RemoteWatchdog(process) if watch else None
             process.launch()
+        except BaseException:
+            if watchdog:
+                watchdog.stop()        # its pipe and monitor socket
+            raise
         finally:
             sock.close()
         self.process, self.watchdog = process, watchdog

@@ -211,6 +211,10 @@ class RemoteWatchdog:
                 problem = self._ping(qmp)
                 if problem and self._wait_dead(pidfd, 0):
                     return
+                # Stopped while the ping was in flight: say why it is silent.
+                state = self._proc_state() if problem else None
+                if self.use_proc_state and state in ('T', 't'):
+                    problem = f'process stopped (state {state})'
             else:
                 problem = None
             if problem and not hung:

@@ -42,6 +42,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -566,21 +567,26 @@ def _stream(cmd: Sequence[str], *, cwd: str, env: Dict[str, str], log_file, time
     with subprocess.Popen(list(cmd), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           errors='replace', preexec_fn=lifeline.preexec()) as proc:
+        # A step that hangs without printing would keep the loop below
+        # waiting for a line for ever: the timer kills it at the deadline.
+        killer = threading.Timer(timeout_s, proc.kill)
+        killer.daemon = True
+        killer.start()
         try:
             for line in proc.stdout:
                 log_file.write(line)
                 if progress:
                     progress.feed(line)
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    raise BuildError(f"{what} took longer than {timeout_s:.0f} s; see "
-                                     f"{log_file.name}")
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            if time.monotonic() > deadline:
+                raise BuildError(f"{what} took longer than {timeout_s:.0f} s; see "
+                                 f"{log_file.name}")
         except BaseException:
             proc.kill()
             proc.wait()
             raise
         finally:
+            killer.cancel()
             log_file.flush()
     if proc.returncode != 0:
         raise BuildError(f"{what} failed (exit {proc.returncode}); the end of "
