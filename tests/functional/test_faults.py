@@ -21,6 +21,7 @@ from harness.errors import QMPError
 from harness.guest.pci import find_device
 from harness.mpqemu import fake_remote
 from harness.testing import MIB, MultiprocessTest
+from harness.waiting import wait_until
 
 DETECT_TIMEOUT_S = 5.0          # only keeps a broken watchdog from hanging the test
 LATENCY_INJECTIONS = 10
@@ -33,21 +34,12 @@ DEVICE_BACK_TIMEOUT_S = 30.0
 POLL_S = 0.1
 RESET_TRACE = 'lsi_reset'
 BLOCKED_OUT = '/tmp/blocked.out'
+BLOCKED_STARTED = '/tmp/blocked.started'
 GUEST_SMP = 2                   # one vCPU may block on the device, the other serves SSH
 
 
 def ms(seconds):
     return round(seconds * 1000, 2)
-
-
-def wait_until(condition, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(POLL_S)
-    raise AssertionError(f'{what} within {timeout_s} s')
 
 
 class FaultTest(MultiprocessTest):
@@ -154,6 +146,10 @@ class ProxyWithStoppedRemote(FaultTest):
             result = err
         return result, time.monotonic() - started
 
+    def _status_or_none(self):
+        result, _ = self.time_qmp('query-status')
+        return None if isinstance(result, QMPError) else result['status']
+
     def test_reset_with_the_remote_stopped(self):
         """A reset sends DEVICE_RESET and waits for the reply; the proxy
         must survive it, the reset must reach the remote once it runs
@@ -174,9 +170,9 @@ class ProxyWithStoppedRemote(FaultTest):
 
         remote.faults.resume()
         started = time.monotonic()
-        back = wait_until(lambda: not isinstance(self.time_qmp('query-status')[0], QMPError),
-                          COMPLETE_TIMEOUT_S, 'the proxy monitor did not come back after SIGCONT')
-        self.assertTrue(back)
+        status = wait_until(lambda: self._status_or_none(), COMPLETE_TIMEOUT_S,
+                            'the proxy monitor coming back after SIGCONT')
+        self.assertEqual(status, 'prelaunch')        # -S: the reset did not start the VM
         wait_until(lambda: remote.process.count_log_lines(RESET_TRACE) > resets_before,
                    COMPLETE_TIMEOUT_S, 'the remote saw no reset')
         self.record(monitor_back_after_resume_ms=ms(time.monotonic() - started))
@@ -224,10 +220,11 @@ class GuestFaults(FaultTest):
         fault = self.remote.faults.hang()
         event = self.remote.watchdog.wait_for('hung', DETECT_TIMEOUT_S)
         self.assertGreaterEqual(event.detected_at, fault.injected_at)
-        access = (f"{self.lsi.bar_write32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)}; "
+        access = (f"touch {BLOCKED_STARTED}; "
+                  f"{self.lsi.bar_write32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)}; "
                   f"{self.lsi.bar_read32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA)} "
                   f"> {BLOCKED_OUT}.tmp; mv {BLOCKED_OUT}.tmp {BLOCKED_OUT}")
-        self.ssh.run(f'rm -f {BLOCKED_OUT}', check=True)
+        self.ssh.run(f'rm -f {BLOCKED_OUT} {BLOCKED_STARTED}', check=True)
         self.ssh.spawn(access, cpu=GUEST_SMP - 1)
         return event
 
@@ -271,7 +268,10 @@ class GuestFaults(FaultTest):
         runs again the VM is paused, resumes, and the access completes."""
         value = 0x5eed1e55
         self.start_blocked_access(value)
-        wait_until(lambda: not self.blocked_result(), COMPLETE_TIMEOUT_S, 'no access pending')
+        # Started (the marker exists) and not finished: a vCPU is in the access.
+        wait_until(lambda: self.ssh.run(f'test -e {BLOCKED_STARTED}').ok,
+                   COMPLETE_TIMEOUT_S, 'the guest starting its device access')
+        self.assertEqual(self.blocked_result(), '', 'the access finished with the remote stopped')
         try:
             stop_reply = self.vm.proxy.qmp('stop', timeout_s=QMP_WEDGED_TIMEOUT_S)
         except QMPError as err:

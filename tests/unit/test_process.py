@@ -9,6 +9,7 @@ import pytest
 
 from harness.errors import LaunchError, QMPError
 from harness.qemu.process import QEMUProcess
+from harness.waiting import wait_until
 
 from conftest import pid_alive
 
@@ -109,9 +110,7 @@ def test_shutdown_ladder_ends_with_sigkill(tmp_path):
     stubborn = QEMUProcess('/bin/sh', ['-c', 'trap "" TERM; echo ready; while :; do sleep 1; done'],
                            name='stubborn', log_dir=str(tmp_path), qmp=False)
     stubborn.launch()
-    deadline = time.monotonic() + 5
-    while 'ready' not in stubborn.log_tail() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: 'ready' in stubborn.log_tail(), 5, 'the shell ignoring SIGTERM')
     assert stubborn.shutdown(timeout_s=0.5) == 'sigkill'
     assert not pid_alive(stubborn.pid)
 

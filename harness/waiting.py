@@ -1,0 +1,27 @@
+"""Wait for a condition, with a deadline, and fail naming what was awaited."""
+
+import time
+from typing import Callable, TypeVar
+
+from .errors import HarnessError
+
+T = TypeVar('T')
+POLL_INTERVAL_S = 0.05
+
+
+class WaitTimeout(HarnessError, AssertionError):
+    """The condition did not hold in time.  An AssertionError too, so that
+    a test waiting for the property it checks reports FAIL, not ERROR."""
+
+
+def wait_until(condition: Callable[[], T], timeout_s: float, what: str,
+               interval_s: float = POLL_INTERVAL_S) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(f"{what}: not within {timeout_s} s")
+        time.sleep(interval_s)
