@@ -27,6 +27,13 @@ def write_random_image(path: str, size: int, seed: Optional[int] = None) -> str:
     return path
 
 
+def write_image(path: str, offset: int, data: bytes) -> None:
+    """Put ``data`` into the image file at ``offset``, in place."""
+    with open(path, 'r+b') as f:
+        f.seek(offset)
+        f.write(data)
+
+
 def read_image(path: str, offset: int, length: int) -> bytes:
     """``length`` bytes of the image file at ``offset`` (what the remote's
     block layer wrote, since the remote opens it without a cache of ours)."""

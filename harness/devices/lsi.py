@@ -38,6 +38,9 @@ IO_BAR = 0                  # 256 bytes of registers in I/O space
 MMIO_BAR = 1                # the same registers, 1 KiB memory BAR
 SCRIPT_RAM_BAR = 2          # 8 KiB of on-chip SCRIPTS RAM
 SCRIPT_RAM_SIZE = 0x2000
+# BAR index -> size, as QEMU's lsi53c895a registers them (and a proxy
+# learns them from its remote).
+BAR_SIZES = {IO_BAR: 0x100, MMIO_BAR: 0x400, SCRIPT_RAM_BAR: SCRIPT_RAM_SIZE}
 
 # ---------------------------------------------------------------- registers
 

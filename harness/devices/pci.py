@@ -227,3 +227,12 @@ class PciFunction:
 
 def _align(value: int, alignment: int) -> int:
     return (value + alignment - 1) // alignment * alignment
+
+
+def qmp_pci_device(query_pci: list, qdev_id: str) -> Optional[dict]:
+    """The device called ``qdev_id`` in a QMP ``query-pci`` reply."""
+    for bus in query_pci:
+        for device in bus['devices']:
+            if device.get('qdev_id') == qdev_id:
+                return device
+    return None

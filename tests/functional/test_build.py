@@ -13,17 +13,13 @@ proxy-realize-crash-without-kvm, not as a failure.
 import os
 
 from harness import params
+from harness.devices import lsi as lsi_regs
+from harness.devices.pci import qmp_pci_device
 from harness.qemu import binary as qemu_binary
 from harness.qemu import build as qemu_build
 from harness.testing import MultiprocessTest
 
-LSI_IDS = (0x1000, 0x0012)
-# hw/scsi/lsi53c895a.c: BAR0 I/O 256 bytes, BAR1 MMIO 1 KiB, BAR2 RAM 8 KiB.
-LSI_BAR_SIZES = {0: 256, 1: 1024, 2: 8192}
-
-
-def pci_devices(qmp_pci):
-    return {d.get('qdev_id'): d for bus in qmp_pci for d in bus['devices']}
+LSI_IDS = (lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
 
 
 class BuiltQemu(MultiprocessTest):
@@ -64,12 +60,12 @@ class BuiltQemu(MultiprocessTest):
         remote emulates the LSI, the proxy shows the device on its PCI bus
         with the LSI's BAR layout and, as a guest sees it, its IDs."""
         vm = self.launch_vm([self.scratch_disk(16)])
-        remote_lsi = pci_devices(vm.remote('lsi1').qmp('query-pci')).get('lsi1')
-        proxied = pci_devices(vm.proxy.qmp('query-pci')).get('lsi1')
+        remote_lsi = qmp_pci_device(vm.remote('lsi1').qmp('query-pci'), 'lsi1')
+        proxied = qmp_pci_device(vm.proxy.qmp('query-pci'), 'lsi1')
         self.assertIsNotNone(remote_lsi, 'the remote has no lsi1')
         self.assertEqual((remote_lsi['id']['vendor'], remote_lsi['id']['device']), LSI_IDS)
         self.assertIsNotNone(proxied, 'the proxy shows no lsi1')
-        self.assertEqual({r['bar']: r['size'] for r in proxied['regions']}, LSI_BAR_SIZES)
+        self.assertEqual({r['bar']: r['size'] for r in proxied['regions']}, lsi_regs.BAR_SIZES)
         self.assertEqual(vm.proxy.qmp('query-status')['status'], 'running')
         with self.known_issue_guard('proxy-query-pci-shows-local-ids'):
             self.assertEqual((proxied['id']['vendor'], proxied['id']['device']), LSI_IDS)

@@ -13,7 +13,7 @@ the bytes where they landed.
 import os
 import time
 
-from harness import known_issues
+from harness import bytecheck, known_issues
 from harness.devices import lsi
 from harness.guest import lsi_dma
 from harness.guest.pci import find_device
@@ -37,18 +37,6 @@ LIMIT_SLOTS = 8
 CHECK_CONDITION = 0x02
 
 
-def read_file(path: str, offset: int, length: int) -> bytes:
-    with open(path, 'rb') as f:
-        f.seek(offset)
-        return f.read(length)
-
-
-def write_file(path: str, offset: int, data: bytes) -> None:
-    with open(path, 'r+b') as f:
-        f.seek(offset)
-        f.write(data)
-
-
 class HotplugTest(MultiprocessTest):
     """Boot with free memory slots and a disk; shared DMA steps."""
 
@@ -57,7 +45,7 @@ class HotplugTest(MultiprocessTest):
     def boot(self):
         self.disk = self.scratch_disk(DISK_MB)
         self.disk_pattern = os.urandom(DMA_BYTES)
-        write_file(self.disk, LBA_DISK_PATTERN * BLOCK, self.disk_pattern)
+        bytecheck.write_image(self.disk, LBA_DISK_PATTERN * BLOCK, self.disk_pattern)
         vm, session = self.launch_guest('tiny', data_disk=self.disk,
                                         memory_slots=MEMORY_SLOTS,
                                         maxmem_mb=self.memory_mb + MAXMEM_EXTRA_MB)
@@ -136,19 +124,19 @@ class DimmResync(HotplugTest):
 
         # disk -> DIMM
         took = self.scsi(False, LBA_DISK_PATTERN, DMA_BYTES, dimm.addr + MIB)
-        self.assertEqual(read_file(dimm.path, MIB, DMA_BYTES), self.disk_pattern)
+        self.assertEqual(bytecheck.read_image(dimm.path, MIB, DMA_BYTES), self.disk_pattern)
         self.record(dma_disk_to_dimm_mb_s=round(DMA_BYTES / MIB / took, 2))
         # DIMM -> disk
         from_dimm = os.urandom(DMA_BYTES)
-        write_file(dimm.path, 4 * MIB, from_dimm)
+        bytecheck.write_image(dimm.path, 4 * MIB, from_dimm)
         took = self.scsi(True, LBA_FROM_DIMM, DMA_BYTES, dimm.addr + 4 * MIB)
-        self.assertEqual(read_file(self.disk, LBA_FROM_DIMM * BLOCK, DMA_BYTES), from_dimm)
+        self.assertEqual(bytecheck.read_image(self.disk, LBA_FROM_DIMM * BLOCK, DMA_BYTES), from_dimm)
         self.record(dma_dimm_to_disk_mb_s=round(DMA_BYTES / MIB / took, 2))
         # boot RAM (a guest page) -> DIMM, through the disk
         page = proxyram.PAGE_SIZE
         self.scsi(True, LBA_FROM_GUEST, page, self.pages[1])
         self.scsi(False, LBA_FROM_GUEST, page, dimm.addr + 8 * MIB)
-        self.assertEqual(read_file(dimm.path, 8 * MIB, page), self.guest_page(1))
+        self.assertEqual(bytecheck.read_image(dimm.path, 8 * MIB, page), self.guest_page(1))
         # DIMM -> boot RAM: the guest reads what came from the DIMM
         self.scsi(False, LBA_FROM_DIMM, page, self.pages[2])
         self.assertEqual(self.guest_page(2), from_dimm[:page])
@@ -255,7 +243,7 @@ class DimmBoundaries(HotplugTest):
         page = proxyram.PAGE_SIZE
         self.scsi(False, LBA_DISK_PATTERN, page, anon.addr)
         self.scsi(True, LBA_FROM_GUEST, page, anon.addr)
-        round_trip = read_file(self.disk, LBA_FROM_GUEST * BLOCK, page)
+        round_trip = bytecheck.read_image(self.disk, LBA_FROM_GUEST * BLOCK, page)
         self.assertTrue(self.remote.is_running())
         self.record(anon_dma_round_trip_bytes_kept=sum(
             a == b for a, b in zip(round_trip, self.disk_pattern[:page])),
@@ -267,7 +255,7 @@ class DimmBoundaries(HotplugTest):
         proxyram.write_as_cpu(self.vm.proxy.pid, private.path, 0, stored)
         self.assertEqual(proxyram.read_as_cpu(self.vm.proxy.pid, private.path, 0, page), stored)
         self.scsi(True, LBA_FROM_DIMM, page, private.addr)
-        device_read = read_file(self.disk, LBA_FROM_DIMM * BLOCK, page)
+        device_read = bytecheck.read_image(self.disk, LBA_FROM_DIMM * BLOCK, page)
         # ... and a device write there, seen by the guest's CPU or not.
         self.scsi(False, LBA_DISK_PATTERN, page, private.addr)
         cpu_sees = proxyram.read_as_cpu(self.vm.proxy.pid, private.path, 0, page)

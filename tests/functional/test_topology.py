@@ -7,26 +7,16 @@ the BAR layout it learnt from the remote.
 
 import os
 
+from harness.devices import lsi as lsi_regs
+from harness.devices.pci import qmp_pci_device as pci_device
 from harness.mpqemu.memview import wait_for_ram
 from harness.testing import MIB, MultiprocessTest
 
-LSI_VENDOR_ID = 0x1000
-LSI_53C895A_DEVICE_ID = 0x0012
-# hw/scsi/lsi53c895a.c: BAR0 I/O 256 bytes, BAR1 MMIO 1 KiB, BAR2 RAM 8 KiB.
-LSI_BAR_SIZES = {0: 256, 1: 1024, 2: 8192}
 # The PC machine leaves 0xc0000-0xfffff (option ROMs and BIOS) out of RAM.
 PC_RAM_HOLE_START = 0xc0000
 PC_HIGH_RAM_START = 0x100000
 PC_RAM_HOLE_BYTES = PC_HIGH_RAM_START - PC_RAM_HOLE_START
 RAM_SYNC_TIMEOUT_S = 10.0
-
-
-def pci_device(qmp_pci, qdev_id):
-    for bus in qmp_pci:
-        for device in bus['devices']:
-            if device.get('qdev_id') == qdev_id:
-                return device
-    return None
 
 
 class Topology(MultiprocessTest):
@@ -44,7 +34,7 @@ class Topology(MultiprocessTest):
         lsi = pci_device(remote.qmp('query-pci'), 'lsi1')
         self.assertIsNotNone(lsi, 'remote has no lsi1 PCI device')
         self.assertEqual((lsi['id']['vendor'], lsi['id']['device']),
-                         (LSI_VENDOR_ID, LSI_53C895A_DEVICE_ID))
+                         (lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID))
         files = [b['inserted']['file'] for b in remote.qmp('query-block') if 'inserted' in b]
         self.assertEqual(files, [disk])
 
@@ -53,7 +43,7 @@ class Topology(MultiprocessTest):
         proxied = pci_device(proxy.qmp('query-pci'), 'lsi1')
         self.assertIsNotNone(proxied, 'proxy has no lsi1 device')
         sizes = {r['bar']: r['size'] for r in proxied['regions']}
-        self.assertEqual(sizes, LSI_BAR_SIZES)
+        self.assertEqual(sizes, lsi_regs.BAR_SIZES)
         self.assertEqual(proxy.qmp('query-status')['status'], 'running')
 
         # The remote mapped all of the guest RAM the proxy shares: below
