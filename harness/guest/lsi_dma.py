@@ -22,16 +22,12 @@ import os
 import struct
 from typing import Dict, Optional
 
-from ..devices import lsi
+from ..devices import lsi, pci
 from ..errors import HarnessError
 from ..mpqemu import proxyram
 from .pci import GuestPCIDevice
 from .ssh import GuestSSH
 
-PCI_COMMAND = 0x04
-PCI_COMMAND_IO = 0x1
-PCI_COMMAND_MEMORY = 0x2
-PCI_COMMAND_MASTER = 0x4
 RUN_TIMEOUT_S = 10
 
 # Offsets in the command block page (boot RAM) that :func:`scsi_script` uses.
@@ -50,24 +46,13 @@ class GuestLsi:
         self.ssh = device.ssh
         self.res = f'{device.path}/resource{lsi.IO_BAR}'
 
-    def config_write16(self, offset: int, value: int) -> None:
-        escaped = ''.join(f'\\x{b:02x}' for b in value.to_bytes(2, 'little'))
-        self.ssh.run(f"printf '{escaped}' | dd of={self.device.path}/config bs=2 "
-                     f"seek={offset // 2} count=1 conv=notrunc 2>/dev/null", check=True)
-
     def enable_bus_master(self) -> int:
         """COMMAND |= IO | MEMORY | MASTER (DMA needs MASTER, in the remote
         too: the proxy forwards the config write); returns the new value."""
-        command = self.device.config_read32(PCI_COMMAND) & 0xffff
-        command |= PCI_COMMAND_IO | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER
-        self.config_write16(PCI_COMMAND, command)
-        return self.device.config_read32(PCI_COMMAND) & 0xffff
-
-    def read32(self, offset: int) -> int:
-        return self.device.bar_read32(lsi.IO_BAR, offset)
-
-    def write32(self, offset: int, value: int) -> None:
-        self.device.bar_write32(lsi.IO_BAR, offset, value)
+        command = self.device.config_read32(pci.COMMAND) & 0xffff
+        command |= pci.COMMAND_IO | pci.COMMAND_MEMORY | pci.COMMAND_MASTER
+        self.device.config_write16(pci.COMMAND, command)
+        return self.device.config_read32(pci.COMMAND) & 0xffff
 
     def run(self, dsp: int, timeout_s: int = RUN_TIMEOUT_S) -> lsi.Stop:
         """Start SCRIPTS at ``dsp`` from inside the guest and wait for the

@@ -34,13 +34,16 @@ class GuestPCIDevice:
         """Shell command printing the 4 bytes at ``offset`` of the BAR as hex."""
         return self._read32_command(f'resource{bar}', offset)
 
+    def _write_command(self, file: str, offset: int, value: int, size: int) -> str:
+        if offset % size:
+            raise HarnessError(f"unaligned {8 * size}-bit access at {offset:#x}")
+        escaped = ''.join(f'\\x{b:02x}' for b in value.to_bytes(size, 'little'))
+        return (f"printf '{escaped}' | dd of={self.path}/{file} bs={size} "
+                f"seek={offset // size} count=1 conv=notrunc 2>/dev/null")
+
     def bar_write32_command(self, bar: int, offset: int, value: int) -> str:
         """Shell command writing ``value`` (32 bits) at ``offset`` of the BAR."""
-        if offset % 4:
-            raise HarnessError(f"unaligned 32-bit access at {offset:#x}")
-        escaped = ''.join(f'\\x{b:02x}' for b in value.to_bytes(4, 'little'))
-        return (f"printf '{escaped}' | dd of={self.path}/resource{bar} bs=4 "
-                f"seek={offset // 4} count=1 conv=notrunc 2>/dev/null")
+        return self._write_command(f'resource{bar}', offset, value, 4)
 
     @staticmethod
     def parse32(hex_output: str) -> int:
@@ -57,6 +60,9 @@ class GuestPCIDevice:
     def bar_read32(self, bar: int, offset: int) -> int:
         return self.parse32(self.ssh.run(self.bar_read32_command(bar, offset),
                                          check=True).stdout)
+
+    def config_write16(self, offset: int, value: int) -> None:
+        self.ssh.run(self._write_command('config', offset, value, 2), check=True)
 
     def bar_write32(self, bar: int, offset: int, value: int) -> None:
         self.ssh.run(self.bar_write32_command(bar, offset, value), check=True)

@@ -9,10 +9,10 @@ times.  It does not own the VM: the topology does.
 
 import dataclasses
 import os
-import subprocess
 import time
 from typing import Dict, List, Optional, Tuple
 
+from ..hosttools import run_tool
 from ..qemu.process import QEMUProcess
 from .console import DEFAULT_FAILURE_PATTERNS, Console
 from .image import GuestImage, ImageError, prepare_boot_disk
@@ -36,15 +36,10 @@ def boot_drive(image: GuestImage, workdir: str,
         return prepare_boot_disk(image, os.path.join(workdir, f'{image.name}-boot.raw'),
                                  load_sym53c8xx=load_sym53c8xx), 'raw'
     overlay = os.path.join(workdir, f'{image.name}-overlay.qcow2')
-    cmd = ['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', image.disk_format,
-           '-b', os.path.abspath(image.disk), overlay]
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, text=True,
-                       timeout=QEMU_IMG_TIMEOUT_S)
-    except FileNotFoundError:
-        raise ImageError("qemu-img is missing: apt-get install qemu-utils") from None
-    except subprocess.CalledProcessError as err:
-        raise ImageError(f"cannot make an overlay of {image.disk}: {err.stderr.strip()}") from None
+    run_tool(['qemu-img', 'create', '-q', '-f', 'qcow2', '-F', image.disk_format,
+              '-b', os.path.abspath(image.disk), overlay],
+             'apt-get install qemu-utils', ImageError, QEMU_IMG_TIMEOUT_S,
+             what=f'making an overlay of {image.disk}')
     return overlay, 'qcow2'
 
 

@@ -23,7 +23,6 @@ from . import memview
 
 MIB = 1024 * 1024
 UNPLUG_TIMEOUT_S = 20.0
-REMOTE_VIEW_TIMEOUT_S = 5.0
 BACKENDS = ('file', 'memfd', 'ram')
 
 
@@ -116,21 +115,6 @@ class MemoryHotplug:
         self.proxy.qmp('object-del', id=dimm.memdev)
         del self.dimms[dimm.id]
         return elapsed
-
-
-def wait_remote_view(remote: QEMUProcess, predicate, timeout_s: float = REMOTE_VIEW_TIMEOUT_S,
-                     what: str = 'the expected RAM') -> List[memview.RamRegion]:
-    """Poll the remote's ``info mtree -f`` until ``predicate(regions)``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        regions = memview.remote_ram_regions(remote)
-        if predicate(regions):
-            return regions
-        if time.monotonic() > deadline:
-            raise HotplugError(f"{remote.name} did not show {what} within {timeout_s} s; "
-                               f"its RAM regions: "
-                               f"{[(hex(r.start), hex(r.size)) for r in regions]}")
-        time.sleep(memview.POLL_INTERVAL_S)
 
 
 def maps_range(regions: List[memview.RamRegion], start: int, size: int) -> bool:

@@ -8,7 +8,7 @@ tree (HMP ``info mtree -f``) is the remote's own account of that map.
 import dataclasses
 import re
 import time
-from typing import List
+from typing import Callable, List
 
 from ..errors import HarnessError
 from ..qemu.process import QEMUProcess
@@ -16,6 +16,7 @@ from ..qemu.process import QEMUProcess
 _REGION_RE = re.compile(r'^\s*([0-9a-f]+)-([0-9a-f]+) \(prio \d+, ram\): (remote-mem-\d+)',
                         re.MULTILINE)
 POLL_INTERVAL_S = 0.02
+VIEW_TIMEOUT_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,14 +38,23 @@ def remote_ram_regions(remote: QEMUProcess) -> List[RamRegion]:
     return sorted(regions, key=lambda r: r.start)
 
 
+def wait_remote_view(remote: QEMUProcess, predicate: Callable[[List[RamRegion]], bool],
+                     timeout_s: float = VIEW_TIMEOUT_S,
+                     what: str = 'the expected RAM') -> List[RamRegion]:
+    """Poll the remote's flat view until ``predicate(regions)`` holds."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        regions = remote_ram_regions(remote)
+        if predicate(regions):
+            return regions
+        if time.monotonic() > deadline:
+            raise HarnessError(f"{remote.name} did not show {what} within {timeout_s} s; "
+                               f"its RAM regions: "
+                               f"{[(hex(r.start), hex(r.size)) for r in regions]}")
+        time.sleep(POLL_INTERVAL_S)
+
+
 def wait_for_ram(remote: QEMUProcess, total_bytes: int, timeout_s: float) -> List[RamRegion]:
     """Poll until the remote maps at least ``total_bytes`` of guest RAM."""
-    deadline = time.monotonic() + timeout_s
-    regions: List[RamRegion] = []
-    while time.monotonic() < deadline:
-        regions = remote_ram_regions(remote)
-        if sum(r.size for r in regions) >= total_bytes:
-            return regions
-        time.sleep(POLL_INTERVAL_S)
-    raise HarnessError(f"{remote.name} mapped {sum(r.size for r in regions)} bytes of guest "
-                       f"RAM after {timeout_s} s, expected at least {total_bytes}: {regions}")
+    return wait_remote_view(remote, lambda regions: sum(r.size for r in regions) >= total_bytes,
+                            timeout_s, what=f'at least {total_bytes} bytes of guest RAM')

@@ -54,11 +54,6 @@ class QEMUProcess:
     def __repr__(self) -> str:
         return f'<QEMUProcess {self.name} pid={self.pid}>'
 
-    def add_args(self, *args: str) -> None:
-        if self._popen:
-            raise LaunchError(f"{self.name}: arguments must be added before launch()")
-        self._args.extend(args)
-
     def add_monitor(self, chardev_id: str) -> socket.socket:
         """A second QMP monitor, for a user other than this object (e.g. a
         watchdog thread that must not share the main channel): returns our

@@ -20,7 +20,7 @@ import time
 
 from harness.guest import diskio
 from harness.guest.diskio import Workload
-from harness.mpqemu import hotplug
+from harness.mpqemu import hotplug, memview
 from harness.testing import MIB, MultiprocessTest
 
 DATA_DISK_MIB = 64
@@ -297,7 +297,7 @@ class DiskIOHotpluggedMemory(DiskIOTest):
             'dimm1', DIMM_MIB * MIB, backend='file', share=True, node=DIMM_NODE)
 
     def wait_remote_maps(self, vm, dimm):
-        hotplug.wait_remote_view(vm.remote(LSI),
+        memview.wait_remote_view(vm.remote(LSI),
                                  lambda r: hotplug.maps_range(r, dimm.addr, dimm.size),
                                  HOTPLUG_TIMEOUT_S, what=f'the DIMM at {dimm.addr:#x}')
 

@@ -83,7 +83,7 @@ class HotplugTest(MultiprocessTest):
     def plug_and_wait(self, dimm_id: str, **kwargs) -> hotplug.Dimm:
         started = time.monotonic()
         dimm = self.hotplug.plug(dimm_id, DIMM_SIZE, **kwargs)
-        hotplug.wait_remote_view(self.remote,
+        memview.wait_remote_view(self.remote,
                                  lambda r: hotplug.maps_range(r, dimm.addr, dimm.size),
                                  what=f'{dimm_id} at {dimm.addr:#x}')
         self.record(**{f'{dimm_id}_plug_to_remote_visible_ms':
@@ -143,7 +143,7 @@ class DimmResync(HotplugTest):
 
         unplug_s = self.hotplug.unplug(dimm, UNPLUG_TIMEOUT_S)
         started = time.monotonic()
-        hotplug.wait_remote_view(
+        memview.wait_remote_view(
             self.remote, lambda r: not hotplug.maps_anything_in(r, dimm.addr, dimm.size),
             what=f'no RAM at {dimm.addr:#x} after the unplug')
         self.assertFalse(self.ssh.run(f'test -e {block}').ok)
@@ -201,14 +201,14 @@ class DimmBoundaries(HotplugTest):
         vm.add_proxy_args('-S')
         vm.launch()
         remote = vm.remote('lsi1')
-        boot_sections = len(hotplug.wait_remote_view(remote, bool, what='boot RAM'))
+        boot_sections = len(memview.wait_remote_view(remote, bool, what='boot RAM'))
         plug = hotplug.MemoryHotplug(vm.proxy, self.workdir)
         mapped = boot_sections
         for i in range(LIMIT_SLOTS):
             dimm = plug.plug(f'dimm{i}', LIMIT_DIMM_SIZE)
             sections = boot_sections + i + 1
             if not remote.wait_exit(0.5):
-                hotplug.wait_remote_view(
+                memview.wait_remote_view(
                     remote, lambda r, d=dimm: hotplug.maps_range(r, d.addr, d.size),
                     what=f'DIMM {i} at {dimm.addr:#x}')
                 mapped = sections

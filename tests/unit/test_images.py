@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import socket
+import json
 import subprocess
 import sys
 import threading
@@ -465,3 +466,15 @@ def test_ssh_connect_gives_up_at_its_deadline():
     with pytest.raises(ssh.SSHConnectError, match='within 1 s'):
         ssh.GuestSSH.connect('127.0.0.1', port, password='x', timeout_s=1)
     assert time.monotonic() - started < 3
+
+
+def test_user_disk_boots_from_a_qcow2_overlay(tmp_path):
+    from harness.guest.session import boot_drive
+    disk = tmp_path / 'cloud.raw'
+    disk.write_bytes(b'\xa5' * 65536)
+    user = image.resolve_image(str(disk), ssh_user='debian', ssh_password='pw')
+    drive, fmt = boot_drive(user, str(tmp_path), load_sym53c8xx=False)
+    assert fmt == 'qcow2' and drive != str(disk)
+    info = subprocess.run(['qemu-img', 'info', '--output=json', drive], check=True,
+                          capture_output=True, text=True).stdout
+    assert json.loads(info)['backing-filename'] == str(disk)
