@@ -677,7 +677,12 @@ class RemotePool:
 
     def take(self) -> FuzzRemote:
         remote = self._spare or self._launch()
-        self._spare = self._launch()
+        self._spare = None
+        try:
+            self._spare = self._launch()
+        except BaseException:
+            self.retire(remote)
+            raise
         return remote
 
     def retire(self, remote: FuzzRemote) -> str:

@@ -278,7 +278,11 @@ class Link:
             close_fds(fds)
             raise ProtocolError(f"the remote sent message {cmd} with {size} data bytes "
                                 f"(at most {DATA_UNION_SIZE}): the stream is corrupt")
-        data, _ = self._recv_exact(size, deadline, want_fds=False) if size else (b'', [])
+        try:
+            data, _ = self._recv_exact(size, deadline, want_fds=False) if size else (b'', [])
+        except BaseException:
+            close_fds(fds)      # nobody else will ever see them
+            raise
         return Message(cmd, data, tuple(fds))
 
     def _recv_exact(self, length: int, deadline: float,
