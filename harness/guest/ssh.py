@@ -16,6 +16,7 @@ import os
 import select
 import shlex
 import socket
+import threading
 import time
 from typing import Callable, Optional, Union
 
@@ -46,6 +47,10 @@ class SSHError(HarnessError):
 
 class SSHConnectError(SSHError):
     pass
+
+
+class _NotStarted(Exception):
+    """exec_command() did not get the guest's reply before the deadline."""
 
 
 class CommandTimeout(SSHError):
@@ -162,6 +167,26 @@ class GuestSSH:
 
     # -------------------------------------------------------------- commands
 
+    @staticmethod
+    def _start(chan: paramiko.Channel, command: str, deadline: float) -> None:
+        """exec_command() with a deadline: paramiko waits for the server's
+        reply with none, so a timer closes the channel at the deadline."""
+        fired = threading.Event()
+
+        def give_up():
+            fired.set()
+            chan.close()
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), give_up)
+        timer.start()
+        try:
+            chan.exec_command(command)
+        except paramiko.SSHException:
+            if fired.is_set():
+                raise _NotStarted() from None
+            raise
+        finally:
+            timer.cancel()
+
     def _exec(self, command: str, timeout_s: float, stdin: Optional[bytes],
               guest_timeout: bool) -> tuple:
         """(exit_status, stdout bytes, stderr bytes, elapsed_s)."""
@@ -172,7 +197,12 @@ class GuestSSH:
         transport = self._client.get_transport()
         if transport is None or not transport.is_active():
             raise SSHError(f"SSH connection to {self.host}:{self.port} is closed")
-        chan = transport.open_session(timeout=timeout_s)
+        try:
+            chan = transport.open_session(timeout=timeout_s)
+        except paramiko.SSHException as err:
+            # A guest that stopped answering: paramiko says "Timeout opening channel."
+            raise CommandTimeout(f"guest command {command!r} could not start: no SSH "
+                                 f"channel within {timeout_s:.0f} s ({err})", '', '') from None
         out, err = bytearray(), bytearray()
 
         def expired(what: str) -> CommandTimeout:
@@ -184,7 +214,7 @@ class GuestSSH:
 
         try:
             chan.settimeout(timeout_s + HOST_DEADLINE_MARGIN_S)
-            chan.exec_command(wrapped)
+            self._start(chan, wrapped, deadline)
             if stdin:
                 chan.sendall(stdin)
             chan.shutdown_write()
@@ -202,6 +232,8 @@ class GuestSSH:
                 if remaining <= 0:
                     raise expired('did not finish (host deadline)')
                 select.select([chan], [], [], min(remaining, SELECT_INTERVAL_S))
+        except _NotStarted:
+            raise expired('was not started (host deadline)') from None
         except socket.timeout:
             raise expired('stalled (host deadline)') from None
         status = chan.recv_exit_status()

@@ -424,6 +424,17 @@ def test_tiny_boots_by_kernel_with_lsi_as_data_disk(built, boot, disk, tmp_path)
         # The guest-side timeout killed it: no sleep left behind.
         assert 'sleep 60' not in session.run('ps').stdout
 
+        # A guest that stops answering altogether (every vCPU paused): the
+        # command fails at its deadline, not at paramiko's (it has none for
+        # starting a command), and the session works again afterwards.
+        guest.qemu.qmp('stop')
+        started = time.monotonic()
+        with pytest.raises(ssh.CommandTimeout):
+            session.run('true', timeout_s=2)
+        assert time.monotonic() - started < 2 + ssh.HOST_DEADLINE_MARGIN_S + 1
+        guest.qemu.qmp('cont')
+        assert session.run('echo back', check=True).stdout == 'back\n'
+
     # The host key is checked against the image's, not trusted on first use.
     with open(tiny.ssh_key + '.pub') as f:
         not_the_host_key = f.read()
