@@ -17,6 +17,7 @@ from ..qemu.process import QEMUProcess
 from .console import DEFAULT_FAILURE_PATTERNS, Console
 from .image import GuestImage, ImageError, prepare_boot_disk
 from .ssh import GuestSSH, connect_to_image, hostfwd_port
+from .symbols import kernel_symbols
 
 BOOT_TIMEOUT_S = 120.0
 SSH_TIMEOUT_S = 60.0
@@ -60,6 +61,7 @@ class GuestSession:
         self.ssh: Optional[GuestSSH] = None
         self.port: Optional[int] = None
         self.times: Optional[BootTimes] = None
+        self.symbols: Optional[str] = None     # see read_kernel_symbols()
 
     def qemu_args(self) -> List[str]:
         """Arguments for the guest-facing QEMU."""
@@ -111,6 +113,12 @@ class GuestSession:
                                     alive=qemu.is_running)
         self.times.ssh_s = time.monotonic() - started
         return self.ssh
+
+    def read_kernel_symbols(self) -> Optional[str]:
+        """Find (cached) or read the guest kernel's symbols while the guest
+        answers, so that a later stall can be named (harness/qemu/vcpus.py)."""
+        self.symbols = kernel_symbols(self.ssh)
+        return self.symbols
 
     def figures(self) -> Dict[str, float]:
         if not self.times:

@@ -1,0 +1,150 @@
+"""Where each vCPU of a running QEMU is, seen from both sides.
+
+When a guest stops answering, two very different things look the same
+from SSH: QEMU itself is wedged (a vCPU thread or the main loop waits for
+something), or the guest kernel waits for one of its own CPUs.  With a
+device in a stopped remote the second happens for real: the vCPU that
+touched the device sits in the proxy waiting for a reply, takes no
+interrupts, and a guest kernel that needs it (a TLB shootdown, a
+cross-CPU call, stop_machine) spins until it comes back.
+
+``snapshot()`` records, per vCPU, the host thread QEMU runs it on (state,
+kernel wait channel, CPU time used while we watched: a spinning guest
+burns it, a blocked one does not) and the guest's instruction pointer,
+named with the guest kernel's System.map when one is given (the image
+must boot with ``nokaslr`` for the names to be right).
+"""
+
+import bisect
+import dataclasses
+import re
+import time
+from typing import Dict, List, Optional, Tuple
+
+from ..errors import QMPError
+
+SAMPLE_S = 0.5
+# Guest kernel functions in which a CPU waits for the others to run a
+# function (IPIs, stop_machine): a vCPU there waits for its peers.
+CROSS_CPU_WAITS = ('smp_call_function', 'csd_lock_wait', 'on_each_cpu', 'multi_cpu_stop',
+                   'stop_machine')
+_CLK_TCK = 100                  # USER_HZ: the unit of utime/stime in /proc
+_RIP = re.compile(r'^[RE]IP=([0-9a-f]+)', re.MULTILINE)   # EIP outside long mode
+_HLT = re.compile(r' HLT=([01])')
+_CPU_HEADER = re.compile(r'^CPU#(\d+)', re.MULTILINE)
+
+
+class KernelSymbols:
+    """Text symbols of a System.map, for naming guest addresses."""
+
+    def __init__(self, path: str):
+        entries: List[Tuple[int, str]] = []
+        with open(path, encoding='ascii', errors='replace') as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) == 3 and fields[1] in 'tTwW':
+                    entries.append((int(fields[0], 16), fields[2]))
+        entries.sort()
+        self._addresses = [a for a, _ in entries]
+        self._names = [n for _, n in entries]
+
+    def name(self, address: int) -> Optional[str]:
+        """``symbol+0xoffset``, or None outside the map's text."""
+        i = bisect.bisect_right(self._addresses, address) - 1
+        if i < 0 or i + 1 >= len(self._addresses):
+            return None
+        return f'{self._names[i]}+{address - self._addresses[i]:#x}'
+
+
+@dataclasses.dataclass
+class VCPUState:
+    index: int
+    thread_id: int
+    host_state: str                 # /proc state letter of the vCPU thread
+    host_wait: str                  # its kernel wait channel ('' when running)
+    busy: float                     # share of one host CPU it used while sampled
+    rip: Optional[int] = None
+    symbol: Optional[str] = None
+    halted: bool = False            # the guest executed HLT (idle), not stuck
+
+
+    def describe(self) -> str:
+        where = f'guest RIP {self.rip:#x}' if self.rip is not None else 'guest RIP unknown'
+        if self.symbol:
+            where += f' ({self.symbol})'
+        if self.halted:
+            where += ', halted'
+        host = f'thread {self.thread_id} {self.host_state}'
+        if self.host_wait:
+            host += f' in {self.host_wait}'
+        return f'vCPU {self.index}: {where}; {host}, {self.busy:.0%} busy'
+
+
+def _thread_times(pid: int, tid: int) -> Tuple[str, str, float]:
+    base = f'/proc/{pid}/task/{tid}'
+    try:
+        with open(f'{base}/stat') as f:
+            stat = f.read()
+        with open(f'{base}/wchan') as f:
+            wchan = f.read().strip()
+    except OSError:
+        return '?', '', 0.0
+    fields = stat[stat.rindex(')') + 2:].split()
+    state = fields[0]
+    cpu_s = (int(fields[11]) + int(fields[12])) / _CLK_TCK
+    return state, '' if wchan in ('0', '') else wchan, cpu_s
+
+
+def _guest_rips(qemu) -> Dict[int, Tuple[int, bool]]:
+    """(RIP, halted) of each vCPU from HMP ``info registers -a``."""
+    try:
+        text = qemu.hmp('info registers -a')
+    except QMPError:
+        return {}
+    headers = list(_CPU_HEADER.finditer(text))
+    rips = {}
+    for n, header in enumerate(headers):
+        end = headers[n + 1].start() if n + 1 < len(headers) else len(text)
+        rip = _RIP.search(text, header.end(), end)
+        hlt = _HLT.search(text, header.end(), end)
+        if rip:
+            rips[int(header.group(1))] = (int(rip.group(1), 16),
+                                          bool(hlt and hlt.group(1) == '1'))
+    return rips
+
+
+def snapshot(qemu, symbols: Optional[KernelSymbols] = None,
+             sample_s: float = SAMPLE_S) -> List[VCPUState]:
+    """The state of every vCPU of ``qemu`` (a QEMUProcess whose QMP
+    answers), its host threads sampled over ``sample_s``."""
+    cpus = qemu.qmp('query-cpus-fast')
+    pid = qemu.pid
+    before = {c['cpu-index']: _thread_times(pid, c['thread-id']) for c in cpus}
+    time.sleep(sample_s)
+    rips = _guest_rips(qemu)
+    states = []
+    for cpu in cpus:
+        index, tid = cpu['cpu-index'], cpu['thread-id']
+        state, wait, cpu_s = _thread_times(pid, tid)
+        busy = max(0.0, cpu_s - before[index][2]) / sample_s
+        rip, halted = rips.get(index, (None, False))
+        states.append(VCPUState(index, tid, state, wait, busy, rip,
+                                symbols.name(rip) if symbols and rip is not None else None,
+                                halted))
+    return states
+
+
+def describe(states: List[VCPUState]) -> str:
+    return '; '.join(s.describe() for s in states)
+
+
+def waiting_for_a_peer(states: List[VCPUState]) -> Optional[VCPUState]:
+    """The vCPU whose guest kernel waits for another vCPU (a cross-CPU
+    call) while some vCPU's host thread sleeps outside the guest (e.g. in
+    the proxy, on a device whose remote is stopped); None otherwise."""
+    asleep = [s for s in states if s.host_state in ('S', 'D') and not s.halted]
+    for state in states:
+        if (state.symbol and state.symbol.startswith(CROSS_CPU_WAITS)
+                and any(other.index != state.index for other in asleep)):
+            return state
+    return None
