@@ -18,11 +18,14 @@ import avocado
 from avocado.core.exceptions import TestSkipError
 
 from . import known_issues, params
+from .errors import QMPError
 from .guest.image import GuestImage, resolve_image
 from .guest.session import GuestSession, boot_drive
+from .guest.ssh import CommandTimeout
 from .mpqemu.topology import ControlVM, MultiprocessVM
 from .qemu import accel as qemu_accel
 from .qemu import binary as qemu_binary
+from .qemu import vcpus
 
 MIB = 1024 * 1024
 
@@ -197,3 +200,31 @@ class MultiprocessTest(avocado.Test):
         session.wait_ready(vm.proxy)
         self.record(**session.figures())
         return vm, session
+
+    @contextlib.contextmanager
+    def guest_must_answer(self, vm: MultiprocessVM, session: GuestSession) -> Iterator[None]:
+        """Around guest commands that must keep working while a device
+        hangs.  One that times out ends the test with where each vCPU was
+        (harness/qemu/vcpus.py): a CANCEL when the guest kernel waits in a
+        cross-CPU call for the vCPU blocked on the device (inherent to a
+        device that blocks a vCPU, shown on purpose by test_faults.py's
+        GuestFaults.test_guest_kernel_needing_the_blocked_vcpu_stalls), a
+        failure otherwise (QEMU itself wedged, or a guest we cannot read)."""
+        try:
+            yield
+        except CommandTimeout as err:
+            symbols = vcpus.KernelSymbols(session.symbols) if session.symbols else None
+            try:
+                states = vcpus.snapshot(vm.proxy, symbols)
+            except QMPError as qmp_err:
+                self.fail(f"{err}; the guest stopped answering and the proxy's QMP does "
+                          f"not answer either ({qmp_err})")
+            where = vcpus.describe(states)
+            self.log.error('guest stopped answering: %s', where)
+            self.record(guest_stall=where)
+            waiting = vcpus.waiting_for_a_peer(states)
+            if waiting:
+                self.cancel(f'the guest kernel needed the vCPU blocked on the device '
+                            f'(vCPU {waiting.index} in {waiting.symbol}), so the rest of '
+                            f'the guest stalled: inherent, not checked this run ({where})')
+            self.fail(f'{err}; the guest stopped answering: {where}')

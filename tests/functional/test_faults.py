@@ -19,7 +19,9 @@ from harness import bytecheck
 from harness.devices import lsi as lsi_regs
 from harness.errors import QMPError
 from harness.guest.pci import find_device
+from harness.guest.ssh import CommandTimeout
 from harness.mpqemu import fake_remote
+from harness.qemu import vcpus
 from harness.testing import MIB, MultiprocessTest
 from harness.waiting import wait_until
 
@@ -36,6 +38,10 @@ RESET_TRACE = 'lsi_reset'
 BLOCKED_OUT = '/tmp/blocked.out'
 BLOCKED_STARTED = '/tmp/blocked.started'
 GUEST_SMP = 2                   # one vCPU may block on the device, the other serves SSH
+GUEST_ANSWER_S = 10.0           # a guest command while the device hangs; longer is a stall
+STALL_PROBE_S = 3.0             # a guest command that must not answer
+STALL_MODULE = 'crc64.ko'       # in the image, never loaded by it: insmod'ed to need every CPU
+INSMOD_DONE = '/tmp/insmod.done'
 
 
 def ms(seconds):
@@ -60,6 +66,7 @@ class FaultTest(MultiprocessTest):
         other serves SSH), the LSI in a watched remote."""
         vm, session = self.launch_guest('tiny', data_disk=self.scratch_disk(64), watchdog=True,
                                         smp=GUEST_SMP, remote_args=['-trace', RESET_TRACE])
+        session.read_kernel_symbols()       # names the vCPUs should the guest stall
         return vm, session, find_device(session.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
 
 
@@ -224,12 +231,20 @@ class GuestFaults(FaultTest):
                   f"{self.lsi.bar_write32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)}; "
                   f"{self.lsi.bar_read32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA)} "
                   f"> {BLOCKED_OUT}.tmp; mv {BLOCKED_OUT}.tmp {BLOCKED_OUT}")
-        self.ssh.run(f'rm -f {BLOCKED_OUT} {BLOCKED_STARTED}', check=True)
-        self.ssh.spawn(access, cpu=GUEST_SMP - 1)
+        with self.guest_must_answer(self.vm, self.session):
+            self.ssh.run(f'rm -f {BLOCKED_OUT} {BLOCKED_STARTED}', check=True,
+                         timeout_s=GUEST_ANSWER_S)
+            self.ssh.spawn(access, cpu=GUEST_SMP - 1)
         return event
 
     def blocked_result(self):
-        return self.ssh.run(f'cat {BLOCKED_OUT} 2>/dev/null').stdout
+        with self.guest_must_answer(self.vm, self.session):
+            return self.ssh.run(f'cat {BLOCKED_OUT} 2>/dev/null',
+                                timeout_s=GUEST_ANSWER_S).stdout
+
+    def guest_alive(self):
+        with self.guest_must_answer(self.vm, self.session):
+            return self.ssh.run('uname -s', check=True, timeout_s=GUEST_ANSWER_S).stdout
 
     def resume_remote(self):
         self.remote.faults.resume()
@@ -252,7 +267,7 @@ class GuestFaults(FaultTest):
         while time.monotonic() < blocked_until:
             self.assertEqual(self.blocked_result(), '',
                              'the device access completed while the remote was stopped')
-            self.assertEqual(self.ssh.run('uname -s', check=True).stdout, 'Linux\n')
+            self.assertEqual(self.guest_alive(), 'Linux\n')
             started = time.monotonic()
             self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
             qmp_ms.append(ms(time.monotonic() - started))
@@ -260,6 +275,59 @@ class GuestFaults(FaultTest):
         self.resume_remote()
         self.check_access_completed(value)
         self.record(detect_hang_ms=ms(event.latency_s), proxy_qmp_while_hung_ms=max(qmp_ms))
+
+    def test_guest_kernel_needing_the_blocked_vcpu_stalls(self):
+        """The limit of "only the device access blocks": the vCPU waiting
+        for the stopped remote takes no IPIs, so once the guest kernel needs
+        every CPU (here: insmod, whose page-permission changes flush every
+        CPU's TLB) the other vCPU spins in the cross-CPU call and the whole
+        guest stops answering.  The proxy's QMP still answers; after
+        SIGCONT the module load, the blocked access and SSH all complete."""
+        if not self.session.symbols:
+            self.cancel('the guest kernel symbols are unknown (a guest without nokaslr), '
+                        'so where its vCPUs wait cannot be told')
+        module = self.ssh.run(f'grep -h "/{STALL_MODULE}$" /etc/mpqemu/modules.*',
+                              check=True).stdout.strip()
+        self.assertFalse(self.ssh.run(f'grep -q "^{STALL_MODULE[:-3]} " /proc/modules').ok)
+        value = 0xdeadbea7
+        self.start_blocked_access(value)
+        with self.guest_must_answer(self.vm, self.session):
+            wait_until(lambda: self.ssh.run(f'test -e {BLOCKED_STARTED}',
+                                            timeout_s=GUEST_ANSWER_S).ok,
+                       COMPLETE_TIMEOUT_S, 'the guest starting its device access')
+        self.ssh.spawn(f'insmod {module} && touch {INSMOD_DONE}', cpu=0)
+        spawned_at = time.monotonic()
+        symbols = vcpus.KernelSymbols(self.session.symbols)
+
+        def stalled():
+            states = vcpus.snapshot(self.vm.proxy, symbols)
+            return vcpus.waiting_for_a_peer(states) and states
+        states = wait_until(stalled, COMPLETE_TIMEOUT_S,
+                            'no vCPU waiting for the blocked one after insmod')
+        stall_s = time.monotonic() - spawned_at
+        waiting, blocked = states
+        self.assertEqual(waiting.index, 0, vcpus.describe(states))
+        self.assertIn(waiting.host_state, ('R', 'S'))         # spinning in guest code
+        self.assertGreater(waiting.busy, blocked.busy, vcpus.describe(states))
+        self.assertFalse(blocked.halted)                      # mid-instruction, in QEMU
+        self.assertTrue((blocked.symbol or '').startswith('pci_write_resource_io'),
+                        vcpus.describe(states))               # the guest's BAR write
+        self.assertNotEqual(blocked.host_state, 'R', vcpus.describe(states))
+        with self.assertRaises(CommandTimeout):
+            self.ssh.run('true', timeout_s=STALL_PROBE_S)
+        self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
+
+        self.resume_remote()
+        resumed_at = time.monotonic()
+        with self.guest_must_answer(self.vm, self.session):
+            wait_until(lambda: self.ssh.run(f'test -e {INSMOD_DONE}',
+                                            timeout_s=GUEST_ANSWER_S).ok,
+                       COMPLETE_TIMEOUT_S, 'the module load did not finish after SIGCONT')
+            recovered_s = time.monotonic() - resumed_at
+            self.check_access_completed(value)
+        self.record(stall_after_insmod_s=round(stall_s, 2),
+                    guest_stall=vcpus.describe(states),
+                    guest_back_after_resume_s=round(recovered_s, 2))
 
     def test_pause_while_a_vcpu_waits_for_the_hung_remote(self):
         """QMP stop must pause every vCPU, including one stuck in an access
@@ -269,8 +337,10 @@ class GuestFaults(FaultTest):
         value = 0x5eed1e55
         self.start_blocked_access(value)
         # Started (the marker exists) and not finished: a vCPU is in the access.
-        wait_until(lambda: self.ssh.run(f'test -e {BLOCKED_STARTED}').ok,
-                   COMPLETE_TIMEOUT_S, 'the guest starting its device access')
+        with self.guest_must_answer(self.vm, self.session):
+            wait_until(lambda: self.ssh.run(f'test -e {BLOCKED_STARTED}',
+                                            timeout_s=GUEST_ANSWER_S).ok,
+                       COMPLETE_TIMEOUT_S, 'the guest starting its device access')
         self.assertEqual(self.blocked_result(), '', 'the access finished with the remote stopped')
         try:
             stop_reply = self.vm.proxy.qmp('stop', timeout_s=QMP_WEDGED_TIMEOUT_S)
