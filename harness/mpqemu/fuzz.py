@@ -51,7 +51,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .. import known_issues, params
+from .. import known_issues, params, procfs
 from ..devices import lsi, pci
 from ..qemu import binary as qemu_binary
 from ..qemu.binary import Capabilities
@@ -557,26 +557,6 @@ def generate(seed: int, index: int, layout: Layout) -> Case:
 
 # ---------------------------------------------------------------- remotes
 
-def _proc_stat(pid: int) -> Optional[List[str]]:
-    try:
-        with open(f'/proc/{pid}/stat', encoding='ascii') as f:
-            return f.read().rsplit(')', 1)[1].split()
-    except OSError:
-        return None
-
-
-def cpu_ticks(pid: int) -> Optional[int]:
-    stat = _proc_stat(pid)
-    return int(stat[11]) + int(stat[12]) if stat else None     # utime + stime
-
-
-def _read_proc(pid: int, name: str) -> str:
-    try:
-        with open(f'/proc/{pid}/{name}', encoding='ascii', errors='replace') as f:
-            return f.read().strip()
-    except OSError as err:
-        return f'({err.strerror})'
-
 
 def log_tail(process: QEMUProcess) -> str:
     """The last lines of a remote's log, without our reset trace lines."""
@@ -866,13 +846,12 @@ class CaseRunner:
         pid = remote.pid
         if not remote.process.is_running():
             return self._exit_result(remote, f'exited without closing first ({err})')
-        before = cpu_ticks(pid)
+        before = procfs.cpu_seconds(pid)
         time.sleep(BUSY_SAMPLE_S)       # a measurement window, not a settle delay
-        after = cpu_ticks(pid)
+        after = procfs.cpu_seconds(pid)
         if before is None or after is None or not remote.process.is_running():
             return self._exit_result(remote, f'exited while silent ({err})')
-        hz = os.sysconf('SC_CLK_TCK')
-        busy = (after - before) / hz / BUSY_SAMPLE_S
+        busy = (after - before) / BUSY_SAMPLE_S
         state = self._state(remote)
         if busy < BUSY_FRACTION and case.may_stall:
             return Result(OUTCOME_STALLED, 'idle, waiting for the rest of a misframed message',
@@ -898,9 +877,8 @@ class CaseRunner:
     @staticmethod
     def _state(remote: FuzzRemote) -> str:
         pid = remote.pid
-        stat = _proc_stat(pid) or ['?']
-        return (f'state={stat[0]} wchan={_read_proc(pid, "wchan")} '
-                f'syscall={_read_proc(pid, "syscall").split(" ")[0]}')
+        return (f'state={procfs.state(pid) or "?"} wchan={procfs.read(pid, "wchan")} '
+                f'syscall={procfs.read(pid, "syscall").split(" ")[0]}')
 
 
 # ---------------------------------------------------------------- a fuzzing run

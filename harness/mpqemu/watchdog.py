@@ -26,6 +26,7 @@ import threading
 import time
 from typing import List, Optional
 
+from .. import procfs
 from ..errors import HarnessError, QMPError
 from ..qemu.process import QEMUProcess
 from ..qemu.qmp import QMPChannel
@@ -143,11 +144,7 @@ class RemoteWatchdog:
     # --------------------------------------------------------------- loop
 
     def _proc_state(self) -> Optional[str]:
-        try:
-            with open(f'/proc/{self.process.pid}/stat', encoding='utf-8') as f:
-                return f.read().rsplit(')', 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            return None
+        return procfs.state(self.process.pid)
 
     def _ping(self, qmp: QMPChannel) -> Optional[str]:
         """None if the remote's main loop answered in time, else why not."""

@@ -21,6 +21,7 @@ import re
 import time
 from typing import Dict, List, Optional, Tuple
 
+from .. import procfs
 from ..errors import QMPError
 
 SAMPLE_S = 0.5
@@ -28,7 +29,6 @@ SAMPLE_S = 0.5
 # function (IPIs, stop_machine): a vCPU there waits for its peers.
 CROSS_CPU_WAITS = ('smp_call_function', 'csd_lock_wait', 'on_each_cpu', 'multi_cpu_stop',
                    'stop_machine')
-_CLK_TCK = 100                  # USER_HZ: the unit of utime/stime in /proc
 _RIP = re.compile(r'^[RE]IP=([0-9a-f]+)', re.MULTILINE)   # EIP outside long mode
 _HLT = re.compile(r' HLT=([01])')
 _CPU_HEADER = re.compile(r'^CPU#(\d+)', re.MULTILINE)
@@ -81,18 +81,11 @@ class VCPUState:
 
 
 def _thread_times(pid: int, tid: int) -> Tuple[str, str, float]:
-    base = f'/proc/{pid}/task/{tid}'
-    try:
-        with open(f'{base}/stat') as f:
-            stat = f.read()
-        with open(f'{base}/wchan') as f:
-            wchan = f.read().strip()
-    except OSError:
-        return '?', '', 0.0
-    fields = stat[stat.rindex(')') + 2:].split()
-    state = fields[0]
-    cpu_s = (int(fields[11]) + int(fields[12])) / _CLK_TCK
-    return state, '' if wchan in ('0', '') else wchan, cpu_s
+    """(state, wait channel or '', CPU seconds) of one thread."""
+    wchan = procfs.read(pid, 'wchan', tid)
+    return (procfs.state(pid, tid) or '?',
+            '' if wchan == '0' or wchan.startswith('(') else wchan,
+            procfs.cpu_seconds(pid, tid) or 0.0)
 
 
 def _guest_rips(qemu) -> Dict[int, Tuple[int, bool]]:

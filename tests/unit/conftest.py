@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from harness import params
+from harness import params, procfs
 from harness.qemu import binary as qemu_binary
 
 
@@ -28,12 +28,7 @@ def disk(tmp_path):
 
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` exists and is not a zombie."""
-    try:
-        with open(f'/proc/{pid}/stat', encoding='utf-8') as f:
-            state = f.read().rsplit(')', 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != 'Z'
+    return procfs.state(pid) not in (None, 'Z')
 
 
 def socket_inodes(pid: int) -> set:
