@@ -16,7 +16,6 @@ Command line (what ``make images`` runs)::
 
 import argparse
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -29,7 +28,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from harness import paths
+from harness import locking, paths
 from harness.errors import HarnessError
 
 from ..hosttools import run_tool
@@ -55,7 +54,6 @@ MANIFEST_NAME = 'manifest.json'
 MANIFEST_FORMAT = 1
 KEY_HEX_CHARS = 16
 BUILD_LOCK_TIMEOUT_S = 600
-LOCK_POLL_S = 0.2
 TOOL_TIMEOUT_S = 60
 # Host packages whose programs write bytes into a recipe kind's outputs:
 # their versions are part of the cache key.
@@ -385,31 +383,11 @@ BUILDERS = {'initramfs': _build_initramfs, 'syslinux-disk': _build_syslinux_disk
 
 # ---------------------------------------------------------------- cache
 
-class _BuildLock:
+def _build_lock(name: str):
     """One builder per recipe at a time, across processes (parallel test
     runners may all ask for the same image on first use)."""
-
-    def __init__(self, name: str):
-        os.makedirs(images_dir(), exist_ok=True)
-        self.path = os.path.join(images_dir(), f'.{name}.lock')
-
-    def __enter__(self):
-        self._f = open(self.path, 'w')
-        deadline = time.monotonic() + BUILD_LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    self._f.close()
-                    raise ImageError(f"another process held {self.path} for "
-                                     f"{BUILD_LOCK_TIMEOUT_S} s; if no image build is "
-                                     f"running, delete the file") from None
-                time.sleep(LOCK_POLL_S)
-
-    def __exit__(self, *exc):
-        self._f.close()
+    return locking.exclusive(os.path.join(images_dir(), f'.{name}.lock'),
+                             BUILD_LOCK_TIMEOUT_S, ImageError, f'a build of image {name!r}')
 
 
 def _cached(plan: Plan) -> Optional[GuestImage]:
@@ -438,7 +416,7 @@ def build_recipe(name: str) -> GuestImage:
     image = _cached(plan)
     if image:
         return image
-    with _BuildLock(name):
+    with _build_lock(name):
         image = _cached(plan)          # built by another process meanwhile
         if image:
             return image

@@ -30,9 +30,7 @@ blobs): :func:`harness.qemu.binary.probe` adds ``-L`` for Debian's
 """
 
 import argparse
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
@@ -44,9 +42,9 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .. import paths
+from .. import locking, paths
 from ..errors import HarnessError
 from ..hosttools import run_tool
 from . import binary as qemu_binary
@@ -164,30 +162,9 @@ def _sha(*parts: str) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def _locked(path: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
-    """An exclusive lock file: two tests asking for the same build wait for
-    one build instead of racing two."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, 'a', encoding='utf-8') as lock:
-        deadline = time.monotonic() + timeout_s
-        announced = False
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if not announced:
-                    LOG.info("waiting for another build holding %s", path)
-                    announced = True
-                if time.monotonic() > deadline:
-                    raise BuildError(f"{path} stayed locked for {timeout_s:.0f} s: another "
-                                     f"build of the same QEMU is stuck") from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _locked(path: str, timeout_s: float = LOCK_TIMEOUT_S):
+    """Two tests asking for the same build wait for one build."""
+    return locking.exclusive(path, timeout_s, BuildError, 'another build of the same QEMU')
 
 
 def qemu_build_dir(*parts: str) -> str:
