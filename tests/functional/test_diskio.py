@@ -18,7 +18,7 @@ import os
 import signal
 import time
 
-from harness.guest import diskio
+from harness.guest import diskio, memory
 from harness.guest.diskio import Workload
 from harness.mpqemu import hotplug, memview
 from harness.testing import MIB, MultiprocessTest
@@ -76,11 +76,7 @@ class DiskIOTest(MultiprocessTest):
                                     f'{workload.seed}): {mismatch}')
 
     def written_bytes(self, vm) -> int:
-        for dev in vm.device_process(LSI).qmp('query-blockstats'):
-            if dev.get('qdev', '').startswith(f'{LSI}-hd') or \
-                    dev.get('device') == f'{LSI}-drive':
-                return dev['stats']['wr_bytes']
-        self.fail(f'no block stats for {LSI}')
+        return vm.disk_stats(LSI)['wr_bytes']
 
     def wait_for_writes(self, vm, at_least: int) -> int:
         """Until the emulating process has written ``at_least`` bytes to
@@ -305,19 +301,11 @@ class DiskIOHotpluggedMemory(DiskIOTest):
         """Online the DIMM's memory blocks (movable: user pages only);
         returns how long the guest took to see them."""
         started = time.monotonic()
-        block = int(ssh.run('cat /sys/devices/system/memory/block_size_bytes',
-                            check=True).stdout, 16)
-        blocks = range(dimm.addr // block, (dimm.addr + dimm.size) // block)
-        for index in blocks:
-            state = f'/sys/devices/system/memory/memory{index}/state'
-            deadline = time.monotonic() + HOTPLUG_TIMEOUT_S
-            while not ssh.run(f'test -e {state}').ok:
-                if time.monotonic() > deadline:
-                    self.fail(f'the guest never showed memory block {index} ({state})')
-                time.sleep(0.2)
-            ssh.run(f'grep -q "^online" {state} || echo online_movable > {state}', check=True)
+        for block in memory.online(ssh, dimm.addr, dimm.size, 'online_movable',
+                                   HOTPLUG_TIMEOUT_S):
+            name = block.rsplit('/', 1)[1]
             self.assertTrue(ssh.run(f'test -e /sys/devices/system/node/node{DIMM_NODE}/'
-                                    f'memory{index}').ok)
+                                    f'{name}').ok)
         return time.monotonic() - started
 
     def test_dma_lands_in_hotplugged_dimm(self):

@@ -15,7 +15,7 @@ import time
 
 from harness import bytecheck, known_issues
 from harness.devices import lsi
-from harness.guest import lsi_dma
+from harness.guest import lsi_dma, memory
 from harness.guest.pci import find_device
 from harness.mpqemu import hotplug, memview, proxyram
 from harness.testing import MultiprocessTest
@@ -90,11 +90,6 @@ class HotplugTest(MultiprocessTest):
                        round((time.monotonic() - started) * 1000, 3)})
         return dimm
 
-    def guest_memory_block(self, dimm: hotplug.Dimm) -> str:
-        block_size = int(self.ssh.run('cat /sys/devices/system/memory/block_size_bytes',
-                                      check=True).stdout, 16)
-        return f'/sys/devices/system/memory/memory{dimm.addr // block_size}'
-
     def known_issue(self, outcome: str, notes: str, log: str = ''):
         issue = known_issues.lookup(known_issues.load(),
                                     {'outcome': outcome, 'notes': notes, 'log': log},
@@ -116,11 +111,9 @@ class DimmResync(HotplugTest):
         self.boot()
         dimm = self.plug_and_wait('dimm1')
         self.assertGreaterEqual(dimm.addr, 1 << 32)      # pc: the device-memory window
-        block = self.guest_memory_block(dimm)
-        self.ssh.run(f'timeout {int(GUEST_BLOCK_WAIT_S)} sh -c '
-                     f'"while [ ! -e {block} ]; do usleep 50000; done"', check=True)
-        self.assertEqual(self.ssh.run(f'cat {block}/state', check=True).stdout.strip(),
-                         'offline')    # left offline: the kernel never touches it
+        for block in memory.wait_blocks(self.ssh, dimm.addr, dimm.size, GUEST_BLOCK_WAIT_S):
+            self.assertEqual(self.ssh.run(f'cat {block}/state', check=True).stdout.strip(),
+                             'offline')    # left offline: the kernel never touches it
 
         # disk -> DIMM
         took = self.scsi(False, LBA_DISK_PATTERN, DMA_BYTES, dimm.addr + MIB)
@@ -156,11 +149,8 @@ class DimmResync(HotplugTest):
     def test_guest_onlines_the_dimm_and_the_device_dmas_into_its_pages(self):
         self.boot()
         dimm = self.plug_and_wait('dimm1')
-        block = self.guest_memory_block(dimm)
         before_kb = self.mem_total_kb()
-        self.ssh.run(f'timeout {int(GUEST_BLOCK_WAIT_S)} sh -c '
-                     f'"while [ ! -e {block} ]; do usleep 50000; done"; '
-                     f'echo online > {block}/state', check=True)
+        memory.online(self.ssh, dimm.addr, dimm.size, timeout_s=GUEST_BLOCK_WAIT_S)
         self.assertEqual(self.mem_total_kb() - before_kb, DIMM_SIZE // 1024)
         # New user pages come from the highest zone: the DIMM's.  Find the
         # guest's own pages in the DIMM's file: the remote maps that file.
