@@ -221,6 +221,15 @@ class MultiprocessVM:
         """The process that emulates device ``devid``: its remote."""
         return self.remote(devid)
 
+    def disk_stats(self, devid: str) -> dict:
+        """query-blockstats ``stats`` (rd_bytes, wr_bytes...) of the disk
+        of LSI ``devid``, from whichever process emulates it."""
+        for dev in self.device_process(devid).qmp('query-blockstats'):
+            if (dev.get('qdev', '').startswith(f'{devid}-hd')
+                    or dev.get('device') == f'{devid}-drive'):
+                return dev['stats']
+        raise HarnessError(f"no block stats for the disk of {devid}")
+
     def _memory_args(self) -> List[str]:
         size = f'{self.memory_mb}M'
         if self.memory_slots:

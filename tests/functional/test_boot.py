@@ -16,7 +16,6 @@ from harness.guest.image import resolve_image
 from harness.guest.pci import find_device
 from harness.testing import MultiprocessTest
 
-LSI_DRIVE_ID = 'lsi1-drive'
 
 
 class BootFromRemoteLsi(MultiprocessTest):
@@ -29,10 +28,7 @@ class BootFromRemoteLsi(MultiprocessTest):
 
     def lsi_drive_reads(self, vm) -> int:
         """Bytes read from the LSI's disk by whichever process emulates it."""
-        for dev in vm.device_process('lsi1').qmp('query-blockstats'):
-            if dev.get('qdev', '').startswith('lsi1-hd') or dev.get('device') == LSI_DRIVE_ID:
-                return dev['stats']['rd_bytes']
-        self.fail(f'no block stats for {LSI_DRIVE_ID}')
+        return vm.disk_stats('lsi1')['rd_bytes']
 
     def check_register_round_trip(self, vm, session):
         """A value written to SCRATCHA through the I/O BAR reads back, and
