@@ -14,10 +14,10 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 from typing import Dict, Iterable, List
 
 from harness.errors import HarnessError
+from harness.hosttools import run_tool
 
 APT_STATE_DIRS = ('/var/lib/apt/lists', '/etc/apt')
 APT_TIMEOUT_S = 300
@@ -31,20 +31,12 @@ class PackageError(HarnessError):
 def _run(argv: List[str], what: str, cwd: str = None,
          timeout_s: float = APT_TIMEOUT_S) -> str:
     try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
-                              timeout=timeout_s)
-    except FileNotFoundError:
-        raise PackageError(f"{argv[0]} not found: this builder needs a Debian "
-                           f"host with apt and dpkg") from None
-    except subprocess.TimeoutExpired:
-        raise PackageError(f"{what} took more than {timeout_s} s: check the "
-                           f"network path to the Debian mirror") from None
-    if proc.returncode != 0:
-        raise PackageError(f"{what} failed (exit {proc.returncode}): "
-                           f"{proc.stderr.strip()[-800:]}\n"
-                           f"If a package or version is missing, run "
-                           f"'apt-get update' as root and retry.")
-    return proc.stdout
+        return run_tool(argv, 'this builder needs a Debian host with apt and dpkg',
+                        PackageError, timeout_s, cwd=cwd, what=what)
+    except PackageError as err:
+        raise PackageError(f"{err}\nIf a package or version is missing, run 'apt-get "
+                           f"update' as root and retry; if this timed out, check the "
+                           f"network path to the Debian mirror.") from None
 
 
 def apt_state_fingerprint() -> str:

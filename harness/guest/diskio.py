@@ -29,12 +29,12 @@ import json
 import os
 import shlex
 import struct
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional
 
 from ..errors import HarnessError
+from ..hosttools import run_tool
 from .ssh import CommandTimeout, GuestSSH
 
 SECTOR_BYTES = 512
@@ -44,6 +44,7 @@ PATH_DRIVER = 'driver'
 # Exit statuses of lsi-dio (see its header comment).
 EXIT_OK, EXIT_MISMATCH, EXIT_DEVICE, EXIT_USAGE, EXIT_GONE, EXIT_TIMEOUT = range(6)
 DEFAULT_CMD_TIMEOUT_S = 10.0
+MCOPY_TIMEOUT_S = 60.0
 # Host margin over the tool's own deadline before the SSH command is given up.
 SSH_MARGIN_S = 15.0
 BACKGROUND_POLL_S = 0.2
@@ -343,13 +344,8 @@ def make_vfat(ssh: GuestSSH, dev: str, mountpoint: str = '/mnt/dio') -> str:
 def extract_from_vfat(image: str, name: str, dest: str, image_offset: int = 0) -> str:
     """Copy ``name`` out of a FAT filesystem in a disk image (mtools)."""
     spec = f'{image}@@{image_offset}' if image_offset else image
-    try:
-        subprocess.run(['mcopy', '-n', '-o', '-i', spec, f'::{name}', dest], check=True,
-                       capture_output=True, text=True, timeout=60)
-    except FileNotFoundError:
-        raise DiskIOError("mcopy not found: apt-get install mtools") from None
-    except subprocess.CalledProcessError as err:
-        raise DiskIOError(f"mcopy of {name} from {image}: {err.stderr.strip()}") from None
+    run_tool(['mcopy', '-n', '-o', '-i', spec, f'::{name}', dest], 'apt-get install mtools',
+             DiskIOError, MCOPY_TIMEOUT_S, what=f'mcopy of {name} from {image}')
     return dest
 
 

@@ -14,10 +14,10 @@ The image's cache key covers each source and the compiler's identity
 
 import hashlib
 import os
-import subprocess
 from typing import Dict, List
 
 from harness.errors import HarnessError
+from harness.hosttools import run_tool
 
 COMPILER = 'gcc'
 CFLAGS = ('-static', '-O2', '-Wall', '-s')
@@ -45,13 +45,9 @@ def tool_specs(recipe: dict, recipes_dir: str) -> List[Dict[str, str]]:
 
 def compiler_identity() -> str:
     """First line of ``gcc --version`` (it names Debian's package revision)."""
-    try:
-        proc = subprocess.run([COMPILER, '--version'], capture_output=True, text=True,
-                              timeout=COMPILE_TIMEOUT_S)
-    except FileNotFoundError:
-        raise GuestToolError(f"{COMPILER} not found: the image's guest tools are compiled "
-                             f"on the host: apt-get install gcc libc6-dev") from None
-    return proc.stdout.splitlines()[0] if proc.stdout else ''
+    out = run_tool([COMPILER, '--version'], "the image's guest tools are compiled on the "
+                   "host: apt-get install gcc libc6-dev", GuestToolError, COMPILE_TIMEOUT_S)
+    return out.splitlines()[0] if out else ''
 
 
 def key_material(specs: List[Dict[str, str]]) -> bytes:
@@ -71,14 +67,12 @@ def key_material(specs: List[Dict[str, str]]) -> bytes:
 def compile_tool(spec: Dict[str, str], out_path: str) -> None:
     argv = [COMPILER, *CFLAGS, '-o', out_path, spec['path']]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True,
-                              timeout=COMPILE_TIMEOUT_S)
-    except FileNotFoundError:
-        raise GuestToolError(f"{COMPILER} not found: apt-get install gcc libc6-dev") from None
-    if proc.returncode != 0:
-        hint = (' (static libc missing? apt-get install libc6-dev)'
-                if 'cannot find -lc' in proc.stderr else '')
-        raise GuestToolError(f"{' '.join(argv)} failed{hint}:\n{proc.stderr.strip()}")
+        run_tool(argv, 'apt-get install gcc libc6-dev', GuestToolError, COMPILE_TIMEOUT_S)
+    except GuestToolError as err:
+        if 'cannot find -lc' in str(err):
+            raise GuestToolError(f"{err}\n(static libc missing? apt-get install "
+                                 f"libc6-dev)") from None
+        raise
 
 
 def build_tools(specs: List[Dict[str, str]], work: str) -> Dict[str, Dict[str, str]]:

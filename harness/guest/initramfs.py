@@ -9,7 +9,6 @@ timestamps and sorted entries, so the same inputs give the same bytes.
 import gzip
 import os
 import posixpath
-import subprocess
 from typing import Dict, Iterable, List, Tuple
 
 from harness.errors import HarnessError
@@ -22,7 +21,6 @@ from .elf import ElfFile
 LIBRARY_DIRS = ('lib/x86_64-linux-gnu', 'usr/lib/x86_64-linux-gnu', 'lib64',
                 'lib', 'usr/lib')
 SYMLINK_HOPS_MAX = 40
-TOOL_TIMEOUT_S = 60
 GZIP_LEVEL = 6
 
 
@@ -160,8 +158,7 @@ def add_program(tree: Tree, root: str, program: str) -> List[str]:
 
 def add_busybox_applets(tree: Tree, busybox_host_path: str) -> int:
     """Link every applet the static busybox knows to /bin/busybox."""
-    out = subprocess.run([busybox_host_path, '--list-full'], capture_output=True,
-                         text=True, check=True, timeout=TOOL_TIMEOUT_S).stdout
+    out = _tool([busybox_host_path, '--list-full'], 'busybox-static')
     applets = [line.strip() for line in out.splitlines() if line.strip()]
     for applet in applets:
         if applet.strip('/') not in tree.entries:
