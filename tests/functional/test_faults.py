@@ -223,7 +223,8 @@ class GuestFaults(FaultTest):
 
     def start_blocked_access(self, value):
         """Hang the remote, then start (on the last vCPU) a guest write of
-        ``value`` to SCRATCHA and a read back into a file."""
+        ``value`` to SCRATCHA and a read back into a file; returns once the
+        guest has begun it."""
         fault = self.remote.faults.hang()
         event = self.remote.watchdog.wait_for('hung', DETECT_TIMEOUT_S)
         self.assertGreaterEqual(event.detected_at, fault.injected_at)
@@ -235,6 +236,9 @@ class GuestFaults(FaultTest):
             self.ssh.run(f'rm -f {BLOCKED_OUT} {BLOCKED_STARTED}', check=True,
                          timeout_s=GUEST_ANSWER_S)
             self.ssh.spawn(access, cpu=GUEST_SMP - 1)
+            wait_until(lambda: self.ssh.run(f'test -e {BLOCKED_STARTED}',
+                                            timeout_s=GUEST_ANSWER_S).ok,
+                       COMPLETE_TIMEOUT_S, 'the guest starting its device access')
         return event
 
     def blocked_result(self):
@@ -291,10 +295,6 @@ class GuestFaults(FaultTest):
         self.assertFalse(self.ssh.run(f'grep -q "^{STALL_MODULE[:-3]} " /proc/modules').ok)
         value = 0xdeadbea7
         self.start_blocked_access(value)
-        with self.guest_must_answer(self.vm, self.session):
-            wait_until(lambda: self.ssh.run(f'test -e {BLOCKED_STARTED}',
-                                            timeout_s=GUEST_ANSWER_S).ok,
-                       COMPLETE_TIMEOUT_S, 'the guest starting its device access')
         self.ssh.spawn(f'insmod {module} && touch {INSMOD_DONE}', cpu=0)
         spawned_at = time.monotonic()
         symbols = vcpus.KernelSymbols(self.session.symbols)
@@ -336,11 +336,7 @@ class GuestFaults(FaultTest):
         runs again the VM is paused, resumes, and the access completes."""
         value = 0x5eed1e55
         self.start_blocked_access(value)
-        # Started (the marker exists) and not finished: a vCPU is in the access.
-        with self.guest_must_answer(self.vm, self.session):
-            wait_until(lambda: self.ssh.run(f'test -e {BLOCKED_STARTED}',
-                                            timeout_s=GUEST_ANSWER_S).ok,
-                       COMPLETE_TIMEOUT_S, 'the guest starting its device access')
+        # Started and not finished: a vCPU is in the access.
         self.assertEqual(self.blocked_result(), '', 'the access finished with the remote stopped')
         try:
             stop_reply = self.vm.proxy.qmp('stop', timeout_s=QMP_WEDGED_TIMEOUT_S)
