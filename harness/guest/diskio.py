@@ -385,10 +385,10 @@ def bench(out_dir: str, qemu_bin: Optional[str] = None, accel_request: str = 'au
         with open(disk, 'wb') as f:
             f.truncate(BENCH_DISK_MIB << 20)
         load = accel.name == 'kvm'
-        vm = vm_class(caps, log_dir, accel=accel.name)
+        vm = vm_class(caps, log_dir, accel=accel.name, smp=BENCH_GUEST_CPUS)
         vm.add_lsi_remote('lsi1', disk)
         session = GuestSession(image, log_dir, load_sym53c8xx=load)
-        vm.add_proxy_args(*session.qemu_args(), '-smp', str(BENCH_GUEST_CPUS))
+        vm.add_proxy_args(*session.qemu_args())
         try:
             started = time.monotonic()
             vm.launch()

@@ -49,8 +49,9 @@ class DiskIOTest(MultiprocessTest):
     extra_proxy_args = ()
 
     def new_vm(self, *args, **kwargs):
+        kwargs.setdefault('smp', GUEST_CPUS)
         vm = super().new_vm(*args, **kwargs)
-        vm.add_proxy_args('-smp', str(GUEST_CPUS), *self.extra_proxy_args)
+        vm.add_proxy_args(*self.extra_proxy_args)
         return vm
 
     def boot(self, **launch_kwargs):
