@@ -260,7 +260,8 @@ class GuestSSH:
             raise CommandFailed(result)
         return result
 
-    def spawn(self, command: str, cpu: Optional[int] = None) -> None:
+    def spawn(self, command: str, cpu: Optional[int] = None,
+              timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S) -> None:
         """Start ``command`` in the background, detached from this SSH
         session (setsid: dropbear kills what is left in a closed session's
         process group, nohup or not).  Its output goes nowhere: have it
@@ -272,7 +273,7 @@ class GuestSSH:
         if cpu is not None:
             command = f'taskset {1 << cpu:x} sh -c {shlex.quote(command)}'
         self.run(f'setsid sh -c {shlex.quote(command)} </dev/null >/dev/null 2>&1 &',
-                 check=True)
+                 check=True, timeout_s=timeout_s)
 
     # -------------------------------------------------------------- files
 
