@@ -11,8 +11,8 @@ cross-CPU call, stop_machine) spins until it comes back.
 ``snapshot()`` records, per vCPU, the host thread QEMU runs it on (state,
 kernel wait channel, CPU time used while we watched: a spinning guest
 burns it, a blocked one does not) and the guest's instruction pointer,
-named with the guest kernel's System.map when one is given (the image
-must boot with ``nokaslr`` for the names to be right).
+named with the guest kernel's symbols when known (harness/guest/
+symbols.py reads them from a guest booted with ``nokaslr``).
 """
 
 import bisect
@@ -35,7 +35,8 @@ _CPU_HEADER = re.compile(r'^CPU#(\d+)', re.MULTILINE)
 
 
 class KernelSymbols:
-    """Text symbols of a System.map, for naming guest addresses."""
+    """Text symbols from a System.map-format file (address, type, name),
+    for naming guest addresses."""
 
     def __init__(self, path: str):
         entries: List[Tuple[int, str]] = []
@@ -66,7 +67,6 @@ class VCPUState:
     rip: Optional[int] = None
     symbol: Optional[str] = None
     halted: bool = False            # the guest executed HLT (idle), not stuck
-
 
     def describe(self) -> str:
         where = f'guest RIP {self.rip:#x}' if self.rip is not None else 'guest RIP unknown'
