@@ -200,6 +200,9 @@ class GuestSSH:
         try:
             chan = transport.open_session(timeout=timeout_s)
         except paramiko.SSHException as err:
+            if time.monotonic() - started < timeout_s:      # refused, not unanswered
+                raise SSHError(f"guest command {command!r}: the guest refused an SSH "
+                               f"channel ({err})") from None
             # A guest that stopped answering: paramiko says "Timeout opening channel."
             raise CommandTimeout(f"guest command {command!r} could not start: no SSH "
                                  f"channel within {timeout_s:.0f} s ({err})", '', '') from None
