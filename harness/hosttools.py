@@ -6,7 +6,7 @@ import subprocess
 from typing import Dict, List, Optional, Sequence, Type
 
 from .errors import HarnessError
-from .qemu import lifeline
+from . import lifeline
 
 TOOL_TIMEOUT_S = 60
 ERROR_TAIL_CHARS = 2000

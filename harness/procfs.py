@@ -45,3 +45,54 @@ def read(pid: int, name: str, tid: Optional[int] = None) -> str:
             return f.read().strip()
     except OSError as err:
         return f'({err.strerror})'
+
+
+def ppid(pid: int) -> Optional[int]:
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
+def start_time(pid: int) -> Optional[int]:
+    """When the process started, in clock ticks since boot: with the pid,
+    it names one process even after the pid is reused."""
+    fields = stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def cmdline(pid: int) -> List[str]:
+    """The process's argv ([] once it is gone, or for a kernel thread)."""
+    try:
+        with open(_path(pid, None, 'cmdline'), 'rb') as f:
+            return [a.decode(errors='replace') for a in f.read().split(b'\0') if a]
+    except OSError:
+        return []
+
+
+def environ_has(pid: int, entry: str) -> bool:
+    """Whether ``NAME=value`` is in the process's initial environment."""
+    try:
+        with open(_path(pid, None, 'environ'), 'rb') as f:
+            return entry.encode() in f.read().split(b'\0')
+    except OSError:
+        return False
+
+
+def pids() -> List[int]:
+    return [int(name) for name in os.listdir('/proc') if name.isdigit()]
+
+
+def descendants(roots) -> List[int]:
+    """Every living descendant of the processes ``roots`` (not the roots),
+    parents before their children."""
+    children: dict = {}
+    for pid in pids():
+        parent = ppid(pid)
+        if parent is not None:
+            children.setdefault(parent, []).append(pid)
+    found, todo = [], list(roots)
+    while todo:
+        for child in children.get(todo.pop(0), []):
+            if child not in found and child not in roots:
+                found.append(child)
+                todo.append(child)
+    return found

@@ -4,8 +4,8 @@ It resolves the parameters (``-p qemu_bin=…`` or ``$QEMU_BIN``, ``accel``,
 ``machine``, ``memory_mb``), probes the binary once, picks the accelerator,
 launches topologies whose logs land in the test's output directory, and
 stops every process in tearDown whatever the outcome.  If Avocado kills a
-timed-out test instead, the processes die with it (PR_SET_PDEATHSIG, see
-harness/qemu/lifeline.py).
+timed-out test instead, or the job stops early and leaves the test behind,
+the processes die with it (harness/lifeline.py).
 """
 
 import contextlib
@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Sequence
 import avocado
 from avocado.core.exceptions import TestSkipError
 
-from . import known_issues, params
+from . import known_issues, lifeline, params
 from .errors import QMPError
 from .guest.image import GuestImage, resolve_image
 from .guest.session import GuestSession, boot_drive
@@ -96,6 +96,8 @@ class MultiprocessTest(avocado.Test):
         return [i.id for i in known_issues.load() if i.data.get('guard') == 'launch']
 
     def setUp(self):
+        # Before anything is started: nothing may outlive the job.
+        self._lifeline = lifeline.tie_to_job(os.path.join(self.outputdir, 'lifeline.log'))
         self._vms = []
         self._sessions = []
         self.figures = {}

@@ -20,7 +20,7 @@ from typing import Optional
 from .. import paths
 from ..errors import AccelError
 from . import binary as qemu_binary
-from . import lifeline
+from .. import lifeline
 
 LOG = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from .. import locking, paths
 from ..errors import HarnessError
 from ..hosttools import run_tool
 from . import binary as qemu_binary
-from . import lifeline
+from .. import lifeline
 
 LOG = logging.getLogger(__name__)
 

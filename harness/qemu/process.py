@@ -21,7 +21,7 @@ import time
 from typing import List, Optional, Sequence
 
 from ..errors import LaunchError, QMPError
-from . import lifeline
+from .. import lifeline
 from .qmp import QMPChannel
 
 LOG = logging.getLogger(__name__)
@@ -116,10 +116,9 @@ class QEMUProcess:
         LOG.info('%s: %s', self.name, shlex.join(self.cmdline))
         try:
             with open(self.log_path, 'ab') as log:
-                self._popen = subprocess.Popen(
+                self._popen = lifeline.popen(
                     self.cmdline, stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, pass_fds=pass_fds, close_fds=True,
-                    preexec_fn=lifeline.preexec())
+                    stderr=subprocess.STDOUT, pass_fds=pass_fds, close_fds=True)
         except OSError as err:
             if qmp_ours:
                 qmp_ours.close()
