@@ -3,6 +3,7 @@
 import time
 from typing import Callable, TypeVar
 
+from . import deadlines
 from .errors import HarnessError
 
 T = TypeVar('T')
@@ -17,6 +18,7 @@ class WaitTimeout(HarnessError, AssertionError):
 def wait_until(condition: Callable[[], T], timeout_s: float, what: str,
                interval_s: float = POLL_INTERVAL_S) -> T:
     """Poll ``condition`` until it returns something truthy, and return that."""
+    timeout_s = deadlines.cap(timeout_s, what)
     deadline = time.monotonic() + timeout_s
     while True:
         value = condition()

@@ -22,6 +22,7 @@ from typing import Callable, Optional, Union
 
 import paramiko
 
+from harness import deadlines
 from harness.errors import HarnessError
 
 DEFAULT_CONNECT_TIMEOUT_S = 60.0
@@ -30,7 +31,7 @@ DEFAULT_CONNECT_TIMEOUT_S = 60.0
 # not yet listening shows up as a quick failure, and a slow one needs this.
 CONNECT_ATTEMPT_TIMEOUT_S = 10.0
 CONNECT_RETRY_INTERVAL_S = 0.2
-DEFAULT_COMMAND_TIMEOUT_S = 30.0
+DEFAULT_COMMAND_TIMEOUT_S = deadlines.COMMAND_S
 # How much later than the guest-side timeout the host gives up.
 HOST_DEADLINE_MARGIN_S = 5.0
 # How a command killed by ``timeout -s KILL`` ends: coreutils' timeout exits
@@ -125,6 +126,7 @@ class GuestSSH:
             raise SSHConnectError("no SSH credentials: give a key (image ssh_key) "
                                   "or a password (image ssh_password)")
         pkey = paramiko.PKey.from_path(key_path) if key_path else None
+        timeout_s = deadlines.cap(timeout_s, f'SSH to {host}:{port}')
         started = time.monotonic()
         deadline = started + timeout_s
         attempts = 0
@@ -190,6 +192,9 @@ class GuestSSH:
     def _exec(self, command: str, timeout_s: float, stdin: Optional[bytes],
               guest_timeout: bool) -> tuple:
         """(exit_status, stdout bytes, stderr bytes, elapsed_s)."""
+        timeout_s = max(1.0, deadlines.cap(timeout_s + HOST_DEADLINE_MARGIN_S,
+                                           f'guest command {command!r}')
+                        - HOST_DEADLINE_MARGIN_S)
         wrapped = (f'timeout -s KILL {max(1, round(timeout_s))} sh -c {shlex.quote(command)}'
                    if guest_timeout else command)
         started = time.monotonic()

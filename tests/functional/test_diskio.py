@@ -18,6 +18,7 @@ import os
 import signal
 import time
 
+from harness import deadlines
 from harness.guest import diskio, memory
 from harness.guest.diskio import Workload
 from harness.mpqemu import hotplug, memview
@@ -31,9 +32,9 @@ LSI = 'lsi1'
 HANG_HOLD_S = 3.0
 HANG_POLL_S = 0.1
 FAULT_BOUND_S = 30.0       # the tool's own deadline after a kill (generous: TCG on 2 cores)
-REBOOT_TIMEOUT_S = 120.0
 RESET_EVENT_TIMEOUT_S = 5.0
 PROGRESS_TIMEOUT_S = 60.0
+WORKLOAD_DEADLINE_S = 240.0
 DIMM_MIB = 128             # one Linux memory block on x86
 DIMM_NODE = 1
 HOTPLUG_TIMEOUT_S = 60.0
@@ -43,7 +44,8 @@ PAGE_BYTES = 4096
 class DiskIOTest(MultiprocessTest):
     """Shared set-up: a ``tiny`` guest whose LSI has a scratch data disk."""
 
-    timeout = 300
+    # A reboot in the fault tests; the workloads' own deadline (240 s).
+    timeout = deadlines.test_timeout(boots=2, waits_s=WORKLOAD_DEADLINE_S)
     control = False
 
     extra_proxy_args = ()
@@ -175,7 +177,8 @@ class DiskIORemoteFaults(DiskIOTest):
 
     # Long enough (several seconds under TCG) to inject a fault mid-way.
     LONG = Workload('verify', lba=0, blocks=16384, bs=4096, order='rand', seed=41,
-                    passes=2, cpu=GUEST_CPUS - 1, cmd_timeout_s=60.0, deadline_s=240.0)
+                    passes=2, cpu=GUEST_CPUS - 1, cmd_timeout_s=60.0,
+                    deadline_s=WORKLOAD_DEADLINE_S)
 
     def test_io_completes_after_remote_hang(self):
         """SIGSTOP the remote mid-workload: the IO waits (the vCPU that
@@ -260,7 +263,7 @@ class DiskIORemoteFaults(DiskIOTest):
         vm.proxy.get_event('RESET', RESET_EVENT_TIMEOUT_S)
         if not self.control:
             self.assertGreater(self.count_resets(vm), resets_before)
-        session.wait_rebooted(vm.proxy, mark, timeout_s=REBOOT_TIMEOUT_S)
+        session.wait_rebooted(vm.proxy, mark)
         reboot_s = session.times.ssh_s
         dio = diskio.guest_disk_io(session.ssh, self.accel.name)
 

@@ -12,7 +12,7 @@ the long version.
 import json
 import os
 
-from harness import known_issues, params
+from harness import deadlines, known_issues, params
 from harness.mpqemu import fuzz
 from harness.testing import MultiprocessTest
 
@@ -26,7 +26,7 @@ class ProtocolFuzz(MultiprocessTest):
     :avocado: tags=fuzz
     """
 
-    timeout = 240
+    timeout = deadlines.test_timeout(waits_s=TIME_LIMIT_S + deadlines.COMMAND_S)
 
     def setUp(self):
         super().setUp()

@@ -13,7 +13,7 @@ the bytes where they landed.
 import os
 import time
 
-from harness import bytecheck, known_issues
+from harness import bytecheck, deadlines, known_issues
 from harness.devices import lsi
 from harness.guest import lsi_dma, memory
 from harness.guest.pci import find_device
@@ -40,7 +40,8 @@ CHECK_CONDITION = 0x02
 class HotplugTest(MultiprocessTest):
     """Boot with free memory slots and a disk; shared DMA steps."""
 
-    timeout = 120
+    timeout = deadlines.test_timeout(boots=1, waits_s=UNPLUG_TIMEOUT_S + GUEST_BLOCK_WAIT_S
+                                     + 2 * deadlines.COMMAND_S)
 
     def boot(self):
         self.disk = self.scratch_disk(DISK_MB)

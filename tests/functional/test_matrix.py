@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from harness import paths
+from harness import deadlines, paths
 from harness.testing import MultiprocessTest
 
 MATRIX_TIMEOUT_S = 240
@@ -19,7 +19,7 @@ class MatrixRunner(MultiprocessTest):
     :avocado: tags=matrix
     """
 
-    timeout = MATRIX_TIMEOUT_S + 30
+    timeout = deadlines.test_timeout(waits_s=MATRIX_TIMEOUT_S)
 
     def test_one_column_table_from_a_real_job(self):
         """A nested job against qemu_bin yields a row per test, each cell

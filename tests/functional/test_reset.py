@@ -13,6 +13,7 @@ guest's write and its read after the reboot.
 import random
 import time
 
+from harness import deadlines
 from harness.devices import lsi
 from harness.guest import lsi_dma
 from harness.guest.pci import find_device
@@ -41,7 +42,7 @@ def wait_for_trace(remote, count: int, timeout_s: float = TRACE_TIMEOUT_S) -> li
 class ResetTest(MultiprocessTest):
     """Shared steps; no tests of its own."""
 
-    timeout = 90
+    timeout = deadlines.test_timeout(boots=2, waits_s=2 * deadlines.COMMAND_S)
 
     def boot(self, **kwargs):
         vm, session = self.launch_guest('tiny', remote_args=RESET_TRACE, **kwargs)
