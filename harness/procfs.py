@@ -6,7 +6,7 @@ Every reader returns None (or a placeholder) for a process that is gone.
 """
 
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 CLK_TCK = os.sysconf('SC_CLK_TCK')          # unit of utime/stime
 
@@ -96,3 +96,48 @@ def descendants(roots) -> List[int]:
                 found.append(child)
                 todo.append(child)
     return found
+
+
+def threads(pid: int) -> List[int]:
+    try:
+        return sorted(int(t) for t in os.listdir(f'/proc/{pid}/task'))
+    except OSError:
+        return []
+
+
+def comm(pid: int, tid: Optional[int] = None) -> str:
+    """The thread's name (QEMU names its threads with -name debug-threads=on)."""
+    return read(pid, 'comm', tid)
+
+
+# x86_64 numbers (arch/x86/entry/syscalls/syscall_64.tbl) of the calls a
+# waiting QEMU thread sits in; those whose first argument is a fd are in
+# FD_SYSCALLS.
+SYSCALL_NAMES = {0: 'read', 1: 'write', 7: 'poll', 16: 'ioctl', 17: 'pread64',
+                 18: 'pwrite64', 19: 'readv', 20: 'writev', 23: 'select', 35: 'nanosleep',
+                 43: 'accept', 44: 'sendto', 45: 'recvfrom', 46: 'sendmsg', 47: 'recvmsg',
+                 61: 'wait4', 202: 'futex', 230: 'clock_nanosleep', 232: 'epoll_wait',
+                 270: 'pselect6', 271: 'ppoll', 281: 'epoll_pwait', 288: 'accept4',
+                 295: 'preadv', 296: 'pwritev'}
+FD_SYSCALLS = {'read', 'write', 'ioctl', 'pread64', 'pwrite64', 'readv', 'writev', 'accept',
+               'sendto', 'recvfrom', 'sendmsg', 'recvmsg', 'accept4', 'preadv', 'pwritev'}
+
+
+def syscall(pid: int, tid: Optional[int] = None) -> Optional[Tuple[str, List[int]]]:
+    """(name, arguments) of the system call the thread is blocked in,
+    None when it runs, is gone or is not in a call (/proc/PID/syscall)."""
+    text = read(pid, 'syscall', tid)
+    fields = text.split()
+    if not fields or not fields[0].lstrip('-').isdigit() or int(fields[0]) < 0:
+        return None
+    number = int(fields[0])
+    return (SYSCALL_NAMES.get(number, f'syscall {number}'),
+            [int(a, 16) for a in fields[1:7]])
+
+
+def fd_target(pid: int, fd: int) -> str:
+    """What fd ``fd`` of the process is (``socket:[123]``, a path...)."""
+    try:
+        return os.readlink(f'/proc/{pid}/fd/{fd}')
+    except OSError as err:
+        return f'({err.strerror})'

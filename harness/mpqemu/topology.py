@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..errors import HarnessError, ParameterError
 from ..qemu.binary import Capabilities
-from ..qemu.process import QEMUProcess
+from ..qemu.process import LAUNCH_TIMEOUT_S, QEMUProcess
 from .faults import FaultInjector
 from .watchdog import RemoteWatchdog
 
@@ -78,7 +78,8 @@ def remote_process(caps: Capabilities, *, devid: str, sock: socket.socket, log_d
     return QEMUProcess(caps.path,
                        remote_args(caps, devid, drive, sock.fileno(), fmt) + list(extra_args),
                        name=name or f'remote-{devid}', log_dir=log_dir,
-                       pass_fds=[sock.fileno()], qmp=qmp)
+                       pass_fds=[sock.fileno()], qmp=qmp,
+                       fd_roles={sock.fileno(): 'the socket to the proxy'})
 
 
 def start_remote(caps: Capabilities, *, devid: str, sock: socket.socket, log_dir: str,
@@ -117,7 +118,7 @@ class RemoteDevice:
         self.generation = 0                               # restarts so far
 
     def start(self, caps: Capabilities, log_dir: str, sock: socket.socket,
-              watch: bool) -> None:
+              watch: bool, timeout_s: float = LAUNCH_TIMEOUT_S) -> None:
         """Launch the remote on ``sock`` (closed here afterwards), with a
         watchdog if ``watch``."""
         name = f'remote-{self.devid}' + (f'-{self.generation}' if self.generation else '')
@@ -127,7 +128,7 @@ class RemoteDevice:
                                      drive=self.drive, fmt=self.fmt,
                                      extra_args=self.extra_args, name=name)
             watchdog = RemoteWatchdog(process) if watch else None
-            process.launch()
+            process.launch(timeout_s)
         except BaseException:
             if watchdog:
                 watchdog.stop()        # its pipe and monitor socket
@@ -138,6 +139,14 @@ class RemoteDevice:
         self.faults = FaultInjector(process, watchdog)
         if watchdog:
             watchdog.start()
+
+    def socket_role(self) -> str:
+        """What the proxy's end of this remote's socket is, for messages
+        about a proxy thread waiting on it."""
+        process = self.process
+        if process is None:
+            return f'the socket to remote {self.devid}'
+        return f'the socket to {process.name}, {process.state_description()}'
 
     def stop_watchdog(self) -> None:
         if self.watchdog:
@@ -253,21 +262,24 @@ class MultiprocessVM:
             args += ['-cpu', 'host']
         return args + self.device_args() + self.proxy_extra_args
 
-    def launch(self) -> None:
-        """Start every remote, then the proxy.  On failure, everything
-        started so far is stopped before the error propagates."""
+    def launch(self, timeout_s: float = LAUNCH_TIMEOUT_S) -> None:
+        """Start every remote, then the proxy (``timeout_s`` each to answer
+        QMP).  On failure, everything started so far is stopped before the
+        error propagates."""
         if not self.remotes:
             raise HarnessError("a multi-process VM needs at least one remote device")
         try:
             for remote in self.remotes.values():
                 remote.proxy_sock, remote_sock = socket.socketpair(socket.AF_UNIX,
                                                                    socket.SOCK_STREAM)
-                remote.start(self.caps, self.log_dir, remote_sock, self.watchdog)
+                remote.start(self.caps, self.log_dir, remote_sock, self.watchdog, timeout_s)
             self.proxy = QEMUProcess(self.caps.path, self.proxy_args(), name='proxy',
                                      log_dir=self.log_dir,
                                      pass_fds=[r.proxy_sock.fileno()
-                                               for r in self.remotes.values()])
-            self.proxy.launch()
+                                               for r in self.remotes.values()],
+                                     fd_roles={r.proxy_sock.fileno(): r.socket_role
+                                               for r in self.remotes.values()})
+            self.proxy.launch(timeout_s)
         except BaseException:
             self.shutdown()
             raise
@@ -364,9 +376,9 @@ class ControlVM(MultiprocessVM):
             raise HarnessError(f"the control VM has no device {devid!r}")
         return self.proxy
 
-    def launch(self) -> None:
+    def launch(self, timeout_s: float = LAUNCH_TIMEOUT_S) -> None:
         if not self.remotes:
             raise HarnessError("the control VM needs at least one LSI device")
         self.proxy = QEMUProcess(self.caps.path, self.proxy_args(), name='vm',
                                  log_dir=self.log_dir)
-        self.proxy.launch()
+        self.proxy.launch(timeout_s)

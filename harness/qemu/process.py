@@ -18,15 +18,16 @@ import signal
 import socket
 import subprocess
 import time
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
+from .. import deadlines, lifeline, procfs
 from ..errors import LaunchError, QMPError
-from .. import lifeline
+from . import waits
 from .qmp import QMPChannel
 
 LOG = logging.getLogger(__name__)
 
-LAUNCH_TIMEOUT_S = 15.0
+LAUNCH_TIMEOUT_S = deadlines.LAUNCH_S
 QUIT_TIMEOUT_S = 5.0
 TERM_TIMEOUT_S = 3.0
 KILL_TIMEOUT_S = 5.0
@@ -35,7 +36,10 @@ LOG_TAIL_LINES = 20
 
 class QEMUProcess:
     def __init__(self, qemu: str, args: Sequence[str], *, name: str, log_dir: str,
-                 pass_fds: Sequence[int] = (), qmp: bool = True):
+                 pass_fds: Sequence[int] = (), qmp: bool = True,
+                 fd_roles: Optional[Dict[int, waits.FdRole]] = None):
+        """``fd_roles``: what each passed fd is to the harness ("the socket
+        to remote-lsi1"), for naming what a stuck thread waits on."""
         self.qemu = qemu
         self.name = name
         self.log_dir = log_dir
@@ -44,6 +48,7 @@ class QEMUProcess:
         self._args: List[str] = list(args)
         self._pass_fds = list(pass_fds)
         self._use_qmp = qmp
+        self.fd_roles: Dict[int, waits.FdRole] = dict(fd_roles or {})
         self._popen: Optional[subprocess.Popen] = None
         self._qmp: Optional[QMPChannel] = None
         self._extra_monitor_socks: List[socket.socket] = []
@@ -62,6 +67,7 @@ class QEMUProcess:
             raise LaunchError(f"{self.name}: monitors must be added before launch()")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._extra_monitor_socks.append(theirs)
+        self.fd_roles[theirs.fileno()] = f'its QMP monitor {chardev_id}'
         self._args += ['-chardev', f'socket,id={chardev_id},fd={theirs.fileno()}',
                        '-mon', f'chardev={chardev_id},mode=control']
         self._pass_fds.append(theirs.fileno())
@@ -78,6 +84,24 @@ class QEMUProcess:
 
     def is_running(self) -> bool:
         return self._popen is not None and self._popen.poll() is None
+
+    def state_description(self) -> str:
+        """'running', 'stopped (SIGSTOP)', 'exited with status 1',
+        'killed by SIGKILL'... for messages."""
+        if not self._popen:
+            return 'not launched'
+        status = self._popen.poll()
+        if status is None:
+            state = procfs.state(self.pid)
+            return {'T': 'stopped (SIGSTOP)', 't': 'stopped by a debugger',
+                    'D': 'in uninterruptible sleep'}.get(state, 'running')
+        if status < 0:
+            return f'killed by {signal.Signals(-status).name}'
+        return f'exited with status {status}'
+
+    def waits(self) -> List[waits.ThreadWait]:
+        """Where each of its threads waits (harness/qemu/waits.py)."""
+        return waits.thread_waits(self.pid, self.fd_roles) if self.is_running() else []
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:
@@ -109,6 +133,9 @@ class QEMUProcess:
             args = ['-chardev', f'socket,id=qmp,fd={qmp_theirs.fileno()}',
                     '-mon', 'chardev=qmp,mode=control'] + args
             pass_fds.append(qmp_theirs.fileno())
+            self.fd_roles[qmp_theirs.fileno()] = 'its QMP monitor'
+            # Thread names ("CPU 0/TCG", "IO mon_iothread") for harness/qemu/waits.py.
+            args = ['-name', 'debug-threads=on'] + args
         self.cmdline = [self.qemu] + args
         with open(os.path.join(self.log_dir, f'{self.name}.cmdline'), 'w',
                   encoding='utf-8') as f:
@@ -133,13 +160,27 @@ class QEMUProcess:
         if not qmp_ours:
             return
         self._qmp = QMPChannel(qmp_ours, self.name, self.qmp_log_path)
+        timeout_s = deadlines.cap(timeout_s, f'{self.name} start-up')
         try:
             self._qmp.connect(timeout_s)
         except QMPError as err:
-            self._hard_stop()
-            raise LaunchError(
-                f"{self.name} did not start (exit status {self.exitcode}): {err}\n"
-                f"--- last lines of {self.log_path} ---\n{self.log_tail()}") from None
+            raise LaunchError(self._launch_failure(err, timeout_s)) from None
+
+    def _launch_failure(self, err: QMPError, timeout_s: float) -> str:
+        """Why QMP did not come up, from the process's threads, before it is
+        killed: exited (how), or still starting and waiting for what."""
+        if not self.is_running():
+            what = f"{self.name} exited during start-up ({self.state_description()}): {err}"
+        else:
+            thread_waits = self.waits()
+            peers = waits.awaited_peers(thread_waits)
+            what = (f"{self.name} did not answer QMP within {timeout_s:.0f} s: "
+                    f"it is still starting")
+            if peers:
+                what += f", waiting for a reply on {peers[0].fd_role}"
+            what += f" ({waits.describe(thread_waits)})"
+        self._hard_stop()
+        return f"{what}\n--- last lines of {self.log_path} ---\n{self.log_tail()}"
 
     def _channel(self) -> QMPChannel:
         if not self._qmp:

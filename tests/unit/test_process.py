@@ -66,7 +66,8 @@ def test_child_inherits_only_the_fds_it_is_given(caps, tmp_path):
 def test_bad_command_line_fails_launch_with_qemus_message(caps, tmp_path):
     qemu = QEMUProcess(caps.path, ['-machine', 'no-such-machine'], name='bad',
                        log_dir=str(tmp_path))
-    with pytest.raises(LaunchError, match='(?s)bad did not start.*unsupported machine type'):
+    with pytest.raises(LaunchError, match='(?s)bad exited during start-up .exited with status 1'
+                                          '.*unsupported machine type'):
         qemu.launch()
     assert not qemu.is_running()
 

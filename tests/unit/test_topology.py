@@ -1,6 +1,7 @@
 """The multi-process topology against real QEMU (TCG)."""
 
 import os
+import signal
 import socket
 
 import pytest
@@ -102,9 +103,32 @@ def test_extra_arguments_reach_each_side(vm, disk):
 def test_failed_proxy_launch_stops_the_remotes(vm, disk):
     remote = vm.add_lsi_remote('lsi1', disk)
     vm.add_proxy_args('-device', 'no-such-device')
-    with pytest.raises(LaunchError, match="(?s)proxy did not start.*no-such-device"):
+    with pytest.raises(LaunchError,
+                       match="(?s)proxy exited during start-up .exited with status 1.*"
+                             "no-such-device"):
         vm.launch()
     assert remote.process.pid and not pid_alive(remote.process.pid)
+
+
+def test_start_up_hang_names_the_reply_the_proxy_waits_for(vm, disk, monkeypatch):
+    """A remote that never answers (stopped before the proxy starts) keeps
+    the proxy in its machine set-up: the error says whose reply it awaits,
+    not just that QMP never came."""
+    remote = vm.add_lsi_remote('lsi1', disk)
+    start = remote.start
+
+    def start_then_stop(*args, **kwargs):
+        start(*args, **kwargs)
+        remote.process.send_signal(signal.SIGSTOP)
+    monkeypatch.setattr(remote, 'start', start_then_stop)
+    with pytest.raises(LaunchError) as caught:
+        vm.launch(timeout_s=3.0)
+    message = str(caught.value)
+    assert message.startswith('proxy did not answer QMP within 3 s: it is still starting, '
+                              'waiting for a reply on the socket to remote-lsi1, '
+                              'stopped (SIGSTOP)'), message
+    assert 'main thread in recvmsg on fd ' in message
+    assert not pid_alive(remote.process.pid)
 
 
 def test_missing_disk_image_is_named_before_anything_starts(vm, tmp_path):
