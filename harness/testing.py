@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Sequence
 import avocado
 from avocado.core.exceptions import TestSkipError
 
-from . import known_issues, lifeline, params
+from . import deadlines, diagnosis, known_issues, lifeline, params
 from .errors import QMPError
 from .guest.image import GuestImage, resolve_image
 from .guest.session import GuestSession, boot_drive
@@ -36,7 +36,9 @@ class MultiprocessTest(avocado.Test):
     Figures recorded with ``record()`` end up as JSON in the whiteboard.
     """
 
-    timeout = 120
+    # One boot and a few guest commands; classes that wait longer say so
+    # through deadlines.test_timeout(), never with a bare number.
+    timeout = deadlines.test_timeout(boots=1, waits_s=2 * deadlines.COMMAND_S)
     # Added to the timeout when qemu_src names a build that is not cached
     # yet: the first test to ask builds it (the others wait on its lock).
     BUILD_TIMEOUT_S = 1200
@@ -96,6 +98,7 @@ class MultiprocessTest(avocado.Test):
         return [i.id for i in known_issues.load() if i.data.get('guard') == 'launch']
 
     def setUp(self):
+        deadlines.start_test(float(self.timeout) if self.timeout else None)
         # Before anything is started: nothing may outlive the job.
         self._lifeline = lifeline.tie_to_job(os.path.join(self.outputdir, 'lifeline.log'))
         self._vms = []
@@ -196,6 +199,7 @@ class MultiprocessTest(avocado.Test):
         vm = self.new_vm(control=control, **vm_kwargs)
         vm.add_lsi_remote('lsi1', drive or data_disk, fmt=fmt, args=remote_args)
         session = GuestSession(guest, self.outputdir, load_sym53c8xx=load_sym53c8xx)
+        session.diagnose = lambda err: str(diagnosis.boot_failure(vm, session, err))
         self._sessions.append(session)
         vm.add_proxy_args(*session.qemu_args())
         vm.launch()

@@ -10,8 +10,9 @@ import dataclasses
 import os
 import re
 import time
-from typing import Callable, Iterable, List, Optional, Pattern, Union
+from typing import Callable, Iterable, List, Optional, Pattern, Sequence, Tuple, Union
 
+from harness import deadlines
 from harness.errors import HarnessError
 
 # Lines that mean the boot is lost whatever happens next.
@@ -22,6 +23,9 @@ DEFAULT_FAILURE_PATTERNS = (
     r'Boot failed: [^\n]*',
     r'Could not find kernel image[^\n]*',
 )
+# SeaBIOS gives up on every boot device (it then retries after 60 s).
+FIRMWARE_FAILURE_PATTERNS = (r'No bootable device',)
+FIRMWARE_DEBUG_PORT = 0x402       # SeaBIOS's CONFIG_DEBUG_IO port, QEMU's isa-debugcon
 POLL_INTERVAL_S = 0.02
 TAIL_LINES = 25
 DEFAULT_TIMEOUT_S = 60.0
@@ -102,14 +106,21 @@ class Console:
     def wait_for(self, pattern: PatternLike,
                  failure_patterns: Iterable[PatternLike] = DEFAULT_FAILURE_PATTERNS,
                  timeout_s: float = DEFAULT_TIMEOUT_S, since: int = 0,
-                 alive: Optional[Callable[[], bool]] = None) -> ConsoleMatch:
+                 alive: Optional[Callable[[], bool]] = None,
+                 other_failures: Sequence[Tuple['Console', int, Sequence[PatternLike]]] = ()
+                 ) -> ConsoleMatch:
         """Wait until ``pattern`` (a regex) appears after byte ``since``.
 
         ``alive``: called between polls; once it returns False the wait
         stops with GuestGone instead of running out its deadline.
+        ``other_failures``: (log, since, patterns) that end the wait too,
+        e.g. the firmware's debug console giving up on every boot disk.
         """
         wanted = _compile(pattern)
         failures = [_compile(p) for p in failure_patterns]
+        others = [(log, offset, [_compile(p) for p in patterns])
+                  for log, offset, patterns in other_failures]
+        timeout_s = deadlines.cap(timeout_s, f'console wait for {wanted.pattern!r}')
         started = time.monotonic()
         deadline = started + timeout_s
         data = b''
@@ -130,6 +141,14 @@ class Console:
             if found:
                 end = since + len(text[:found.end()].encode('utf-8', errors='surrogateescape'))
                 return ConsoleMatch(found.group(0), end, time.monotonic() - started, found)
+            for log, offset, patterns in others:
+                other_text = log.text(offset)
+                for other in patterns:
+                    failed_there = other.search(other_text)
+                    if failed_there:
+                        raise ConsoleFailure(f"{log.path} showed {failed_there.group(0)!r} "
+                                             f"while waiting for {wanted.pattern!r}", self,
+                                             failed_there.group(0))
             if gone:
                 raise GuestGone(f"the guest's QEMU exited while waiting for "
                                 f"{wanted.pattern!r} on the console", self)
@@ -137,6 +156,15 @@ class Console:
                 raise ConsoleTimeout(f"{wanted.pattern!r} did not appear on the console "
                                      f"within {timeout_s:.0f} s", self)
             time.sleep(POLL_INTERVAL_S)
+
+
+class FirmwareLog(Console):
+    """SeaBIOS's debug output (port 0x402, QEMU's isa-debugcon) in a file:
+    how far the firmware got when nothing reached the serial console."""
+
+    def qemu_args(self, chardev_id: str = 'firmware') -> List[str]:
+        return ['-chardev', f'file,id={chardev_id},path={self.path}',
+                '-device', f'isa-debugcon,iobase={FIRMWARE_DEBUG_PORT:#x},chardev={chardev_id}']
 
 
 def wait_for_console(console: Console, pattern: PatternLike,

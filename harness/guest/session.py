@@ -9,18 +9,22 @@ times.  It does not own the VM: the topology does.
 
 import dataclasses
 import os
+import re
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
+from .. import deadlines
+from ..errors import HarnessError
 from ..hosttools import run_tool
 from ..qemu.process import QEMUProcess
-from .console import DEFAULT_FAILURE_PATTERNS, Console
+from .console import (DEFAULT_FAILURE_PATTERNS, FIRMWARE_FAILURE_PATTERNS, Console,
+                      ConsoleError, ConsoleFailure, FirmwareLog)
 from .image import GuestImage, ImageError, prepare_boot_disk
-from .ssh import GuestSSH, connect_to_image, hostfwd_port
+from .ssh import GuestSSH, SSHError, connect_to_image, hostfwd_port
 from .symbols import kernel_symbols
 
-BOOT_TIMEOUT_S = 120.0
-SSH_TIMEOUT_S = 60.0
+BOOT_TIMEOUT_S = deadlines.BOOT_S
+SSH_TIMEOUT_S = deadlines.SSH_LOGIN_S
 QEMU_IMG_TIMEOUT_S = 30.0
 NETDEV_ID = 'net0'
 GUEST_SSH_PORT = 22
@@ -44,6 +48,12 @@ def boot_drive(image: GuestImage, workdir: str,
     return overlay, 'qcow2'
 
 
+class BootFailure(HarnessError, AssertionError):
+    """The guest did not come up; the message holds the diagnosis.  An
+    AssertionError too: the system under test failed (a FAIL, not an
+    ERROR of the harness)."""
+
+
 @dataclasses.dataclass
 class BootTimes:
     launched_at: float
@@ -58,6 +68,10 @@ class GuestSession:
         self.image = image
         self.load_sym53c8xx = load_sym53c8xx
         self.console = Console(os.path.join(log_dir, 'console.log'))
+        self.firmware = FirmwareLog(os.path.join(log_dir, 'firmware.log'))
+        # Called with the error when a boot fails; returns the diagnosis
+        # for the message (harness/diagnosis.py; set by whoever owns the VM).
+        self.diagnose: Optional[Callable[[Exception], str]] = None
         self.ssh: Optional[GuestSSH] = None
         self.port: Optional[int] = None
         self.times: Optional[BootTimes] = None
@@ -65,7 +79,7 @@ class GuestSession:
 
     def qemu_args(self) -> List[str]:
         """Arguments for the guest-facing QEMU."""
-        args = self.console.qemu_args()
+        args = self.console.qemu_args() + self.firmware.qemu_args()
         # hostfwd port 0: the host picks a free port (race-free, parallel-safe);
         # `info usernet` tells which.  autonegotiation=off brings the link up
         # at once; romfile= keeps SeaBIOS from running iPXE.
@@ -98,21 +112,51 @@ class GuestSession:
 
     def _wait_boot(self, qemu: QEMUProcess, started: float, since: int,
                    timeout_s: float) -> GuestSSH:
+        try:
+            return self._wait_boot_steps(qemu, started, since, timeout_s)
+        except (ConsoleError, SSHError) as err:
+            if not self.diagnose:
+                raise
+            raise BootFailure(f"the guest did not come up: {self.diagnose(err)}") from err
+
+    def _wait_boot_steps(self, qemu: QEMUProcess, started: float, since: int,
+                         timeout_s: float) -> GuestSSH:
         self.times = BootTimes(started)
-        deadline = started + timeout_s
+        firmware_since = self.firmware.mark() if since else 0
         if self.image.ready_marker:
             failures = [self.image.failure_marker] if self.image.failure_marker else []
             self.console.wait_for(self.image.ready_marker,
                                   failure_patterns=list(DEFAULT_FAILURE_PATTERNS) + failures,
-                                  timeout_s=max(0.0, deadline - time.monotonic()),
-                                  since=since, alive=qemu.is_running)
+                                  timeout_s=max(0.0, started + timeout_s - time.monotonic()),
+                                  since=since, alive=qemu.is_running,
+                                  other_failures=[(self.firmware, firmware_since,
+                                                   FIRMWARE_FAILURE_PATTERNS)])
             self.times.marker_s = time.monotonic() - started
-        self.ssh = connect_to_image(self.image, '127.0.0.1', self.port,
-                                    timeout_s=max(1.0, min(SSH_TIMEOUT_S,
-                                                           deadline - time.monotonic())),
-                                    alive=qemu.is_running)
+            ssh_timeout_s = SSH_TIMEOUT_S
+        else:                 # no marker to wait for: the whole boot is the SSH wait
+            ssh_timeout_s = max(0.0, started + timeout_s - time.monotonic()) + SSH_TIMEOUT_S
+        try:
+            self.ssh = connect_to_image(
+                self.image, '127.0.0.1', self.port,
+                timeout_s=deadlines.cap(ssh_timeout_s, 'SSH login'),
+                alive=lambda: qemu.is_running() and not self._firmware_gave_up(firmware_since))
+        except SSHError:
+            gave_up = self._firmware_gave_up(firmware_since)
+            if gave_up:
+                raise ConsoleFailure(f"{self.firmware.path} showed {gave_up!r} while "
+                                     f"waiting for SSH", self.console, gave_up) from None
+            raise
         self.times.ssh_s = time.monotonic() - started
         return self.ssh
+
+    def _firmware_gave_up(self, since: int) -> Optional[str]:
+        """The firmware's line saying it found nothing to boot, if any."""
+        text = self.firmware.text(since)
+        for pattern in FIRMWARE_FAILURE_PATTERNS:
+            found = re.search(pattern, text)
+            if found:
+                return found.group(0)
+        return None
 
     def read_kernel_symbols(self) -> Optional[str]:
         """Find (cached) or read the guest kernel's symbols while the guest
