@@ -46,10 +46,12 @@ functional: host-deps venv
 	@# A qemu_src in AVOCADO_ARGS or $$QEMU_SRC: build it (or find it cached) here,
 	@# where its progress shows, before Avocado's tests ask for it.
 	$(VPY) -m harness.qemu.build --from-avocado-args "$(AVOCADO_ARGS)"
+	@# Guest images too (seconds when cached), so no test's timeout pays for a build.
+	$(VPY) -m harness.guest.image build all
 	$(VENV)/bin/avocado --config tests/functional/avocado.conf run \
 	    --job-results-dir $(JOB_RESULTS) $(TAG_ARGS) $(AVOCADO_ARGS) tests/functional
 
-# Guest images from Debian packages (the suite also builds them on first use).
+# Guest images from Debian packages (make functional builds them first too).
 images: host-deps venv
 	$(VPY) -m harness.guest.image build all
 
