@@ -60,13 +60,13 @@ def _percentile(ordered: Sequence[float], fraction: float) -> float:
 
 
 def spread(values: Sequence[float], scale: float = 1.0, digits: int = 1) -> Dict[str, float]:
-    """Median and spread (min/p10/p90/max) of ``values`` times ``scale``."""
+    """Median and spread (min/p10/p90/p99/max) of ``values`` times ``scale``."""
     if not values:
         raise ValueError("no samples")
     ordered = sorted(v * scale for v in values)
     figures = {'min': ordered[0], 'p10': _percentile(ordered, 0.10),
                'median': statistics.median(ordered), 'p90': _percentile(ordered, 0.90),
-               'max': ordered[-1]}
+               'p99': _percentile(ordered, 0.99), 'max': ordered[-1]}
     out = {k: round(v, digits) for k, v in figures.items()}
     out['n'] = len(ordered)
     return out

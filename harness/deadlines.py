@@ -33,6 +33,7 @@ LAUNCH_S = 15.0            # one QEMU process to its QMP greeting
 SHUTDOWN_S = 13.0          # one process's ladder: quit 5 s, SIGTERM 3 s, SIGKILL 5 s
 BOOT_S = 60.0              # launch to the guest's ready marker (3x the worst seen)
 SSH_LOGIN_S = 30.0         # marker to a first SSH session
+AGENT_BOOT_S = 30.0        # launch to the agent's ready (4-5 s under PVM's emulator)
 COMMAND_S = 30.0           # a guest command over SSH, unless it says otherwise
 FAULT_S = 5.0              # a fault to be noticed (watchdog, events, traces)
 SETUP_S = 20.0             # probe (cached), accelerator choice, image lookup
@@ -42,10 +43,12 @@ _test_deadline: Optional[float] = None
 _test_timeout: Optional[float] = None
 
 
-def test_timeout(boots: int = 0, waits_s: float = 0.0) -> float:
-    """The Avocado timeout of a test that boots a guest ``boots`` times
-    (launch, boot, login) and otherwise waits at most ``waits_s``."""
-    return SETUP_S + boots * (LAUNCH_S + BOOT_S + SSH_LOGIN_S) + waits_s + REPORT_RESERVE_S
+def test_timeout(boots: int = 0, waits_s: float = 0.0, agent_boots: int = 0) -> float:
+    """The Avocado timeout of a test that boots a Linux guest ``boots``
+    times (launch, boot, login), the agent ``agent_boots`` times, and
+    otherwise waits at most ``waits_s``."""
+    return (SETUP_S + boots * (LAUNCH_S + BOOT_S + SSH_LOGIN_S)
+            + agent_boots * (LAUNCH_S + AGENT_BOOT_S) + waits_s + REPORT_RESERVE_S)
 
 
 def start_test(timeout_s: Optional[float]) -> None:

@@ -123,11 +123,11 @@ def boot_failure(vm, session, error: Exception) -> Diagnosis:
     if firmware_cause and (not causes or 'no bootable disk' in firmware_cause):
         causes.append(firmware_cause)
     elif not causes:
-        marker = session.image.ready_marker
+        marker = session.ready_marker
         reached = marker and marker in session.console.text()
         causes.append("the guest reached its ready marker but SSH did not answer"
                       if reached else
-                      f"the guest's kernel started but did not reach its ready marker "
+                      f"the guest started but did not reach its ready marker "
                       f"(last console line: {console[-1]!r})")
 
     if status == 'running' and not peer_waits:
@@ -138,8 +138,9 @@ def boot_failure(vm, session, error: Exception) -> Diagnosis:
             evidence.append(f'vCPUs: unknown ({err})')
     evidence.append(f'firmware ({session.firmware.path}), last lines:')
     evidence += [f'  {line}' for line in firmware] or ['  (nothing)']
-    evidence.append(f'console ({session.console.path}), last lines:')
-    evidence += [f'  {line}' for line in console] or ['  (nothing)']
+    if session.console.path != session.firmware.path:
+        evidence.append(f'console ({session.console.path}), last lines:')
+        evidence += [f'  {line}' for line in console] or ['  (nothing)']
     for process in [proxy] + remotes:
         evidence.append(f'{process.name} (pid {process.pid}): {process.state_description()}; '
                         f'{waits.describe(process.waits()) if process.is_running() else "-"}')

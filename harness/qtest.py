@@ -34,7 +34,7 @@ import time
 from typing import List, Optional
 
 from .errors import HarnessError
-from .mpqemu.guestmem import _FirstFit
+from .mpqemu.guestmem import FirstFit
 
 DEFAULT_TIMEOUT_S = 10.0
 ACCEPT_TIMEOUT_S = 15.0
@@ -280,7 +280,7 @@ class QTestPciAccess:
         self.client = client
         self.devfn = slot << 3 | function
         self.slot = slot
-        self._dma = _FirstFit(DMA_RAM_BASE, ram_bytes - DMA_RAM_BASE)
+        self._dma = FirstFit(DMA_RAM_BASE, ram_bytes - DMA_RAM_BASE)
         self.irq: Optional[QTestIrqLine] = None
         if irq_gsi is not None:
             self.route_intx(interrupt_pin, irq_gsi)

@@ -20,6 +20,8 @@ from avocado.core.exceptions import TestSkipError
 from . import deadlines, diagnosis, known_issues, lifeline, params
 from .errors import QMPError
 from .guest.image import GuestImage, resolve_image
+from .agent.client import Agent
+from .agent.session import AgentSession
 from .guest.session import GuestSession, boot_drive
 from .guest.ssh import CommandTimeout
 from .mpqemu.topology import ControlVM, MultiprocessVM
@@ -39,6 +41,9 @@ class MultiprocessTest(avocado.Test):
     # One boot and a few guest commands; classes that wait longer say so
     # through deadlines.test_timeout(), never with a bare number.
     timeout = deadlines.test_timeout(boots=1, waits_s=2 * deadlines.COMMAND_S)
+    # The guest the test boots decides which accelerator can run it
+    # (harness/qemu/accel.py): 'linux' (a paging OS) or 'agent'.
+    guest = 'linux'
     # Added to the timeout when qemu_src names a build that is not cached
     # yet: the first test to ask builds it (the others wait on its lock).
     BUILD_TIMEOUT_S = 1200
@@ -107,7 +112,7 @@ class MultiprocessTest(avocado.Test):
         self._lookup = lookup = lambda name: self.params.get(name, default=None)  # noqa: E731
         self.caps = qemu_binary.probe(self.qemu_under_test())
         self.caps.require_multiprocess()
-        self.accel = qemu_accel.select_accel(self.caps, params.get_accel(lookup))
+        self.accel = qemu_accel.select_accel(self.caps, params.get_accel(lookup), self.guest)
         self.machine = params.get('machine', lookup)
         self.memory_mb = params.get_int('memory_mb', lookup)
         self.log.info('QEMU %s at %s, accel %s (%s)', '.'.join(map(str, self.caps.version)),
@@ -139,6 +144,7 @@ class MultiprocessTest(avocado.Test):
         ``control``, the LSI is emulated inside the guest's QEMU instead."""
         vm_class = ControlVM if control else MultiprocessVM
         kwargs.setdefault('accel', self.accel.name)
+        kwargs.setdefault('cpu', self.accel.cpu)
         kwargs.setdefault('machine', self.machine)
         vm = vm_class(self.caps, self.outputdir, memory_mb=memory_mb or self.memory_mb,
                       **kwargs)
@@ -206,6 +212,23 @@ class MultiprocessTest(avocado.Test):
         session.wait_ready(vm.proxy)
         self.record(**session.figures())
         return vm, session
+
+    def launch_agent(self, *, control: bool = False, drive: Optional[str] = None,
+                     **vm_kwargs):
+        """Boot the agent (harness/agent) in a VM whose LSI (``lsi1``, with
+        ``drive`` as its disk) is in a remote process or, with ``control``,
+        inside the guest's QEMU.  Returns (vm, session, agent)."""
+        vm = self.new_vm(control=control, **vm_kwargs)
+        vm.add_lsi_remote('lsi1', drive)
+        session = AgentSession(self.outputdir)
+        session.diagnose = lambda err: str(diagnosis.boot_failure(vm, session, err))
+        self._sessions.append(session)
+        vm.add_proxy_args(*session.qemu_args())
+        vm.launch()
+        agent: Agent = session.wait_ready(vm.proxy, vm.memory_mb)
+        self.record(agent_ready_s=round(session.ready_s, 3),
+                    agent_tsc_mhz=round(agent.tsc_hz / 1e6, 1))
+        return vm, session, agent
 
     @contextlib.contextmanager
     def guest_must_answer(self, vm: MultiprocessVM, session: GuestSession) -> Iterator[None]:

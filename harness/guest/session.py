@@ -77,6 +77,10 @@ class GuestSession:
         self.times: Optional[BootTimes] = None
         self.symbols: Optional[str] = None     # see read_kernel_symbols()
 
+    @property
+    def ready_marker(self) -> Optional[str]:
+        return self.image.ready_marker
+
     def qemu_args(self) -> List[str]:
         """Arguments for the guest-facing QEMU."""
         args = self.console.qemu_args() + self.firmware.qemu_args()

@@ -41,7 +41,7 @@ def _round_up(value: int, align: int) -> int:
     return (value + align - 1) // align * align
 
 
-class _FirstFit:
+class FirstFit:
     """A first-fit allocator over ``[base, base + size)``."""
 
     def __init__(self, base: int, size: int):
@@ -102,7 +102,7 @@ class RamRegion:
         except BaseException:
             os.close(self.fd)
             raise
-        self._allocator = _FirstFit(gpa, size)
+        self._allocator = FirstFit(gpa, size)
 
     def __repr__(self) -> str:
         return f'RamRegion({self.name!r}, gpa={self.gpa:#x}, size={self.size:#x})'

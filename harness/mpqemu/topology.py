@@ -19,6 +19,7 @@ import socket
 from typing import Dict, List, Optional, Sequence
 
 from ..errors import HarnessError, ParameterError
+from ..qemu import accel as qemu_accel
 from ..qemu.binary import Capabilities
 from ..qemu.process import LAUNCH_TIMEOUT_S, QEMUProcess
 from .faults import FaultInjector
@@ -30,6 +31,7 @@ DISK_FORMATS = ('raw', 'qcow2')
 # A remote exits by itself once the proxy's end of its socket closes
 # (hw/remote/mpqemu-link.c sees EOF); teardown gives it this long.
 REMOTE_SELF_EXIT_S = 2.0
+DEFAULT_CPU = 'default'      # the accelerator's usual model (qemu/accel.py default_cpu)
 # device_del of a proxy device completes only once the guest's ACPI PCI
 # hot-plug driver has released it.
 HOTPLUG_TIMEOUT_S = 20.0
@@ -173,7 +175,8 @@ class MultiprocessVM:
 
     def __init__(self, caps: Capabilities, log_dir: str, *, accel: str = 'tcg',
                  machine: str = 'pc', memory_mb: int = 256, memory_slots: int = 0,
-                 maxmem_mb: Optional[int] = None, smp: int = 1, watchdog: bool = False):
+                 maxmem_mb: Optional[int] = None, smp: int = 1, watchdog: bool = False,
+                 cpu: Optional[str] = DEFAULT_CPU):
         if self.multiprocess:
             caps.require_multiprocess()
         if accel not in caps.accelerators:
@@ -194,6 +197,9 @@ class MultiprocessVM:
             raise ParameterError(f"smp={smp}: the guest needs a vCPU")
         self.smp = smp
         self.watchdog = watchdog          # a RemoteWatchdog on every remote
+        # -cpu: 'host' under KVM on VMX/SVM; QEMU's default model under PVM
+        # (-cpu host aborts there: "failed to set MSR 0x10a") and TCG.
+        self.cpu = qemu_accel.default_cpu(accel) if cpu == DEFAULT_CPU else cpu
         self.remotes: Dict[str, RemoteDevice] = {}
         self.proxy_extra_args: List[str] = []
         self.proxy: Optional[QEMUProcess] = None
@@ -258,8 +264,8 @@ class MultiprocessVM:
         args = ['-accel', self.accel, '-machine', self.machine, '-smp', str(self.smp),
                 '-nodefaults', '-display', 'none', *self.caps.firmware_args,
                 *self._memory_args()]
-        if self.accel == 'kvm':
-            args += ['-cpu', 'host']
+        if self.cpu:
+            args += ['-cpu', self.cpu]
         return args + self.device_args() + self.proxy_extra_args
 
     def launch(self, timeout_s: float = LAUNCH_TIMEOUT_S) -> None:

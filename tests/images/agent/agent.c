@@ -18,6 +18,10 @@
 #define FAULT_EXIT_CODE 0x7e        /* QEMU exits with status 253 */
 #define NO_FAULT 0xffffffffu
 #define IDLE_SPIN_TICKS 2           /* keep polling this long after a batch */
+#define MULTIBOOT_LOADER_MAGIC 0x2badb002
+#define MULTIBOOT_INFO_CMDLINE (1 << 2)
+#define PROBE_ARG "agent.probe"     /* -append: exit once ready (harness/qemu/accel.py) */
+#define PROBE_EXIT_CODE 0x31
 
 static struct mailbox *const mb = (struct mailbox *)MAILBOX_ADDR;
 
@@ -286,12 +290,26 @@ static void serve(void)
     }
 }
 
-void main(u32 magic, u32 info);
-
-void main(u32 magic, u32 info)
+/* Whether the multiboot command line (QEMU's -append) holds ``word``. */
+static int cmdline_has(u32 magic, const u32 *info, const char *word)
 {
-    (void)magic;
-    (void)info;
+    const char *line, *w;
+
+    if (magic != MULTIBOOT_LOADER_MAGIC || !(info[0] & MULTIBOOT_INFO_CMDLINE))
+        return 0;
+    for (line = (const char *)info[4]; *line; line++) {
+        for (w = word; *w && line[w - word] == *w; w++)
+            ;
+        if (!*w)
+            return 1;
+    }
+    return 0;
+}
+
+void main(u32 magic, const u32 *info);
+
+void main(u32 magic, const u32 *info)
+{
     mb->magic = 0;
     mb->version = MAILBOX_VERSION;
     mb->request_seq = mb->done_seq = 0;
@@ -312,5 +330,7 @@ void main(u32 magic, u32 info)
     barrier();
     mb->magic = MAILBOX_MAGIC;
     puts("agent: ready\n");
+    if (cmdline_has(magic, info, PROBE_ARG))
+        debug_exit(PROBE_EXIT_CODE);
     serve();
 }

@@ -1,0 +1,100 @@
+"""Compile the agent (tests/images/agent) with the host's gcc, cached.
+
+The cache key covers every file of the agent's directory, the compiler's
+identity and the flags, so an edited source or a new gcc rebuilds it.  A
+build happens in a private directory and is renamed into place once
+complete, so a killed build leaves nothing that looks finished.
+
+    python -m harness.agent.build     # prints the path of agent.elf
+"""
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+
+from .. import locking, paths
+from ..errors import HarnessError
+from ..guest.guesttools import COMPILER, compiler_identity
+from ..hosttools import run_tool
+
+SOURCE_DIR = os.path.join(paths.REPO_DIR, 'tests', 'images', 'agent')
+SOURCES = ('boot.S', 'agent.c', 'console.c', 'irq.c', 'pic.c', 'pit.c')
+LINKER_SCRIPT = 'agent.ld'
+# 32-bit, freestanding, integer instructions only (i586, no SSE/x87):
+# KVM's instruction emulator, which runs the agent under PVM, has no use
+# for anything fancier.
+CFLAGS = ('-m32', '-march=i586', '-mgeneral-regs-only', '-ffreestanding', '-fno-pic',
+          '-fno-pie', '-fno-stack-protector', '-fno-asynchronous-unwind-tables',
+          '-nostdlib', '-O2', '-Wall', '-Wextra', '-Werror')
+LDFLAGS = ('-m', 'elf_i386', '-nostdlib', '--no-warn-rwx-segments')
+BUILD_TIMEOUT_S = 60
+LOCK_TIMEOUT_S = 120
+FIX = 'apt-get install gcc binutils'
+
+
+class AgentBuildError(HarnessError):
+    """The agent could not be compiled."""
+
+
+def cache_key() -> str:
+    h = hashlib.sha256()
+    h.update(compiler_identity().encode())
+    h.update(' '.join(CFLAGS + LDFLAGS).encode())
+    for name in sorted(os.listdir(SOURCE_DIR)):
+        with open(os.path.join(SOURCE_DIR, name), 'rb') as f:
+            h.update(name.encode() + b'\0' + f.read())
+    return h.hexdigest()[:16]
+
+
+def _compile(work: str) -> str:
+    objects = []
+    for source in SOURCES:
+        obj = os.path.join(work, os.path.splitext(source)[0] + '.o')
+        run_tool([COMPILER, *CFLAGS, '-c', os.path.join(SOURCE_DIR, source), '-o', obj],
+                 FIX, AgentBuildError, BUILD_TIMEOUT_S, what=f'compiling the agent\'s {source}')
+        objects.append(obj)
+    elf = os.path.join(work, 'agent.elf')
+    run_tool(['ld', *LDFLAGS, '-T', os.path.join(SOURCE_DIR, LINKER_SCRIPT), '-o', elf,
+              *objects], FIX, AgentBuildError, BUILD_TIMEOUT_S, what='linking the agent')
+    return elf
+
+
+def agent_elf() -> str:
+    """Path of the agent's multiboot ELF, built on first use."""
+    key = cache_key()
+    top = os.path.join(paths.build_dir(), 'images')
+    out_dir = os.path.join(top, f'agent-{key}')
+    elf = os.path.join(out_dir, 'agent.elf')
+    if os.path.exists(elf):
+        return elf
+    with locking.exclusive(os.path.join(top, 'agent.lock'), LOCK_TIMEOUT_S, AgentBuildError,
+                           'another build of the agent'):
+        if os.path.exists(elf):
+            return elf
+        os.makedirs(top, exist_ok=True)
+        work = tempfile.mkdtemp(prefix='agent-build-', dir=top)
+        try:
+            _compile(work)
+            for stale in os.listdir(top):      # older builds of the agent
+                if stale.startswith('agent-') and not stale.startswith('agent-build-'):
+                    shutil.rmtree(os.path.join(top, stale), ignore_errors=True)
+            os.replace(work, out_dir)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return elf
+
+
+def main() -> int:
+    try:
+        print(agent_elf())
+    except AgentBuildError as err:
+        print(f'agent build failed: {err}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

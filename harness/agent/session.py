@@ -1,0 +1,74 @@
+"""What the guest-facing QEMU needs to boot the agent, and the wait for it.
+
+The agent is loaded with ``-kernel`` (a multiboot ELF: SeaBIOS has set up
+PCI by the time it starts), prints on QEMU's isa-debugcon (port 0x402, the
+port SeaBIOS prints on too, so both land in ``firmware.log``) and gives its
+verdict through isa-debug-exit.  Ready means "agent: ready" on that log and
+the magic in its mailbox.
+"""
+
+import os
+import time
+from typing import Callable, Optional
+
+from .. import deadlines
+from ..guest.console import ConsoleError, FirmwareLog
+from ..guest.session import BootFailure
+from ..mpqemu import proxyram
+from ..qemu.process import QEMUProcess
+from .build import agent_elf
+from .client import Agent, AgentError
+
+READY_MARKER = 'agent: ready'
+FAILURE_PATTERNS = (r'agent: exception[^\n]*', r'No bootable device')
+DEBUG_EXIT_PORT = 0xf4
+MIB = 1024 * 1024
+
+
+class AgentSession:
+    """One agent guest: its QEMU arguments, its log, its mailbox."""
+
+    def __init__(self, log_dir: str):
+        self.elf = agent_elf()
+        self.firmware = FirmwareLog(os.path.join(log_dir, 'firmware.log'))
+        self.console = self.firmware          # the agent has no serial console
+        self.ready_marker = READY_MARKER
+        self.agent: Optional[Agent] = None
+        self.ready_s: Optional[float] = None   # launch -> ready, last boot
+        # Called with the error when a boot fails (harness/diagnosis.py).
+        self.diagnose: Optional[Callable[[Exception], str]] = None
+        self._ram: Optional[proxyram.MappedRam] = None
+
+    def qemu_args(self):
+        return (['-kernel', self.elf] + self.firmware.qemu_args()
+                + ['-device', f'isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=1'])
+
+    def wait_ready(self, proxy: QEMUProcess, memory_mb: int,
+                   timeout_s: float = deadlines.AGENT_BOOT_S, since: int = 0) -> Agent:
+        """Wait for the agent of the boot that logs after offset ``since``
+        (take ``firmware.mark()`` before a reset); ``ready_s`` counts from
+        the launch of ``proxy``, or for a reboot from this call."""
+        started = time.monotonic() if since else (proxy.launched_at or time.monotonic())
+        try:
+            self.firmware.wait_for(READY_MARKER, failure_patterns=FAILURE_PATTERNS,
+                                           timeout_s=timeout_s, since=since,
+                                           alive=proxy.is_running)
+        except ConsoleError as err:
+            if not self.diagnose:
+                raise
+            raise BootFailure(f"the agent did not come up: {self.diagnose(err)}") from err
+        if self._ram is None:
+            self._ram = proxyram.boot_ram(proxy.pid, memory_mb * MIB)
+        agent = Agent(self._ram, proxy, log_tail=self.firmware.tail)
+        if not agent.ready():
+            raise AgentError(f"the agent logged {READY_MARKER!r} but its mailbox at "
+                             f"{agent.ram.gpa:#x} holds no magic: is the guest RAM the "
+                             f"harness mapped the proxy's boot RAM?")
+        self.agent = agent
+        self.ready_s = time.monotonic() - started
+        return agent
+
+    def close(self) -> None:
+        if self._ram:
+            self._ram.close()
+            self._ram = None

@@ -1,0 +1,425 @@
+"""The agent tier: a bare-metal guest on a real vCPU of the proxy drives the
+remote LSI and takes its interrupts.
+
+The guest (tests/images/agent, harness/agent) runs without paging, so it
+runs under KVM on VMX/SVM hosts *and* under the PVM flavour of KVM, whose
+instruction emulator executes only unpaged guests: the one tier that
+exercises the proxy's KVM-only interrupt path everywhere there is a
+/dev/kvm.  The remote's INTx reaches the guest through a KVM irqfd set up by
+SET_IRQFD (hw/remote/proxy.c proxy_intx_update); the guest's EOI lowers it
+and signals the resample eventfd, on which the remote raises it again if the
+device still asserts it (hw/remote/iohub.c).
+
+Every scenario of a Proxied class runs again in the matching InProcess
+class against the LSI emulated inside the guest's QEMU, whose interrupts
+work under TCG too: a failure seen only with the proxy is the proxy's.
+Under TCG the proxy delivers no INTx at all: the Proxied interrupt checks
+keep their asserts and report the known issue proxy-intx-needs-kvm.
+"""
+
+import os
+import threading
+import time
+
+from harness import bench, bytecheck, deadlines
+from harness.agent.access import AgentAccess
+from harness.agent.client import AgentCommandError, AgentError, AgentFault, AgentTimeout
+from harness.agent.lsi_intx import VECTOR, IntxSource
+from harness.agent.mailbox import FAULT_EXIT_STATUS, Command, Op, Status
+from harness.devices import lsi, pci
+from harness.guest import lsi_dma
+from harness.mpqemu import hotplug, memview
+from harness.mpqemu.proxyram import MappedRam
+from harness.testing import MIB, MultiprocessTest
+
+INTX_ISSUE = 'proxy-intx-needs-kvm'
+IRQ_TIMEOUT_MS = 2000          # an interrupt that comes at all comes within milliseconds
+NO_IRQ_MS = 200                # long enough for a wrongly re-raised line to arrive
+INTERRUPTS = 1000
+CYCLES_PER_BATCH = 150         # 6 commands each: within the mailbox's 1020
+BLOCK = 512
+DISK_MIB = 16
+IO_SIZES_BLOCKS = (1, 8, 128, 2048)     # 512 B .. 1 MiB
+OPS_SAMPLES = 20
+BLOCKED_S = 1.5                # how long a stopped remote must keep the access blocked
+KILL_AFTER_S = 0.3
+LATE_TIMEOUT_S = 10.0
+DIMM_BYTES = 128 * MIB
+DIMM_DMA_BYTES = 256 * 1024
+LBA_PATTERN = 2048
+LBA_FROM_DIMM = 8192
+ALL_ONES_32 = 0xffffffff
+LSI_ID_DWORD = lsi.DEVICE_ID << 16 | lsi.VENDOR_ID
+SCSI_CLASS_STORAGE = 0x0100
+PCI_IRQ_LINES = (5, 9, 10, 11)   # SeaBIOS's PIIX/ICH9 PIRQ choices
+
+
+class AgentTest(MultiprocessTest):
+    """Shared steps; no tests of its own."""
+
+    guest = 'agent'
+    control = False
+    timeout = deadlines.test_timeout(agent_boots=1, waits_s=60)
+
+    def boot(self, drive=None, **vm_kwargs) -> lsi.Lsi53c895a:
+        """The agent booted, the LSI found and set up through it."""
+        self.vm, self.session, self.agent = self.launch_agent(control=self.control, drive=drive,
+                                                              **vm_kwargs)
+        self.bdf = self.agent.find_device(lsi.VENDOR_ID, lsi.DEVICE_ID)
+        self.access = AgentAccess(self.agent, self.bdf, self.vm.memory_mb * MIB)
+        self.lsi = lsi.Lsi53c895a(self.access)
+        self.lsi.setup()
+        return self.lsi
+
+    def intx(self) -> IntxSource:
+        return IntxSource(self.access, self.lsi)
+
+    def mmio(self, offset: int) -> int:
+        return self.lsi.function.bar(lsi.MMIO_BAR).address + offset
+
+    def assert_no_interrupt(self, what: str) -> None:
+        late = self.agent.one(Op.IRQ_WAIT, arg=NO_IRQ_MS)
+        self.assertEqual(late.status, Status.TIMEOUT, f'an interrupt arrived {what}')
+        self.assertEqual(self.agent.header('spurious'), 0, 'spurious IRQ 7/15')
+        self.assertEqual(self.agent.header('other_irqs'), 0, 'interrupts on other lines')
+
+
+class ProxiedAgent(AgentTest):
+    """The agent reaches the proxied LSI's configuration space and both of
+    its register BARs, with every access width.
+
+    :avocado: enable
+    :avocado: tags=agent
+    """
+
+    def test_agent_drives_the_lsi(self):
+        self.boot()
+        access, agent = self.access, self.agent
+        self.assertEqual(access.config_read(pci.VENDOR_ID, 4), LSI_ID_DWORD)
+        self.assertEqual(access.config_read(pci.CLASS_DEVICE, 2), SCSI_CLASS_STORAGE)
+        self.assertEqual(access.config_read(pci.INTERRUPT_PIN, 1), 1)
+        line = access.config_read(pci.INTERRUPT_LINE, 1)
+        self.assertIn(line, PCI_IRQ_LINES)
+        self.assertTrue(agent.header('elcr') & 1 << line, 'the line is not level-triggered')
+
+        emulator = self.vm.device_process('lsi1')
+        io = self.lsi.function.bar(lsi.IO_BAR).address
+        for size, value in ((1, 0xa5), (2, 0xbeef), (4, 0x600dcafe)):
+            for base, memory in ((io, False), (self.mmio(0), True)):
+                access.bar_write(base + lsi.SCRATCHA, 0, 4, memory)
+                access.bar_write(base + lsi.SCRATCHA, value, size, memory)
+                self.assertEqual(access.bar_read(base + lsi.SCRATCHA, size, memory), value)
+                # The process that emulates the LSI holds the value itself.
+                self.assertIn(f'= {value:#010x}', emulator.hmp(f'i /w {io + lsi.SCRATCHA:#x}'))
+
+        samples = [Command(Op.CFG_READ, arg=self.bdf, addr=0, size=4) for _ in range(200)]
+        agent.run(samples)
+        self.assertTrue(all(c.value == LSI_ID_DWORD for c in samples))
+        self.record(config_read_in_guest_us=bench.spread(
+                        [agent.tsc_to_s(c.tsc_end - c.tsc_start) for c in samples], 1e6),
+                    config_read_round_trip_us=bench.spread(
+                        bench.time_calls(lambda: access.config_read(0, 4), 100), 1e6))
+
+    def test_bad_input_is_a_bounded_error_naming_the_step(self):
+        self.boot()
+        with self.assertRaisesRegex(AgentCommandError, r'refused command #0 '
+                                    r'\(CFG_READ 00:.*\+0x00/3\): BAD_SIZE'):
+            self.agent.one(Op.CFG_READ, arg=self.bdf, addr=0, size=3)
+        with self.assertRaisesRegex(AgentError, r'no PCI device 1234:5678 on bus 0 '
+                                    r'\(the agent found .*1000:0012 at '):
+            self.agent.find_device(0x1234, 0x5678)
+        self.assertEqual(self.access.config_read(pci.VENDOR_ID, 2), lsi.VENDOR_ID)
+        with self.assertRaises(AgentFault) as caught:
+            self.agent.one(Op.TRAP)
+        message = str(caught.exception)
+        self.assertIn('the agent took CPU exception 6 (#UD) at eip', message)
+        self.assertIn('running command #0 of 1 (TRAP)', message)
+        self.assertEqual(self.vm.proxy.wait(5), FAULT_EXIT_STATUS)
+
+
+class InProcessAgent(ProxiedAgent):
+    """The same with the LSI inside the guest's QEMU.
+
+    :avocado: recursive
+    :avocado: tags=agent,control
+    """
+
+    control = True
+
+
+class ProxiedIntx(AgentTest):
+    """INTx from the remote LSI to the guest: asserted, seen, deasserted by
+    the status read and EOI, re-delivered while still asserted at EOI.
+
+    :avocado: enable
+    :avocado: tags=agent,accel:kvm
+    """
+
+    def test_status_read_and_eoi_deassert_the_line(self):
+        self.boot()
+        source = self.intx()
+        with self.known_issue_guard(INTX_ISSUE):
+            start, wait, istat0, dstat, dsps, _ = self.agent.run(source.cycle(IRQ_TIMEOUT_MS))
+            source.check(wait, 'a SCRIPTS INT')
+        self.assertTrue(istat0.value & lsi.ISTAT0_DIP, f'ISTAT0={istat0.value:#04x}')
+        self.assertTrue(dstat.value & lsi.DSTAT_SIR, f'DSTAT={dstat.value:#04x}')
+        self.assertEqual(dsps.value, VECTOR)
+        self.assertEqual(wait.irq_count, 1)
+        self.assert_no_interrupt('after DSTAT was read and EOI sent')
+        self.record(interrupt_latency_us=round(source.latency_s(start, wait) * 1e6, 1))
+
+    def test_still_asserted_at_eoi_is_delivered_again(self):
+        self.boot()
+        source = self.intx()
+        with self.known_issue_guard(INTX_ISSUE):
+            _, first, _, again = self.agent.run([source.start(), source.wait(IRQ_TIMEOUT_MS),
+                                                 source.ack(), source.wait(IRQ_TIMEOUT_MS)])
+            source.check(first, 'a SCRIPTS INT')
+            source.check(again, 'an EOI with DSTAT still unread (the resample path)')
+        self.assertEqual(again.irq_count, 2)
+        _, dstat, dsps, _ = self.agent.run(source.read_status() + [source.ack()])
+        self.assertTrue(dstat.value & lsi.DSTAT_SIR)
+        self.assertEqual(dsps.value, VECTOR)
+        self.assert_no_interrupt('after the second EOI, DSTAT read')
+        self.assertEqual(self.agent.header('irq_count'), 2)
+
+    def test_a_thousand_interrupts_none_lost_none_duplicated(self):
+        self.boot()
+        source = self.intx()
+        latencies = []
+        with self.known_issue_guard(INTX_ISSUE):
+            cycle = self.agent.run(source.cycle(IRQ_TIMEOUT_MS))
+            source.check(cycle[1], 'the first SCRIPTS INT')
+        started = time.monotonic()
+        done = 1
+        while done < INTERRUPTS:
+            n = min(CYCLES_PER_BATCH, INTERRUPTS - done)
+            batch = [c for _ in range(n) for c in source.cycle(IRQ_TIMEOUT_MS)]
+            self.agent.run(batch)
+            for i in range(n):
+                start, wait, _, dstat, _, _ = batch[6 * i:6 * i + 6]
+                self.assertEqual(wait.status, Status.OK, f'interrupt {done + i + 1} lost')
+                self.assertEqual(wait.irq_count, done + i + 1, f'interrupt {done + i + 1}')
+                self.assertTrue(dstat.value & lsi.DSTAT_SIR)
+                latencies.append(source.latency_s(start, wait))
+            done += n
+        elapsed = time.monotonic() - started
+        self.assert_no_interrupt(f'after {INTERRUPTS} acknowledged interrupts')
+        self.assertEqual(self.agent.header('irq_count'), INTERRUPTS)
+        self.record(interrupts=INTERRUPTS,
+                    interrupt_latency_us=bench.spread(latencies, 1e6),
+                    interrupts_per_s=round((INTERRUPTS - 1) / elapsed, 1))
+
+
+class InProcessIntx(ProxiedIntx):
+    """The same with the LSI inside the guest's QEMU.
+
+    :avocado: recursive
+    :avocado: tags=agent,control
+    """
+
+    control = True
+
+
+class ProxiedScsi(AgentTest):
+    """SCSI commands whose SCRIPTS end in INT, completed by the interrupt
+    instead of polling, byte-exact against the disk file.
+
+    :avocado: enable
+    :avocado: tags=agent,diskio,accel:kvm
+    """
+
+    def test_interrupt_driven_read_and_write_are_byte_exact(self):
+        disk = self.scratch_disk(DISK_MIB)
+        device = self.boot(drive=disk)
+        device.wait_ready()                     # polled: the UNIT ATTENTION of the reset
+        device.use_irq = True
+        with self.known_issue_guard(INTX_ISSUE):
+            device.test_unit_ready()
+        lba = 0
+        for blocks in IO_SIZES_BLOCKS:
+            data = os.urandom(blocks * BLOCK)
+            device.write10(lba, data, fua=True)
+            self.assertTrue(device.last_stop.by_irq)
+            bytecheck.assert_same_bytes(bytecheck.read_image(disk, lba * BLOCK, len(data)),
+                                        data, f'disk after WRITE(10) of {blocks} blocks')
+            self.assertEqual(device.read10(lba, blocks), data)
+            self.assertTrue(device.last_stop.by_irq)
+            lba += blocks
+        figures = {}
+        for mode in ('interrupt', 'polled'):
+            device.use_irq = mode == 'interrupt'
+            times = bench.time_calls(lambda: device.read10(0, 8), OPS_SAMPLES)
+            figures[f'read_4k_{mode}_ops_per_s'] = round(len(times) / sum(times), 1)
+        figures['interrupt_over_polled'] = round(figures['read_4k_interrupt_ops_per_s']
+                                                 / figures['read_4k_polled_ops_per_s'], 3)
+        self.record(**figures)
+
+
+class InProcessScsi(ProxiedScsi):
+    """The same with the LSI inside the guest's QEMU.
+
+    :avocado: recursive
+    :avocado: tags=agent,diskio,control
+    """
+
+    control = True
+
+
+class ProxiedAgentFaults(AgentTest):
+    """What the guest sees when the remote dies or hangs while it waits.
+
+    :avocado: enable
+    :avocado: tags=agent,faults,accel:kvm
+    """
+
+    def test_killed_remote_raises_no_interrupt_and_reads_all_ones(self):
+        self.boot()
+        source = self.intx()
+        with self.known_issue_guard(INTX_ISSUE):
+            source.check(self.agent.run(source.cycle(IRQ_TIMEOUT_MS))[1], 'a SCRIPTS INT')
+        remote = self.vm.remotes['lsi1']
+        killer = threading.Timer(KILL_AFTER_S, remote.faults.kill)
+        killer.start()
+        try:        # the remote dies while the guest waits for its interrupt
+            wait = self.agent.one(Op.IRQ_WAIT, arg=IRQ_TIMEOUT_MS)
+        finally:
+            killer.join()
+        self.assertEqual(wait.status, Status.TIMEOUT, 'an interrupt from a killed remote')
+        restart = self.agent.run([source.start(), source.wait(NO_IRQ_MS)])
+        self.assertEqual(restart[1].status, Status.TIMEOUT, 'a dead remote interrupted')
+        self.assertEqual(self.access.bar_read(self.mmio(lsi.SCRATCHA), 4, True), ALL_ONES_32)
+        self.assertEqual(self.access.config_read(pci.VENDOR_ID, 4), ALL_ONES_32)
+        self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
+
+    def test_stopped_remote_blocks_the_access_until_it_continues(self):
+        self.boot()
+        scratcha = self.mmio(lsi.SCRATCHA)
+        self.access.bar_write(scratcha, 0x5a5a1234, 4, True)
+        remote = self.vm.remotes['lsi1']
+        remote.faults.hang()
+        with self.assertRaises(AgentTimeout) as caught:
+            self.agent.run([Command(Op.MEM_READ, addr=scratcha, size=4)], timeout_s=BLOCKED_S)
+        message = str(caught.exception)
+        self.assertIn(f'command #0 of 1 (MEM_READ {scratcha:#010x}/4) within', message)
+        self.assertIn("the guest's timer stopped at tick", message)
+        self.assertIn('waits for a reply on the socket to remote-lsi1, stopped (SIGSTOP)',
+                      message)
+        self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
+        remote.faults.resume()
+        read, = self.agent.finish_late(LATE_TIMEOUT_S)
+        self.assertEqual(read.value, 0x5a5a1234)
+        self.assertEqual(self.access.config_read(pci.VENDOR_ID, 4), LSI_ID_DWORD)
+
+
+class ProxiedResetWithInterruptPending(AgentTest):
+    """system_reset while the LSI asserts its line and the guest has not
+    acknowledged it: after the reset the line is low, and works again.
+
+    :avocado: enable
+    :avocado: tags=agent,reset,accel:kvm
+    """
+
+    timeout = deadlines.test_timeout(agent_boots=2, waits_s=60)
+
+    def test_line_is_low_after_the_reset(self):
+        self.boot()
+        source = self.intx()
+        with self.known_issue_guard(INTX_ISSUE):
+            source.check(self.agent.run([source.start(), source.wait(IRQ_TIMEOUT_MS)])[1],
+                         'a SCRIPTS INT')
+        self.assertTrue(self.access.bar_read(self.mmio(lsi.ISTAT0), 1, True) & lsi.ISTAT0_DIP)
+        since = self.session.firmware.mark()
+        self.agent.forget_boot()
+        self.vm.proxy.qmp('system_reset')
+        agent = self.session.wait_ready(self.vm.proxy, self.vm.memory_mb, since=since)
+        self.assertEqual(agent.header('boots'), 2)
+        self.record(reset_to_agent_ready_s=round(self.session.ready_s, 3))
+        self.access = AgentAccess(agent, agent.find_device(lsi.VENDOR_ID, lsi.DEVICE_ID),
+                                  self.vm.memory_mb * MIB)
+        self.agent = agent
+        self.assert_no_interrupt('after the reset, from the interrupt pending before it')
+        self.lsi = lsi.Lsi53c895a(self.access)
+        self.lsi.setup()
+        self.assertEqual(self.lsi.read_reg(lsi.ISTAT0) & (lsi.ISTAT0_DIP | lsi.ISTAT0_SIP), 0)
+        source = self.intx()
+        cycle = agent.run(source.cycle(IRQ_TIMEOUT_MS))
+        source.check(cycle[1], 'a SCRIPTS INT after the reset')
+        self.assert_no_interrupt('after the first interrupt since the reset')
+
+
+class InProcessResetWithInterruptPending(ProxiedResetWithInterruptPending):
+    """The same with the LSI inside the guest's QEMU.
+
+    :avocado: recursive
+    :avocado: tags=agent,reset,control
+    """
+
+    control = True
+
+
+class ProxiedDimmDma(AgentTest):
+    """DMA between the disk and a hot-plugged DIMM (above 4 GiB), each
+    command completed by its interrupt: the remote maps the DIMM once the
+    proxy has resent its memory table.
+
+    :avocado: enable
+    :avocado: tags=agent,hotplug,accel:kvm
+    """
+
+    def scsi(self, source: IntxSource, write: bool, lba: int, gpa: int, length: int) -> None:
+        cb = self.access.dma_alloc(4096, 4096)
+        cdb = lsi_dma.rw10_cdb(write, lba, length // BLOCK)
+        for _ in range(2):          # a UNIT ATTENTION left by the reset comes once
+            self.access.mem_write(cb, lsi_dma.command_block(bytes(4096), cdb))
+            self.access.mem_write(cb, lsi_dma.scsi_script(cb, cdb, gpa, length,
+                                                          data_in=not write))
+            start = Command(Op.MEM_WRITE, addr=source.dsp, size=4, value=cb)
+            _, wait, _, dstat, dsps, _ = self.agent.run(
+                [start, source.wait(IRQ_TIMEOUT_MS), *source.read_status(), source.ack()])
+            source.check(wait, f'{"WRITE" if write else "READ"}(10) of {length} bytes')
+            self.assertTrue(dstat.value & lsi.DSTAT_SIR)
+            self.assertEqual(dsps.value, lsi.INT_DONE)
+            status = self.access.mem_read(cb + lsi_dma.CB_STATUS, 1)[0]
+            if status != lsi.STATUS_CHECK_CONDITION:
+                break
+        self.access.dma_free(cb)
+        self.assertEqual(status, lsi.STATUS_GOOD)
+
+    def test_dma_into_and_out_of_a_dimm_completes_by_interrupt(self):
+        disk = self.scratch_disk(DISK_MIB)
+        pattern = os.urandom(DIMM_DMA_BYTES)
+        bytecheck.write_image(disk, LBA_PATTERN * BLOCK, pattern)
+        self.boot(drive=disk, memory_slots=2, maxmem_mb=self.memory_mb + 2 * DIMM_BYTES // MIB)
+        source = self.intx()
+        dimm = hotplug.MemoryHotplug(self.vm.proxy, self.workdir).plug('dimm0', DIMM_BYTES)
+        if not self.control:
+            memview.wait_remote_view(self.vm.remote('lsi1'),
+                                     lambda r: hotplug.maps_range(r, dimm.addr, dimm.size),
+                                     what=f'dimm0 at {dimm.addr:#x}')
+        ram = MappedRam(dimm.path, dimm.addr, dimm.size)
+        self.addCleanup(ram.close)
+        self.access.regions.append(ram)
+        self.assertGreaterEqual(dimm.addr, 1 << 32)
+        target = dimm.addr + dimm.size // 2
+        with self.known_issue_guard(INTX_ISSUE):
+            self.scsi(source, False, LBA_PATTERN, target, len(pattern))
+        bytecheck.assert_same_bytes(ram.read(target, len(pattern)), pattern,
+                                    'DIMM after READ(10) into it')
+        outgoing = os.urandom(DIMM_DMA_BYTES)
+        ram.write(target, outgoing)
+        self.scsi(source, True, LBA_FROM_DIMM, target, len(outgoing))
+        bytecheck.assert_same_bytes(bytecheck.read_image(disk, LBA_FROM_DIMM * BLOCK,
+                                                         len(outgoing)),
+                                    outgoing, 'disk after WRITE(10) from the DIMM')
+        self.record(dimm_addr=hex(dimm.addr), dimm_plug_s=round(dimm.plug_s, 3))
+
+
+class InProcessDimmDma(ProxiedDimmDma):
+    """The same with the LSI inside the guest's QEMU.
+
+    :avocado: recursive
+    :avocado: tags=agent,hotplug,control
+    """
+
+    control = True
