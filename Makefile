@@ -46,14 +46,17 @@ functional: host-deps venv
 	@# A qemu_src in AVOCADO_ARGS or $$QEMU_SRC: build it (or find it cached) here,
 	@# where its progress shows, before Avocado's tests ask for it.
 	$(VPY) -m harness.qemu.build --from-avocado-args "$(AVOCADO_ARGS)"
-	@# Guest images too (seconds when cached), so no test's timeout pays for a build.
+	@# Guest images and the agent too (seconds when cached), so no test's timeout
+	@# pays for a build.
 	$(VPY) -m harness.guest.image build all
+	$(VPY) -m harness.agent.build
 	$(VENV)/bin/avocado --config tests/functional/avocado.conf run \
 	    --job-results-dir $(JOB_RESULTS) $(TAG_ARGS) $(AVOCADO_ARGS) tests/functional
 
 # Guest images from Debian packages (make functional builds them first too).
 images: host-deps venv
 	$(VPY) -m harness.guest.image build all
+	$(VPY) -m harness.agent.build
 
 list: host-deps venv
 	$(VENV)/bin/avocado --config tests/functional/avocado.conf -V list $(TAG_ARGS) tests/functional
@@ -70,6 +73,7 @@ BENCH_OUT ?= $(BUILD)/bench
 .PHONY: bench
 bench: host-deps venv
 	$(VPY) -m harness.bench --out $(BENCH_OUT)
+	$(VPY) -m harness.agent.bench --out $(BENCH_OUT)
 	$(VPY) -m harness.guest.diskio bench --out $(BENCH_OUT)
 
 # Boot to console marker and to SSH, remote vs in-process LSI (minutes).
@@ -86,7 +90,7 @@ FUZZ_OUT ?= $(BUILD)/fuzz/seed-$(FUZZ_SEED)
 fuzz: host-deps venv
 	$(VPY) -m harness.mpqemu.fuzz --seed $(FUZZ_SEED) --messages $(FUZZ_MESSAGES) --out $(FUZZ_OUT)
 
-# QEMU built from source with multi-process support (cached in build/qemu/).
+# QEMU built from source with multi-process support (cached in ~/.cache/mpqemu-tests/).
 QEMU_SRC ?= debian:bookworm
 .PHONY: qemu
 qemu: host-deps venv
@@ -95,7 +99,9 @@ qemu: host-deps venv
 # The suite against several QEMUs: build/matrix/matrix.md and matrix.json.
 # MATRIX_QEMUS: LABEL=BINARY or LABEL=SOURCE words; MATRIX_TAGS: Avocado tags.
 MATRIX_QEMUS ?= debian-7.2=qemu-system-x86_64 src-7.2=debian:bookworm src-10.0=debian:trixie
-MATRIX_TAGS ?= topology protocol qtest build
+MATRIX_TAGS ?= topology protocol qtest build agent
+MATRIX_ACCELS ?= tcg,kvm
 .PHONY: matrix
 matrix: host-deps venv
-	$(VPY) -m harness.matrix --tags '$(MATRIX_TAGS)' $(foreach q,$(MATRIX_QEMUS),--qemu $(q))
+	$(VPY) -m harness.matrix --tags '$(MATRIX_TAGS)' --accel '$(MATRIX_ACCELS)' \
+	    $(foreach q,$(MATRIX_QEMUS),--qemu $(q))

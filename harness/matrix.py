@@ -1,10 +1,11 @@
 """Run the functional suite against several QEMUs and tabulate the results.
 
     python -m harness.matrix                                  # the default list
-    python -m harness.matrix --tags 'protocol qtest' \\
+    python -m harness.matrix --tags 'protocol qtest agent' --accel tcg,kvm \\
         --qemu debian-7.2=qemu-system-x86_64 --qemu src-10.0=debian:trixie
 
-Each ``--qemu LABEL=WHAT`` is a column: WHAT is a QEMU binary (path or
+Each ``--qemu LABEL=WHAT`` under each accelerator of ``--accel`` is a column
+(``LABEL-ACCEL``, the job run with ``-p accel=ACCEL``): WHAT is a QEMU binary (path or
 name on $PATH, passed as ``qemu_bin``) or a source for harness/qemu/build.py
 (``debian:SUITE``, a tree with ``configure``, a git URL: passed as
 ``qemu_src``, built first so that the build's progress is visible).  For
@@ -15,7 +16,9 @@ one cell per test:
   pass, fixed?     WARN from a known-issue guard: the entry's bug did not
                    reproduce (fixed upstream? update the entry)
   known issue: ID  CANCEL whose reason is a known-issue entry
-  skip: reason     SKIP or CANCEL for another reason (missing capability…)
+  skip: reason     SKIP or CANCEL for another reason (missing capability…),
+                   or the ERROR of a test whose guest the column's KVM cannot
+                   run (a Linux guest on a PVM host)
   fail: reason     FAIL, ERROR, INTERRUPTED
   not run          the test did not exist in that column's job
 
@@ -43,7 +46,11 @@ from .qemu import build as qemu_build
 
 DEFAULT_QEMUS = ('debian-7.2=qemu-system-x86_64', 'src-7.2=debian:bookworm',
                  'src-10.0=debian:trixie')
-DEFAULT_TAGS = 'topology protocol qtest build'
+DEFAULT_TAGS = 'topology protocol qtest build agent'
+DEFAULT_ACCELS = 'tcg,kvm'
+# harness/qemu/accel.py select_accel: the column asked for an accelerator
+# that cannot run this test's guest here, a capability, not a failure.
+ACCEL_MISSING = 'accel=kvm requested but KVM cannot run'
 JOB_TIMEOUT_S = 3600
 REASON_CHARS = 160
 
@@ -53,9 +60,14 @@ class Column:
     label: str
     what: str
     kind: str                   # 'bin' or 'src'
+    accel: Optional[str] = None  # -p accel=, None: the suite's default (auto)
 
     def avocado_params(self) -> List[str]:
-        return ['-p', f"{'qemu_src' if self.kind == 'src' else 'qemu_bin'}={self.what}"]
+        params = ['-p', f"{'qemu_src' if self.kind == 'src' else 'qemu_bin'}={self.what}"]
+        return params + (['-p', f'accel={self.accel}'] if self.accel else [])
+
+    def under(self, accel: str) -> 'Column':
+        return Column(f'{self.label}-{accel}', self.what, self.kind, accel)
 
 
 def parse_column(text: str) -> Column:
@@ -111,6 +123,8 @@ def classify(test: dict) -> Cell:
             return Cell('known', f'known issue: {match.group(1)}', _short(reason, 400),
                         match.group(1))
         return Cell('skip', f'skip: {_short(reason, 90)}', reason)
+    if status == 'ERROR' and ACCEL_MISSING in reason:
+        return Cell('skip', f'skip: {_short(reason[reason.index(ACCEL_MISSING):], 90)}', reason)
     return Cell('fail', f'{status.lower()}: {_short(reason, 90)}', reason)
 
 
@@ -183,6 +197,7 @@ def markdown(matrix: dict, issues: Sequence[known_issues.KnownIssue]) -> str:
     lines = ['# Multi-process QEMU test matrix', '',
              f"Generated {matrix['generated']}; tags: `{matrix['tags']}`.", '',
              '| test | ' + ' | '.join(f"{c['label']}<br>`{c['what']}`"
+                                       + (f"<br>accel={c['accel']}" if c.get('accel') else '')
                                        for c in matrix['columns']) + ' |',
              '|---|' + '---|' * len(labels)]
     met = set()
@@ -226,6 +241,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--tags', default=os.environ.get('MATRIX_TAGS') or DEFAULT_TAGS,
                         help="Avocado tags, each word one -t (either), 'a,b' both; "
                              f"default {DEFAULT_TAGS!r} or $MATRIX_TAGS")
+    parser.add_argument('--accel', default=os.environ.get('MATRIX_ACCELS') or DEFAULT_ACCELS,
+                        help="accelerators, each a column per QEMU (comma list, 'auto' for "
+                             f"the suite's choice); default {DEFAULT_ACCELS!r} or $MATRIX_ACCELS")
     parser.add_argument('--out', default=os.path.join(paths.build_dir(), 'matrix'))
     parser.add_argument('--avocado-arg', action='append', default=[],
                         help='extra argument for every Avocado job (e.g. -p accel=tcg)')
@@ -248,7 +266,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             results[label] = read_results(path)
     else:
         try:
-            columns = [parse_column(text) for text in (args.qemu or DEFAULT_QEMUS)]
+            columns = [parse_column(text).under(accel)
+                       for text in (args.qemu or DEFAULT_QEMUS)
+                       for accel in args.accel.replace(',', ' ').split()]
         except ValueError as err:
             parser.error(str(err))
         for column in columns:

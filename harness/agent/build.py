@@ -73,6 +73,9 @@ def agent_elf() -> str:
                            'another build of the agent'):
         if os.path.exists(elf):
             return elf
+        # A directory of this key without the ELF is nobody's finished
+        # build (builds are renamed into place whole): start afresh.
+        shutil.rmtree(out_dir, ignore_errors=True)
         os.makedirs(top, exist_ok=True)
         work = tempfile.mkdtemp(prefix='agent-build-', dir=top)
         try:

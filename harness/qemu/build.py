@@ -17,10 +17,12 @@ Only ``qemu-system-x86_64`` is built (``ninja qemu-system-x86_64``), for
 uses: the multi-process option (``--enable-multiprocess`` upstream,
 ``--enable-mpqemu`` in trees with the v8 series: read from
 ``configure --help``), slirp, KVM and TCG; qtest is always built in.
-Results live in ``build/qemu/<key>/`` where the key hashes the source's
+Results live in ``~/.cache/mpqemu-tests/qemu/<key>/`` (harness/paths.py
+``machine_cache_dir``: shared by every checkout on the machine, so a fresh
+clone finds them) where the key hashes the source's
 fingerprint (Debian version, git commit + local changes, or a tree walk)
 and the options, so a second request for the same thing returns in well
-under a second.  Compilation goes through ccache (``build/cache/ccache``),
+under a second.  Compilation goes through ccache (``…/mpqemu-tests/ccache``),
 so even a new key rebuilds quickly.  ``build.log`` keeps the whole output;
 progress (ninja's ``[N/M]``) is reported every few seconds.
 
@@ -168,7 +170,7 @@ def _locked(path: str, timeout_s: float = LOCK_TIMEOUT_S):
 
 
 def qemu_build_dir(*parts: str) -> str:
-    return os.path.join(paths.build_dir(), 'qemu', *parts)
+    return os.path.join(paths.machine_cache_dir('qemu'), *parts)
 
 
 # ---------------------------------------------------------------- Debian sources
@@ -586,10 +588,10 @@ def _build_env() -> Dict[str, str]:
                                   if not os.path.exists(os.path.join(p, 'activate')))
     if shutil.which('ccache', path=env['PATH']):
         env['CC'] = 'ccache cc'
-        env['CCACHE_DIR'] = env.get('CCACHE_DIR') or paths.cache_dir('ccache')
+        env['CCACHE_DIR'] = env.get('CCACHE_DIR') or paths.machine_cache_dir('ccache')
         env['CCACHE_MAXSIZE'] = env.get('CCACHE_MAXSIZE') or CCACHE_MAX_SIZE
         # Builds of the same source in different key directories share objects.
-        env['CCACHE_BASEDIR'] = paths.build_dir()
+        env['CCACHE_BASEDIR'] = paths.machine_cache_dir()
         env['CCACHE_NOHASHDIR'] = '1'
     return env
 

@@ -28,7 +28,7 @@ class MatrixRunner(MultiprocessTest):
         label = f'qemu-{".".join(map(str, self.caps.version))}'
         cmd = [sys.executable, '-m', 'harness.matrix', '--out', out, '--tags', 'build',
                '--suite', 'tests/functional/test_build.py',
-               '--qemu', f'{label}={self.caps.path}']
+               '--accel', 'tcg', '--qemu', f'{label}={self.caps.path}']
         run = subprocess.run(cmd, cwd=paths.REPO_DIR, capture_output=True, text=True,
                              timeout=MATRIX_TIMEOUT_S, check=False,
                              env=dict(os.environ, QEMU_SRC=''))
@@ -36,11 +36,11 @@ class MatrixRunner(MultiprocessTest):
         self.assertEqual(run.returncode, 0, run.stderr[-2000:])
         with open(os.path.join(out, 'matrix.json'), encoding='utf-8') as f:
             table = json.load(f)
-        self.assertEqual([c['label'] for c in table['columns']], [label])
+        self.assertEqual([c['label'] for c in table['columns']], [f'{label}-tcg'])
         self.assertIn('test_build:BuiltQemu.test_remote_and_proxy_start_and_device_is_visible',
                       table['rows'])
         for row in table['rows']:
-            cell = table['cells'][row][label]
+            cell = table['cells'][row][f'{label}-tcg']
             self.assertEqual(cell['kind'], 'skip', row)
             self.assertIn('no qemu_src given', cell['detail'])
         with open(os.path.join(out, 'matrix.md'), encoding='utf-8') as f:

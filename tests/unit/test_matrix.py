@@ -28,6 +28,19 @@ def test_statuses_become_cells():
     assert fail.kind == 'fail' and '1 != 2' in fail.text
 
 
+def test_a_guest_the_columns_kvm_cannot_run_is_a_skip_not_a_failure():
+    cell = matrix.classify(result('t.py:A.a', 'ERROR', "AccelError: accel=kvm requested but "
+                                  "KVM cannot run a linux guest here: this host's KVM is the "
+                                  "PVM flavour"))
+    assert cell.kind == 'skip' and 'PVM' in cell.detail
+
+
+def test_one_column_per_accelerator():
+    column = matrix.parse_column('d=qemu-system-x86_64').under('kvm')
+    assert column.label == 'd-kvm'
+    assert column.avocado_params() == ['-p', 'qemu_bin=qemu-system-x86_64', '-p', 'accel=kvm']
+
+
 def test_columns_from_labels():
     assert matrix.parse_column('d=qemu-system-x86_64').kind == 'bin'
     assert matrix.parse_column('s=debian:trixie').kind == 'src'

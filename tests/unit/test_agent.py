@@ -1,0 +1,105 @@
+"""The agent tier's harness pieces: the mailbox layout against the agent's
+own header, the cached build, and the client's error paths against a real
+agent under TCG."""
+
+import os
+import signal
+import subprocess
+
+import pytest
+
+from harness.agent import build, mailbox
+from harness.agent.client import AgentCommandError, AgentError, AgentFault, AgentTimeout
+from harness.agent.mailbox import Op, Status
+from harness.agent.session import AgentSession
+from harness.devices import lsi
+from harness.mpqemu.topology import ControlVM
+from harness.qemu import accel as qemu_accel
+
+
+def test_mailbox_layout_matches_the_agents_header(tmp_path):
+    """The Python codec and tests/images/agent/mailbox.h agree: checked by
+    the compiler, from static asserts generated here."""
+    asserts = [f'_Static_assert(offsetof(struct mailbox, {name}) == {offset}, "{name}");'
+               for name, (offset, _) in mailbox.HEADER.items()]
+    asserts += [f'_Static_assert(OP_{op.name} == {op.value}, "op {op.name}");' for op in Op]
+    asserts += [f'_Static_assert(ST_{st.name} == {st.value}, "{st.name}");' for st in Status]
+    asserts += [f'_Static_assert(sizeof(struct agent_cmd) == {mailbox.CMD_SIZE}, "cmd");',
+                f'_Static_assert(MAILBOX_ADDR == {mailbox.MAILBOX_GPA}, "addr");',
+                f'_Static_assert(MAILBOX_MAGIC == {mailbox.MAGIC}, "magic");',
+                f'_Static_assert(MAILBOX_CMDS_OFFSET == {mailbox.CMDS_OFFSET}, "cmds");',
+                f'_Static_assert(MAILBOX_MAX_CMDS == {mailbox.MAX_CMDS}, "max");',
+                f'_Static_assert(sizeof(struct mailbox) <= {mailbox.CMDS_OFFSET}, "size");']
+    source = tmp_path / 'layout.c'
+    source.write_text('#include <stddef.h>\n#include "mailbox.h"\n' + '\n'.join(asserts) + '\n')
+    subprocess.run(['gcc', *build.CFLAGS, '-I', build.SOURCE_DIR, '-c', str(source),
+                    '-o', str(tmp_path / 'layout.o')], check=True, capture_output=True,
+                   timeout=60)
+
+
+def test_build_is_cached_and_a_partial_entry_is_rebuilt():
+    elf = build.agent_elf()
+    assert build.agent_elf() == elf
+    with open(elf, 'rb') as f:
+        assert f.read(4) == b'\x7fELF'
+    os.unlink(elf)                       # as a build killed before its rename would leave it
+    assert build.agent_elf() == elf and os.path.exists(elf)
+
+
+def test_agent_probe_boots_under_tcg(caps):
+    assert qemu_accel.run_agent_probe(caps.path, 'tcg', caps.firmware_args) is None
+
+
+def test_agent_guests_get_kvm_wherever_the_agent_boots_under_it(caps):
+    problem = qemu_accel.kvm_problem(caps, 'agent')
+    choice = qemu_accel.select_accel(caps, 'auto', 'agent')
+    assert choice.name == ('kvm' if problem is None else 'tcg')
+    if os.path.exists('/sys/module/kvm_pvm') and problem is None:
+        assert choice.cpu is None            # -cpu host aborts under PVM
+        assert 'PVM' in choice.reason
+
+
+@pytest.fixture
+def agent_vm(caps, tmp_path):
+    vm = ControlVM(caps, str(tmp_path), accel='tcg')
+    vm.add_lsi_remote('lsi1')
+    session = AgentSession(str(tmp_path))
+    vm.add_proxy_args(*session.qemu_args())
+    vm.launch()
+    agent = session.wait_ready(vm.proxy, vm.memory_mb)
+    yield vm, agent
+    session.close()
+    vm.shutdown()
+
+
+def test_refused_command_and_absent_device_are_named(agent_vm):
+    _, agent = agent_vm
+    bdf = agent.find_device(lsi.VENDOR_ID, lsi.DEVICE_ID)
+    with pytest.raises(AgentCommandError, match=r'command #0 \(IO_READ port 0x0080/3\): BAD_SIZE'):
+        agent.one(Op.IO_READ, addr=0x80, size=3)
+    with pytest.raises(AgentCommandError, match=r'\(op 99\): BAD_OP'):
+        agent.one(99)
+    with pytest.raises(AgentError, match='no PCI device 1234:5678'):
+        agent.find_device(0x1234, 0x5678)
+    assert agent.cfg_read(bdf, 0, 2) == lsi.VENDOR_ID
+
+
+def test_a_stuck_guest_is_a_timeout_naming_the_command(agent_vm):
+    vm, agent = agent_vm
+    vm.proxy.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(AgentTimeout, match=r"did not finish command #0 of 1 \(TSC\) "
+                                               r"within 0.5 s: the guest's timer stopped"):
+            agent.run([mailbox.Command(Op.TSC)], timeout_s=0.5)
+    finally:
+        vm.proxy.send_signal(signal.SIGCONT)
+    assert agent.finish_late()[0].status == Status.OK
+    assert agent.one(Op.TSC).tsc_start > 0
+
+
+def test_a_cpu_exception_is_a_fault_naming_the_step(agent_vm):
+    vm, agent = agent_vm
+    with pytest.raises(AgentFault, match=r'CPU exception 6 \(#UD\) at eip 0x[0-9a-f]+ '
+                                         r'\(error code 0x0\) running command #1 of 2 \(TRAP\)'):
+        agent.run([mailbox.Command(Op.NOP), mailbox.Command(Op.TRAP)])
+    assert vm.proxy.wait(5) == mailbox.FAULT_EXIT_STATUS
