@@ -15,12 +15,12 @@ Two mechanisms:
   under load (reset to SSH, issue 6).
 * **A clock per test**: :func:`start_test` (called by the Avocado base
   class at the start of setUp) fixes when the test's own time runs out,
-  less :data:`REPORT_RESERVE_S` (a third of a tiny timeout) for the diagnosis
-  and the report; :func:`cap`
-  shortens any harness wait that would run past it.  Avocado times setUp
-  and the test method separately, each with the full timeout, so one clock
-  started at setUp is always the earlier deadline.  Outside a test (pytest,
-  command-line tools) nothing is capped.
+  less :data:`REPORT_RESERVE_S` (a third of a tiny timeout) for the
+  diagnosis and the report; :func:`cap` shortens any harness wait that
+  would run past it.  Avocado times setUp and the test method separately,
+  each with the full timeout, so one clock started at setUp is always the
+  earlier deadline.  Outside a test (pytest, command-line tools) nothing is
+  capped.
 """
 
 import logging

@@ -333,11 +333,7 @@ class QTestPciAccess:
         self.client.memwrite(gpa, data)
 
     def dma_alloc(self, size: int, align: int = 64) -> int:
-        addr = self._dma.alloc(size, align)
-        if addr is None:
-            raise QTestError(f"no room for a {size}-byte DMA buffer in guest RAM "
-                             f"({self._dma.used_bytes} bytes in use): give the VM more memory")
-        return addr
+        return self._dma.take(size, align)
 
     def dma_free(self, gpa: int) -> None:
         self._dma.free(gpa)

@@ -108,11 +108,7 @@ class AgentAccess:
         self._region(gpa, len(data)).write(gpa, data)
 
     def dma_alloc(self, size: int, align: int = 64) -> int:
-        addr = self._dma.alloc(size, align)
-        if addr is None:
-            raise AgentError(f"no room for a {size}-byte DMA buffer in guest RAM "
-                             f"({self._dma.used_bytes} bytes in use): give the VM more memory")
-        return addr
+        return self._dma.take(size, align)
 
     def dma_free(self, gpa: int) -> None:
         self._dma.free(gpa)

@@ -81,6 +81,15 @@ class FirstFit:
     def used_bytes(self) -> int:
         return sum(length for _, length in self._used.values())
 
+    def take(self, size: int, align: int) -> int:
+        """``alloc`` for a DMA buffer of a guest's RAM, or a GuestMemoryError
+        that says what to do."""
+        addr = self.alloc(size, align)
+        if addr is None:
+            raise GuestMemoryError(f"no room for a {size}-byte DMA buffer in guest RAM "
+                                   f"({self.used_bytes} bytes in use): give the VM more memory")
+        return addr
+
 
 class RamRegion:
     """``size`` bytes of memfd-backed RAM that the device sees at ``gpa``."""

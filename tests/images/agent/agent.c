@@ -100,27 +100,6 @@ static int size_ok(u32 size)
     return size == 1 || size == 2 || size == 4;
 }
 
-static u32 cfg_read(u32 bdf, u32 offset, u32 size)
-{
-    u16 port = PCI_CONFIG_DATA + (offset & 3);
-
-    outl(PCI_CONFIG_ADDRESS, 0x80000000u | bdf << 8 | (offset & 0xfc));
-    return size == 1 ? inb(port) : size == 2 ? inw(port) : inl(port);
-}
-
-static void cfg_write(u32 bdf, u32 offset, u32 size, u32 value)
-{
-    u16 port = PCI_CONFIG_DATA + (offset & 3);
-
-    outl(PCI_CONFIG_ADDRESS, 0x80000000u | bdf << 8 | (offset & 0xfc));
-    if (size == 1)
-        outb(port, value);
-    else if (size == 2)
-        outw(port, value);
-    else
-        outl(port, value);
-}
-
 static u32 io_read(u32 port, u32 size)
 {
     return size == 1 ? inb(port) : size == 2 ? inw(port) : inl(port);
@@ -134,6 +113,13 @@ static void io_write(u32 port, u32 size, u32 value)
         outw(port, value);
     else
         outl(port, value);
+}
+
+/* Configuration mechanism #1: select the dword, then access its bytes. */
+static u32 cfg_select(u32 bdf, u32 offset)
+{
+    outl(PCI_CONFIG_ADDRESS, 0x80000000u | bdf << 8 | (offset & 0xfc));
+    return PCI_CONFIG_DATA + (offset & 3);
 }
 
 static u32 mem_read(u32 addr, u32 size)
@@ -187,10 +173,10 @@ static void run(struct agent_cmd *c)
     case OP_NOP:
         break;
     case OP_CFG_READ:
-        c->value = cfg_read(c->arg, c->addr, c->size);
+        c->value = io_read(cfg_select(c->arg, c->addr), c->size);
         break;
     case OP_CFG_WRITE:
-        cfg_write(c->arg, c->addr, c->size, c->value);
+        io_write(cfg_select(c->arg, c->addr), c->size, c->value);
         break;
     case OP_IO_READ:
         c->value = io_read(c->addr, c->size);
