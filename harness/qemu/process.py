@@ -31,6 +31,7 @@ LAUNCH_TIMEOUT_S = deadlines.LAUNCH_S
 QUIT_TIMEOUT_S = 5.0
 TERM_TIMEOUT_S = 3.0
 KILL_TIMEOUT_S = 5.0
+EXIT_GRACE_S = 1.0
 LOG_TAIL_LINES = 20
 
 
@@ -169,6 +170,9 @@ class QEMUProcess:
     def _launch_failure(self, err: QMPError, timeout_s: float) -> str:
         """Why QMP did not come up, from the process's threads, before it is
         killed: exited (how), or still starting and waiting for what."""
+        # QMP sees EOF as soon as an exiting QEMU's files close, a moment
+        # before it can be reaped: give the exit that moment.
+        self.wait_exit(EXIT_GRACE_S)
         if not self.is_running():
             what = f"{self.name} exited during start-up ({self.state_description()}): {err}"
         else:
