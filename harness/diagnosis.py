@@ -90,9 +90,7 @@ def boot_failure(vm, session, error: Exception) -> Diagnosis:
     """Diagnose ``error`` (a console or SSH wait of ``session`` that
     failed) in topology ``vm`` (a MultiprocessVM or its control)."""
     proxy = vm.proxy
-    remotes = [r.process for r in getattr(vm, 'remotes', {}).values() if r.process]
-    if not vm.multiprocess:
-        remotes = []
+    remotes = [r.process for r in vm.remotes.values() if r.process] if vm.multiprocess else []
     evidence = [f'error: {str(error).splitlines()[0]}']
     causes: List[str] = []
 

@@ -223,9 +223,7 @@ class MultiprocessTest(avocado.Test):
         session = AgentSession(self.outputdir)
         session.diagnose = lambda err: str(diagnosis.boot_failure(vm, session, err))
         self._sessions.append(session)
-        vm.add_proxy_args(*session.qemu_args())
-        vm.launch()
-        agent: Agent = session.wait_ready(vm.proxy, vm.memory_mb)
+        agent: Agent = session.boot(vm)
         self.record(agent_ready_s=round(session.ready_s, 3),
                     agent_tsc_mhz=round(agent.tsc_hz / 1e6, 1))
         return vm, session, agent

@@ -47,9 +47,7 @@ def _boot(caps, accel, kind: str, workdir: str, disk: str):
     vm = vm_class(caps, workdir, accel=accel.name, cpu=accel.cpu)
     vm.add_lsi_remote('lsi1', disk)
     session = AgentSession(workdir)
-    vm.add_proxy_args(*session.qemu_args())
-    vm.launch()
-    return vm, session, session.wait_ready(vm.proxy, vm.memory_mb)
+    return vm, session, session.boot(vm)
 
 
 def _interrupts(access: AgentAccess, device: lsi.Lsi53c895a, count: int) -> Dict:

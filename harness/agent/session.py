@@ -12,8 +12,8 @@ import time
 from typing import Callable, Optional
 
 from .. import deadlines
-from ..guest.console import ConsoleError, FirmwareLog
-from ..guest.session import BootFailure
+from ..guest.console import FirmwareLog
+from ..guest.session import diagnosed
 from ..mpqemu import proxyram
 from ..qemu.process import QEMUProcess
 from .build import agent_elf
@@ -33,7 +33,6 @@ class AgentSession:
         self.firmware = FirmwareLog(os.path.join(log_dir, 'firmware.log'))
         self.console = self.firmware          # the agent has no serial console
         self.ready_marker = READY_MARKER
-        self.agent: Optional[Agent] = None
         self.ready_s: Optional[float] = None   # launch -> ready, last boot
         # Called with the error when a boot fails (harness/diagnosis.py).
         self.diagnose: Optional[Callable[[Exception], str]] = None
@@ -43,20 +42,22 @@ class AgentSession:
         return (['-kernel', self.elf] + self.firmware.qemu_args()
                 + ['-device', f'isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=1'])
 
+    def boot(self, vm) -> Agent:
+        """Launch topology ``vm`` (a MultiprocessVM or its control) with the
+        agent as its guest and wait for it."""
+        vm.add_proxy_args(*self.qemu_args())
+        vm.launch()
+        return self.wait_ready(vm.proxy, vm.memory_mb)
+
     def wait_ready(self, proxy: QEMUProcess, memory_mb: int,
                    timeout_s: float = deadlines.AGENT_BOOT_S, since: int = 0) -> Agent:
         """Wait for the agent of the boot that logs after offset ``since``
         (take ``firmware.mark()`` before a reset); ``ready_s`` counts from
         the launch of ``proxy``, or for a reboot from this call."""
         started = time.monotonic() if since else (proxy.launched_at or time.monotonic())
-        try:
+        with diagnosed(self.diagnose, 'the agent'):
             self.firmware.wait_for(READY_MARKER, failure_patterns=FAILURE_PATTERNS,
-                                           timeout_s=timeout_s, since=since,
-                                           alive=proxy.is_running)
-        except ConsoleError as err:
-            if not self.diagnose:
-                raise
-            raise BootFailure(f"the agent did not come up: {self.diagnose(err)}") from err
+                                   timeout_s=timeout_s, since=since, alive=proxy.is_running)
         if self._ram is None:
             self._ram = proxyram.boot_ram(proxy.pid, memory_mb * MIB)
         agent = Agent(self._ram, proxy, log_tail=self.firmware.tail)
@@ -64,7 +65,6 @@ class AgentSession:
             raise AgentError(f"the agent logged {READY_MARKER!r} but its mailbox at "
                              f"{agent.ram.gpa:#x} holds no magic: is the guest RAM the "
                              f"harness mapped the proxy's boot RAM?")
-        self.agent = agent
         self.ready_s = time.monotonic() - started
         return agent
 

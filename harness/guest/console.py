@@ -100,6 +100,15 @@ class Console:
         except FileNotFoundError:
             return 0
 
+    def first_match(self, patterns: Iterable[PatternLike], since: int = 0) -> Optional[str]:
+        """What the first of ``patterns`` to match after byte ``since`` matched."""
+        text = self.text(since)
+        for pattern in patterns:
+            found = _compile(pattern).search(text)
+            if found:
+                return found.group(0)
+        return None
+
     def tail(self, lines: int = TAIL_LINES) -> str:
         return '\n'.join(self.text().replace('\r', '').splitlines()[-lines:])
 
@@ -118,8 +127,6 @@ class Console:
         """
         wanted = _compile(pattern)
         failures = [_compile(p) for p in failure_patterns]
-        others = [(log, offset, [_compile(p) for p in patterns])
-                  for log, offset, patterns in other_failures]
         timeout_s = deadlines.cap(timeout_s, f'console wait for {wanted.pattern!r}')
         started = time.monotonic()
         deadline = started + timeout_s
@@ -141,14 +148,11 @@ class Console:
             if found:
                 end = since + len(text[:found.end()].encode('utf-8', errors='surrogateescape'))
                 return ConsoleMatch(found.group(0), end, time.monotonic() - started, found)
-            for log, offset, patterns in others:
-                other_text = log.text(offset)
-                for other in patterns:
-                    failed_there = other.search(other_text)
-                    if failed_there:
-                        raise ConsoleFailure(f"{log.path} showed {failed_there.group(0)!r} "
-                                             f"while waiting for {wanted.pattern!r}", self,
-                                             failed_there.group(0))
+            for log, offset, patterns in other_failures:
+                failed_there = log.first_match(patterns, offset)
+                if failed_there:
+                    raise ConsoleFailure(f"{log.path} showed {failed_there!r} while "
+                                         f"waiting for {wanted.pattern!r}", self, failed_there)
             if gone:
                 raise GuestGone(f"the guest's QEMU exited while waiting for "
                                 f"{wanted.pattern!r} on the console", self)

@@ -7,11 +7,11 @@ then waits for the console's ready marker and for SSH, recording both
 times.  It does not own the VM: the topology does.
 """
 
+import contextlib
 import dataclasses
 import os
-import re
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from .. import deadlines
 from ..errors import HarnessError
@@ -52,6 +52,18 @@ class BootFailure(HarnessError, AssertionError):
     """The guest did not come up; the message holds the diagnosis.  An
     AssertionError too: the system under test failed (a FAIL, not an
     ERROR of the harness)."""
+
+
+@contextlib.contextmanager
+def diagnosed(diagnose: Optional[Callable[[Exception], str]], what: str) -> Iterator[None]:
+    """Around a boot wait: a console or SSH failure becomes a BootFailure
+    carrying ``diagnose(error)`` (harness/diagnosis.py), when there is one."""
+    try:
+        yield
+    except (ConsoleError, SSHError) as err:
+        if not diagnose:
+            raise
+        raise BootFailure(f"{what} did not come up: {diagnose(err)}") from err
 
 
 @dataclasses.dataclass
@@ -116,12 +128,8 @@ class GuestSession:
 
     def _wait_boot(self, qemu: QEMUProcess, started: float, since: int,
                    timeout_s: float) -> GuestSSH:
-        try:
+        with diagnosed(self.diagnose, 'the guest'):
             return self._wait_boot_steps(qemu, started, since, timeout_s)
-        except (ConsoleError, SSHError) as err:
-            if not self.diagnose:
-                raise
-            raise BootFailure(f"the guest did not come up: {self.diagnose(err)}") from err
 
     def _wait_boot_steps(self, qemu: QEMUProcess, started: float, since: int,
                          timeout_s: float) -> GuestSSH:
@@ -143,24 +151,16 @@ class GuestSession:
             self.ssh = connect_to_image(
                 self.image, '127.0.0.1', self.port,
                 timeout_s=deadlines.cap(ssh_timeout_s, 'SSH login'),
-                alive=lambda: qemu.is_running() and not self._firmware_gave_up(firmware_since))
+                alive=lambda: (qemu.is_running() and not self.firmware.first_match(
+                    FIRMWARE_FAILURE_PATTERNS, firmware_since)))
         except SSHError:
-            gave_up = self._firmware_gave_up(firmware_since)
+            gave_up = self.firmware.first_match(FIRMWARE_FAILURE_PATTERNS, firmware_since)
             if gave_up:
                 raise ConsoleFailure(f"{self.firmware.path} showed {gave_up!r} while "
                                      f"waiting for SSH", self.console, gave_up) from None
             raise
         self.times.ssh_s = time.monotonic() - started
         return self.ssh
-
-    def _firmware_gave_up(self, since: int) -> Optional[str]:
-        """The firmware's line saying it found nothing to boot, if any."""
-        text = self.firmware.text(since)
-        for pattern in FIRMWARE_FAILURE_PATTERNS:
-            found = re.search(pattern, text)
-            if found:
-                return found.group(0)
-        return None
 
     def read_kernel_symbols(self) -> Optional[str]:
         """Find (cached) or read the guest kernel's symbols while the guest

@@ -28,6 +28,7 @@ import subprocess
 from typing import Optional
 
 from .. import lifeline, paths
+from ..agent import build as agent_build
 from ..errors import AccelError
 from . import binary as qemu_binary
 
@@ -130,10 +131,9 @@ def run_probe_vm(qemu: str, accel: str, firmware_args=()) -> Optional[str]:
 def run_agent_probe(qemu: str, accel: str, firmware_args=()) -> Optional[str]:
     """Boot the agent under ``accel`` to its ready point; None if it got
     there, else why not."""
-    from ..agent.build import agent_elf     # pylint: disable=import-outside-toplevel
     cmd = [qemu, '-accel', accel, '-machine', 'pc', '-m', '64', '-nodefaults',
            '-display', 'none', '-monitor', 'none', '-serial', 'none', *firmware_args,
-           '-kernel', agent_elf(), '-append', AGENT_PROBE_ARG,
+           '-kernel', agent_build.agent_elf(), '-append', AGENT_PROBE_ARG,
            '-device', f'isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=1']
     cpu = default_cpu(accel)
     if cpu:
@@ -162,8 +162,7 @@ def kvm_problem(caps: qemu_binary.Capabilities, guest: str = 'linux',
         return problem
     key = qemu_binary.binary_key(caps.path)
     if guest == 'agent':
-        from ..agent.build import cache_key     # pylint: disable=import-outside-toplevel
-        key += f'-agent-{cache_key()}'
+        key += f'-agent-{agent_build.cache_key()}'
     cache_file = os.path.join(paths.cache_dir('accel-probe'), f'kvm-{key}.json')
     if use_cache and os.path.exists(cache_file):
         with open(cache_file, encoding='utf-8') as f:

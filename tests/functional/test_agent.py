@@ -31,6 +31,7 @@ from harness.guest import lsi_dma
 from harness.mpqemu import hotplug, memview
 from harness.mpqemu.proxyram import MappedRam
 from harness.testing import MIB, MultiprocessTest
+from harness.waiting import wait_until
 
 INTX_ISSUE = 'proxy-intx-needs-kvm'
 IRQ_TIMEOUT_MS = 2000          # an interrupt that comes at all comes within milliseconds
@@ -42,7 +43,7 @@ DISK_MIB = 16
 IO_SIZES_BLOCKS = (1, 8, 128, 2048)     # 512 B .. 1 MiB
 OPS_SAMPLES = 20
 BLOCKED_S = 1.5                # how long a stopped remote must keep the access blocked
-KILL_AFTER_S = 0.3
+WAITING_TIMEOUT_S = 5.0       # for the agent to be inside the batch the kill must hit
 LATE_TIMEOUT_S = 10.0
 DIMM_BYTES = 128 * MIB
 DIMM_DMA_BYTES = 256 * 1024
@@ -279,7 +280,13 @@ class ProxiedAgentFaults(AgentTest):
         with self.known_issue_guard(INTX_ISSUE):
             source.check(self.agent.run(source.cycle(IRQ_TIMEOUT_MS))[1], 'a SCRIPTS INT')
         remote = self.vm.remotes['lsi1']
-        killer = threading.Timer(KILL_AFTER_S, remote.faults.kill)
+        agent = self.agent
+
+        def kill_once_the_guest_waits():
+            wait_until(lambda: agent.header('request_seq') != agent.header('done_seq'),
+                       WAITING_TIMEOUT_S, 'the agent to start waiting', 0.005)
+            remote.faults.kill()
+        killer = threading.Thread(target=kill_once_the_guest_waits)
         killer.start()
         try:        # the remote dies while the guest waits for its interrupt
             wait = self.agent.one(Op.IRQ_WAIT, arg=IRQ_TIMEOUT_MS)

@@ -64,9 +64,7 @@ def agent_vm(caps, tmp_path):
     vm = ControlVM(caps, str(tmp_path), accel='tcg')
     vm.add_lsi_remote('lsi1')
     session = AgentSession(str(tmp_path))
-    vm.add_proxy_args(*session.qemu_args())
-    vm.launch()
-    agent = session.wait_ready(vm.proxy, vm.memory_mb)
+    agent = session.boot(vm)
     yield vm, agent
     session.close()
     vm.shutdown()
