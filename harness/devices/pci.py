@@ -75,7 +75,8 @@ class DeviceAccess(Protocol):
     ``bar_read``/``bar_write`` take an absolute address in the memory
     (``memory=True``) or I/O address space, as a CPU would use once the
     BARs are programmed.  ``irq`` is None where no interrupt is observable
-    (e.g. a real proxy under TCG, see FACTS.md).
+    (e.g. a real proxy under TCG, see docs/multiprocess-qemu.md,
+    "INTx needs KVM").
     """
     irq: Optional[IrqLine]
 

@@ -4,7 +4,8 @@ run commands with a hard timeout, move files.
 Every command runs under the guest's ``timeout -s KILL N`` (busybox and
 coreutils agree on that syntax) *and* a host-side deadline a little later:
 paramiko cannot time out ``recv_exit_status()``, and closing a channel does
-not stop the guest's process (FACTS.md), so each side covers the other.
+not stop the guest's process (docs/multiprocess-qemu.md, "SSH and a stopped
+guest"), so each side covers the other.
 
 Files travel through ``cat`` on an exec channel rather than SFTP, so a guest
 needs no sftp-server (dropbear has none).

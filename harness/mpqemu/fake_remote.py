@@ -8,7 +8,8 @@ gives a real ``-machine x-remote`` QEMU serving an LSI 53C895A, its socket
 spoken to by :class:`~harness.mpqemu.protocol.FakeProxy`, guest RAM synced
 from a harness-owned memfd and INTx wired to eventfds the test can wait on.
 No proxy QEMU is involved, so this works with any accelerator and on QEMU
-versions whose proxy cannot run without KVM (10.0, see FACTS.md).
+versions whose proxy cannot run without KVM (10.0, see
+docs/multiprocess-qemu.md, "Proxy crash without KVM").
 """
 
 import socket

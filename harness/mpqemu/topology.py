@@ -9,7 +9,8 @@ holding the other end.  See docs/system/multi-process.rst in QEMU.
 
 Each process inherits only its own socket end, and the harness closes both
 after the launches: any other holder of a remote's end would hide its death
-from the proxy, whose vCPU then blocks for ever (FACTS.md).
+from the proxy, whose vCPU then blocks for ever (docs/multiprocess-qemu.md,
+"Socket ends").
 """
 
 import logging

@@ -238,7 +238,8 @@ class DiskIORemoteFaults(DiskIOTest):
         self.assertTrue(remote.wait_exit(5))
         self.assertFalse(result.ok)
         if dio.path == diskio.PATH_POLLED:
-            # Reads of a dead remote's BARs come back all-ones (FACTS.md).
+            # Reads of a dead remote's BARs come back all-ones
+            # (docs/multiprocess-qemu.md, "A stopped or dead remote").
             self.assertEqual(result.status, 'gone', result.report)
         else:
             self.assertIn(result.status, ('device', 'timeout'), result.report)
