@@ -48,15 +48,15 @@ functional: host-deps venv
 	$(VPY) -m harness.qemu.build --from-avocado-args "$(AVOCADO_ARGS)"
 	@# Guest images and the agent too (seconds when cached), so no test's timeout
 	@# pays for a build.
-	$(VPY) -m harness.guest.image build all
-	$(VPY) -m harness.agent.build
+	$(VPY) -m harness.images.image build all
+	$(VPY) -m harness.images.agent
 	$(VENV)/bin/avocado --config tests/functional/avocado.conf run \
 	    --job-results-dir $(JOB_RESULTS) $(TAG_ARGS) $(AVOCADO_ARGS) tests/functional
 
 # Guest images from Debian packages (make functional builds them first too).
 images: host-deps venv
-	$(VPY) -m harness.guest.image build all
-	$(VPY) -m harness.agent.build
+	$(VPY) -m harness.images.image build all
+	$(VPY) -m harness.images.agent
 
 list: host-deps venv
 	$(VENV)/bin/avocado --config tests/functional/avocado.conf -V list $(TAG_ARGS) tests/functional
@@ -72,15 +72,15 @@ distclean:
 BENCH_OUT ?= $(BUILD)/bench
 .PHONY: bench
 bench: host-deps venv
-	$(VPY) -m harness.bench --out $(BENCH_OUT)
-	$(VPY) -m harness.agent.bench --out $(BENCH_OUT)
+	$(VPY) -m harness.tools.bench --out $(BENCH_OUT)
+	$(VPY) -m harness.tools.agent_bench --out $(BENCH_OUT)
 	$(VPY) -m harness.guest.diskio bench --out $(BENCH_OUT)
 
 # Boot to console marker and to SSH, remote vs in-process LSI (minutes).
 BOOT_RUNS ?= 5
 .PHONY: bench-boot
 bench-boot: host-deps venv
-	$(VPY) -m harness.bootbench --runs $(BOOT_RUNS) --out $(BENCH_OUT)
+	$(VPY) -m harness.tools.bootbench --runs $(BOOT_RUNS) --out $(BENCH_OUT)
 
 # The long protocol fuzzing run (the CI run is `make functional TAGS=fuzz`).
 FUZZ_SEED ?= 1
@@ -103,5 +103,5 @@ MATRIX_TAGS ?= topology protocol qtest build agent
 MATRIX_ACCELS ?= tcg,kvm
 .PHONY: matrix
 matrix: host-deps venv
-	$(VPY) -m harness.matrix --tags '$(MATRIX_TAGS)' --accel '$(MATRIX_ACCELS)' \
+	$(VPY) -m harness.tools.matrix --tags '$(MATRIX_TAGS)' --accel '$(MATRIX_ACCELS)' \
 	    $(foreach q,$(MATRIX_QEMUS),--qemu $(q))

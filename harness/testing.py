@@ -5,7 +5,7 @@ It resolves the parameters (``-p qemu_bin=…`` or ``$QEMU_BIN``, ``accel``,
 launches topologies whose logs land in the test's output directory, and
 stops every process in tearDown whatever the outcome.  If Avocado kills a
 timed-out test instead, or the job stops early and leaves the test behind,
-the processes die with it (harness/lifeline.py).
+the processes die with it (harness/base/lifeline.py).
 """
 
 import contextlib
@@ -17,9 +17,10 @@ from typing import Iterator, Optional, Sequence
 import avocado
 from avocado.core.exceptions import TestSkipError
 
-from . import deadlines, diagnosis, known_issues, lifeline, params
-from .errors import QMPError
-from .guest.image import GuestImage, resolve_image
+from .base import deadlines, known_issues, lifeline, params
+from .guest import diagnosis
+from .base.errors import QMPError
+from .images.image import GuestImage, resolve_image
 from .agent.client import Agent
 from .agent.session import AgentSession
 from .guest.session import GuestSession, boot_drive

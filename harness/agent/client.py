@@ -15,7 +15,7 @@ socket).  A guest that takes a CPU exception, or whose QEMU exits, ends in
 import time
 from typing import List, Optional
 
-from ..errors import HarnessError
+from ..base.errors import HarnessError
 from ..mpqemu.proxyram import MappedRam
 from ..qemu import waits
 from ..qemu.process import QEMUProcess

@@ -11,12 +11,12 @@ import os
 import time
 from typing import Callable, Optional
 
-from .. import deadlines
+from ..base import deadlines
 from ..guest.console import FirmwareLog
 from ..guest.session import diagnosed
 from ..mpqemu import proxyram
 from ..qemu.process import QEMUProcess
-from .build import agent_elf
+from ..images.agent import agent_elf
 from .client import Agent, AgentError
 
 READY_MARKER = 'agent: ready'
@@ -34,7 +34,7 @@ class AgentSession:
         self.console = self.firmware          # the agent has no serial console
         self.ready_marker = READY_MARKER
         self.ready_s: Optional[float] = None   # launch -> ready, last boot
-        # Called with the error when a boot fails (harness/diagnosis.py).
+        # Called with the error when a boot fails (harness/guest/diagnosis.py).
         self.diagnose: Optional[Callable[[Exception], str]] = None
         self._ram: Optional[proxyram.MappedRam] = None
 

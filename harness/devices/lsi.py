@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Union
 
-from ..errors import HarnessError
+from ..base.errors import HarnessError
 from . import pci
 
 VENDOR_ID = 0x1000          # PCI_VENDOR_ID_LSI_LOGIC

@@ -16,7 +16,8 @@ import os
 import time
 from typing import Callable, Dict
 
-from .. import bench, bytecheck
+from ..tools import bench
+from ..base import bytecheck
 from . import lsi, pci
 
 BLOCK_SIZE = 512

@@ -12,7 +12,7 @@ Constants are those of QEMU's include/standard-headers/linux/pci_regs.h.
 from dataclasses import dataclass
 from typing import List, Optional, Protocol
 
-from ..errors import HarnessError
+from ..base.errors import HarnessError
 
 # Configuration space header (type 0)
 VENDOR_ID = 0x00

@@ -12,8 +12,8 @@ import re
 import time
 from typing import Callable, Iterable, List, Optional, Pattern, Sequence, Tuple, Union
 
-from harness import deadlines
-from harness.errors import HarnessError
+from ..base import deadlines
+from ..base.errors import HarnessError
 
 # Lines that mean the boot is lost whatever happens next.
 DEFAULT_FAILURE_PATTERNS = (

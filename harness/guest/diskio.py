@@ -18,7 +18,7 @@ the wrong place, a stale block or a single flipped byte is caught, both by
 the guest when it reads back and by the host against the disk image file
 (:func:`check_image`).
 
-Command line (what ``make bench`` runs after harness.bench)::
+Command line (what ``make bench`` runs after harness.tools.bench)::
 
     python -m harness.guest.diskio bench --out build/bench
 """
@@ -33,8 +33,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from ..errors import HarnessError
-from ..hosttools import run_tool
+from ..base.errors import HarnessError
+from ..base.hosttools import run_tool
 from .ssh import CommandTimeout, GuestSSH
 
 SECTOR_BYTES = 512
@@ -365,11 +365,11 @@ def bench(out_dir: str, qemu_bin: Optional[str] = None, accel_request: str = 'au
           workloads=BENCH_WORKLOADS) -> dict:
     """The same workloads through the remote LSI and through the
     in-process (control) LSI, each in a freshly booted ``tiny`` guest."""
-    from .. import params
+    from ..base import params
     from ..mpqemu.topology import ControlVM, MultiprocessVM
     from ..qemu import accel as qemu_accel
     from ..qemu import binary as qemu_binary
-    from .image import resolve_image
+    from ..images.image import resolve_image
     from .session import GuestSession
 
     caps = qemu_binary.probe(qemu_bin or params.get('qemu_bin'))
@@ -441,8 +441,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     b.add_argument('--qemu-bin', default=None)
     b.add_argument('--accel', default=None, help='auto (default), kvm or tcg')
     args = parser.parse_args(argv)
-    from .. import params
-    from ..bench import write_report
+    from ..base import params
+    from ..tools.bench import write_report
     os.makedirs(args.out, exist_ok=True)
     try:
         report = bench(args.out, args.qemu_bin, args.accel or params.get_accel())

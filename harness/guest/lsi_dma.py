@@ -23,7 +23,7 @@ import struct
 from typing import Dict, Optional
 
 from ..devices import lsi, pci
-from ..errors import HarnessError
+from ..base.errors import HarnessError
 from ..mpqemu import proxyram
 from .pci import GuestPCIDevice
 from .ssh import GuestSSH

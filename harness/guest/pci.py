@@ -9,7 +9,7 @@ BAR_WRITE.  No driver needs to be bound.
 
 from typing import Optional
 
-from ..errors import HarnessError
+from ..base.errors import HarnessError
 from .ssh import GuestSSH
 
 SYSFS_PCI = '/sys/bus/pci/devices'

@@ -13,13 +13,12 @@ import os
 import time
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from .. import deadlines
-from ..errors import HarnessError
-from ..hosttools import run_tool
+from ..base import deadlines
+from ..base.errors import HarnessError
+from ..base.hosttools import run_tool
 from ..qemu.process import QEMUProcess
-from .console import (DEFAULT_FAILURE_PATTERNS, FIRMWARE_FAILURE_PATTERNS, Console,
-                      ConsoleError, ConsoleFailure, FirmwareLog)
-from .image import GuestImage, ImageError, prepare_boot_disk
+from .console import (DEFAULT_FAILURE_PATTERNS, FIRMWARE_FAILURE_PATTERNS, Console, ConsoleError, ConsoleFailure, FirmwareLog)
+from ..images.image import GuestImage, ImageError, prepare_boot_disk
 from .ssh import GuestSSH, SSHError, connect_to_image, hostfwd_port
 from .symbols import kernel_symbols
 
@@ -57,7 +56,7 @@ class BootFailure(HarnessError, AssertionError):
 @contextlib.contextmanager
 def diagnosed(diagnose: Optional[Callable[[Exception], str]], what: str) -> Iterator[None]:
     """Around a boot wait: a console or SSH failure becomes a BootFailure
-    carrying ``diagnose(error)`` (harness/diagnosis.py), when there is one."""
+    carrying ``diagnose(error)`` (harness/guest/diagnosis.py), when there is one."""
     try:
         yield
     except (ConsoleError, SSHError) as err:
@@ -82,7 +81,7 @@ class GuestSession:
         self.console = Console(os.path.join(log_dir, 'console.log'))
         self.firmware = FirmwareLog(os.path.join(log_dir, 'firmware.log'))
         # Called with the error when a boot fails; returns the diagnosis
-        # for the message (harness/diagnosis.py; set by whoever owns the VM).
+        # for the message (harness/guest/diagnosis.py; set by whoever owns the VM).
         self.diagnose: Optional[Callable[[Exception], str]] = None
         self.ssh: Optional[GuestSSH] = None
         self.port: Optional[int] = None

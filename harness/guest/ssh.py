@@ -23,8 +23,8 @@ from typing import Callable, Optional, Union
 
 import paramiko
 
-from harness import deadlines
-from harness.errors import HarnessError
+from ..base import deadlines
+from ..base.errors import HarnessError
 
 DEFAULT_CONNECT_TIMEOUT_S = 60.0
 # One attempt's budget for TCP, banner and auth: slirp accepts the host-side

@@ -12,7 +12,7 @@ import hashlib
 import os
 from typing import Optional
 
-from .. import paths
+from ..base import paths
 from .ssh import GuestSSH
 
 KALLSYMS_TIMEOUT_S = 60.0

@@ -10,7 +10,7 @@ import signal
 import time
 from typing import Optional
 
-from ..errors import HarnessError
+from ..base.errors import HarnessError
 from ..qemu.process import QEMUProcess
 from .watchdog import RemoteWatchdog
 

@@ -51,7 +51,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .. import known_issues, params, procfs
+from ..base import known_issues, params, paths, procfs
 from ..devices import lsi, pci
 from ..qemu import binary as qemu_binary
 from ..qemu.binary import Capabilities
@@ -86,8 +86,7 @@ LOG_TAIL_LINES = 8
 RESET_TRACE_EVENT = 'lsi_reset'
 STARTED_POLL_S = 0.001
 MARKER = ((pci.VENDOR_ID, 2, 0x1000), (pci.DEVICE_ID, 2, 0x0012))
-DEFAULT_CORPUS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'tests', 'fuzz', 'corpus')
+DEFAULT_CORPUS_DIR = os.path.join(paths.REPO_DIR, 'tests', 'fuzz', 'corpus')
 
 OUTCOME_ANSWERED = 'answered'
 OUTCOME_EXITED = 'exited'

@@ -17,7 +17,7 @@ import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from ..errors import HarnessError
+from ..base.errors import HarnessError
 
 PAGE_SIZE = mmap.PAGESIZE
 DEFAULT_DMA_ALIGN = 64

@@ -17,7 +17,7 @@ import os
 import time
 from typing import Dict, List, Optional
 
-from ..errors import HarnessError, QMPError
+from ..base.errors import HarnessError, QMPError
 from ..qemu.process import QEMUProcess
 from . import memview
 

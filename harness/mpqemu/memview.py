@@ -10,7 +10,7 @@ import re
 import time
 from typing import Callable, List
 
-from ..errors import HarnessError
+from ..base.errors import HarnessError
 from ..qemu.process import QEMUProcess
 
 _REGION_RE = re.compile(r'^\s*([0-9a-f]+)-([0-9a-f]+) \(prio \d+, ram\): (remote-mem-\d+)',

@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from ..errors import HarnessError
+from ..base.errors import HarnessError
 from .guestmem import GuestMemory, SysmemRegion
 
 REMOTE_MAX_FDS = 8

@@ -22,7 +22,7 @@ import os
 import re
 from typing import Dict, Optional
 
-from ..errors import HarnessError
+from ..base.errors import HarnessError
 
 PAGE_SIZE = mmap.PAGESIZE
 BOOT_RAM_FD_NAME = '/memfd:memory-backend-memfd'

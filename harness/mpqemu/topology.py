@@ -19,7 +19,7 @@ import signal
 import socket
 from typing import Dict, List, Optional, Sequence
 
-from ..errors import HarnessError, ParameterError
+from ..base.errors import HarnessError, ParameterError
 from ..qemu import accel as qemu_accel
 from ..qemu.binary import Capabilities
 from ..qemu.process import LAUNCH_TIMEOUT_S, QEMUProcess

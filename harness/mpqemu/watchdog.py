@@ -26,8 +26,8 @@ import threading
 import time
 from typing import List, Optional
 
-from .. import procfs
-from ..errors import HarnessError, QMPError
+from ..base import procfs
+from ..base.errors import HarnessError, QMPError
 from ..qemu.process import QEMUProcess
 from ..qemu.qmp import QMPChannel
 

@@ -27,9 +27,9 @@ import os
 import subprocess
 from typing import Optional
 
-from .. import lifeline, paths
-from ..agent import build as agent_build
-from ..errors import AccelError
+from ..base import lifeline, paths
+from ..images import agent as agent_build
+from ..base.errors import AccelError
 from . import binary as qemu_binary
 
 LOG = logging.getLogger(__name__)

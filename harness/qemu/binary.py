@@ -22,9 +22,9 @@ import shutil
 import subprocess
 from typing import List, Optional, Tuple
 
-from .. import paths
-from ..hosttools import run_tool
-from ..errors import QEMUBinaryError
+from ..base import paths
+from ..base.hosttools import run_tool
+from ..base.errors import QEMUBinaryError
 
 LOG = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ Only ``qemu-system-x86_64`` is built (``ninja qemu-system-x86_64``), for
 uses: the multi-process option (``--enable-multiprocess`` upstream,
 ``--enable-mpqemu`` in trees with the v8 series: read from
 ``configure --help``), slirp, KVM and TCG; qtest is always built in.
-Results live in ``~/.cache/mpqemu-tests/qemu/<key>/`` (harness/paths.py
+Results live in ``~/.cache/mpqemu-tests/qemu/<key>/`` (harness/base/paths.py
 ``machine_cache_dir``: shared by every checkout on the machine, so a fresh
 clone finds them) where the key hashes the source's
 fingerprint (Debian version, git commit + local changes, or a tree walk)
@@ -46,11 +46,11 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .. import locking, paths
-from ..errors import HarnessError
-from ..hosttools import run_tool
+from ..base import locking, paths
+from ..base.errors import HarnessError
+from ..base.hosttools import run_tool
 from . import binary as qemu_binary
-from .. import lifeline
+from ..base import lifeline
 
 LOG = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ import subprocess
 import time
 from typing import Dict, List, Optional, Sequence
 
-from .. import deadlines, lifeline, procfs
-from ..errors import LaunchError, QMPError
+from ..base import deadlines, lifeline, procfs
+from ..base.errors import LaunchError, QMPError
 from . import waits
 from .qmp import QMPChannel
 

@@ -20,7 +20,7 @@ from typing import Any, Dict, Optional
 from qemu.qmp import ExecuteError, QMPClient
 from qemu.qmp.protocol import ConnectError, StateError
 
-from ..errors import QMPError
+from ..base.errors import QMPError
 
 QMP_CONNECT_TIMEOUT_S = 10.0
 QMP_COMMAND_TIMEOUT_S = 10.0

@@ -21,8 +21,8 @@ import re
 import time
 from typing import Dict, List, Optional, Tuple
 
-from .. import procfs
-from ..errors import QMPError
+from ..base import procfs
+from ..base.errors import QMPError
 
 SAMPLE_S = 0.5
 # Guest kernel functions in which a CPU waits for the others to run a

@@ -12,7 +12,7 @@ waiting for that peer's reply: :func:`awaited_peers` names them.
 import dataclasses
 from typing import Callable, Dict, List, Optional, Union
 
-from .. import procfs
+from ..base import procfs
 
 # fd number in the child -> what it is: a fixed text, or one computed when
 # asked (e.g. the peer's state at that moment).

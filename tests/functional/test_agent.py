@@ -21,7 +21,8 @@ import os
 import threading
 import time
 
-from harness import bench, bytecheck, deadlines
+from harness.tools import bench
+from harness.base import bytecheck, deadlines
 from harness.agent.access import AgentAccess
 from harness.agent.client import AgentCommandError, AgentError, AgentFault, AgentTimeout
 from harness.agent.lsi_intx import VECTOR, IntxSource
@@ -31,7 +32,7 @@ from harness.guest import lsi_dma
 from harness.mpqemu import hotplug, memview
 from harness.mpqemu.proxyram import MappedRam
 from harness.testing import MIB, MultiprocessTest
-from harness.waiting import wait_until
+from harness.base.waiting import wait_until
 
 INTX_ISSUE = 'proxy-intx-needs-kvm'
 IRQ_TIMEOUT_MS = 2000          # an interrupt that comes at all comes within milliseconds

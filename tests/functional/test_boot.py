@@ -12,7 +12,7 @@ import os
 import random
 
 from harness.devices import lsi as lsi_regs
-from harness.guest.image import resolve_image
+from harness.images.image import resolve_image
 from harness.guest.pci import find_device
 from harness.testing import MultiprocessTest
 

@@ -12,7 +12,7 @@ proxy-realize-crash-without-kvm, not as a failure.
 
 import os
 
-from harness import params
+from harness.base import params
 from harness.devices import lsi as lsi_regs
 from harness.devices.pci import qmp_pci_device
 from harness.qemu import binary as qemu_binary

@@ -18,7 +18,7 @@ import os
 import signal
 import time
 
-from harness import deadlines
+from harness.base import deadlines
 from harness.guest import diskio, memory
 from harness.guest.diskio import Workload
 from harness.mpqemu import hotplug, memview

@@ -16,15 +16,15 @@ import signal
 import statistics
 import time
 
-from harness import bytecheck
+from harness.base import bytecheck
 from harness.devices import lsi as lsi_regs
-from harness.errors import QMPError
+from harness.base.errors import QMPError
 from harness.guest.pci import find_device
 from harness.guest.ssh import CommandTimeout
 from harness.mpqemu import fake_remote
 from harness.qemu import vcpus
 from harness.testing import MIB, MultiprocessTest
-from harness.waiting import wait_until
+from harness.base.waiting import wait_until
 
 DETECT_TIMEOUT_S = 5.0          # only keeps a broken watchdog from hanging the test
 LATENCY_INJECTIONS = 10

@@ -12,7 +12,7 @@ the long version.
 import json
 import os
 
-from harness import deadlines, known_issues, params
+from harness.base import deadlines, known_issues, params
 from harness.mpqemu import fuzz
 from harness.testing import MultiprocessTest
 

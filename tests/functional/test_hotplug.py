@@ -13,7 +13,7 @@ the bytes where they landed.
 import os
 import time
 
-from harness import bytecheck, deadlines, known_issues
+from harness.base import bytecheck, deadlines, known_issues
 from harness.devices import lsi
 from harness.guest import lsi_dma, memory
 from harness.guest.pci import find_device

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from harness import deadlines, paths
+from harness.base import deadlines, paths
 from harness.testing import MultiprocessTest
 
 MATRIX_TIMEOUT_S = 240
@@ -26,7 +26,7 @@ class MatrixRunner(MultiprocessTest):
         a skip that carries its reason, and both output files."""
         out = os.path.join(self.workdir, 'matrix')
         label = f'qemu-{".".join(map(str, self.caps.version))}'
-        cmd = [sys.executable, '-m', 'harness.matrix', '--out', out, '--tags', 'build',
+        cmd = [sys.executable, '-m', 'harness.tools.matrix', '--out', out, '--tags', 'build',
                '--suite', 'tests/functional/test_build.py',
                '--accel', 'tcg', '--qemu', f'{label}={self.caps.path}']
         run = subprocess.run(cmd, cwd=paths.REPO_DIR, capture_output=True, text=True,

@@ -16,7 +16,7 @@ import os
 import signal
 import time
 
-from harness import bytecheck
+from harness.base import bytecheck
 from harness.devices import lsi, pci
 from harness.devices import lsi_scenarios as scenarios
 from harness.mpqemu import fake_remote, protocol

@@ -20,7 +20,8 @@ import os
 import signal
 import time
 
-from harness import bytecheck, qtest
+from harness.base import bytecheck
+from harness.qemu import qtest
 from harness.devices import lsi, pci
 from harness.devices import lsi_scenarios as scenarios
 from harness.testing import MIB, MultiprocessTest

@@ -13,7 +13,7 @@ guest's write and its read after the reboot.
 import random
 import time
 
-from harness import deadlines
+from harness.base import deadlines
 from harness.devices import lsi
 from harness.guest import lsi_dma
 from harness.guest.pci import find_device

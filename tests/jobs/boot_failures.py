@@ -10,9 +10,9 @@ import os
 import signal
 import threading
 
-from harness import deadlines
+from harness.base import deadlines
 from harness.testing import MultiprocessTest
-from harness.waiting import wait_until
+from harness.base.waiting import wait_until
 
 # Small, so that the harness's deadline (this less REPORT_RESERVE_S) is
 # what ends the boot wait: it must report before Avocado's timeout.

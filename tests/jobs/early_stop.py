@@ -13,7 +13,7 @@ import threading
 
 from harness.guest.session import GuestSession
 from harness.testing import MultiprocessTest
-from harness.waiting import wait_until
+from harness.base.waiting import wait_until
 
 READY_TIMEOUT_S = 60.0
 HOLD_S = 120.0          # far beyond any stop the scenarios make

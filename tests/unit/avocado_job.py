@@ -3,7 +3,7 @@ harness's own tests of how jobs end (test_job_stop.py, test_boot_diagnosis.py).
 
 Every process of the job inherits a MPQEMU_SUITE_TOKEN of its own, so that
 what outlives the job can be found whoever its parent is now
-(harness/leftovers.py).
+(harness/base/leftovers.py).
 """
 
 import json
@@ -16,8 +16,8 @@ import uuid
 
 import pytest
 
-from harness import leftovers, paths
-from harness.waiting import wait_until
+from harness.base import leftovers, paths
+from harness.base.waiting import wait_until
 
 AVOCADO = os.path.join(os.path.dirname(sys.executable), 'avocado')
 AVOCADO_CONF = os.path.join(paths.REPO_DIR, 'tests', 'functional', 'avocado.conf')

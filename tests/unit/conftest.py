@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from harness import params, procfs
+from harness.base import params, procfs
 from harness.qemu import binary as qemu_binary
 
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from harness.errors import AccelError
+from harness.base.errors import AccelError
 from harness.qemu import accel as qemu_accel
 
 

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from harness.agent import build, mailbox
+from harness.images import agent as build
+from harness.agent import mailbox
 from harness.agent.client import AgentCommandError, AgentError, AgentFault, AgentTimeout
 from harness.agent.mailbox import Op, Status
 from harness.agent.session import AgentSession

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from harness.errors import LaunchError, QEMUBinaryError
+from harness.base.errors import LaunchError, QEMUBinaryError
 from harness.qemu import binary as qemu_binary
 from harness.qemu.process import QEMUProcess
 

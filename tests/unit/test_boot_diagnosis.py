@@ -4,7 +4,7 @@ tests/jobs/boot_failures.py."""
 
 import pytest
 
-from harness.guest.image import resolve_image
+from harness.images.image import resolve_image
 
 from avocado_job import AvocadoJob
 

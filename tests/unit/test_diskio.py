@@ -10,7 +10,8 @@ import subprocess
 
 import pytest
 
-from harness.guest import diskio, guesttools, image
+from harness.guest import diskio
+from harness.images import guesttools, image
 from harness.guest.diskio import Workload
 
 TOOL_SOURCE = os.path.join(image.RECIPES_DIR, 'tools', 'lsi-dio.c')

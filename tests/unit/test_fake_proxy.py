@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness import bench
-from harness.bytecheck import assert_same_bytes, read_image, write_random_image
+from harness.tools import bench
+from harness.base.bytecheck import assert_same_bytes, read_image, write_random_image
 from harness.devices import lsi, pci
 from harness.mpqemu import fake_remote, protocol
 from harness.mpqemu.guestmem import GuestMemory

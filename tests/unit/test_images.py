@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-from harness.guest import bootdisk, console, cpio, debs, elf, image, initramfs, ssh
+from harness.images import bootdisk, cpio, debs, elf, image, initramfs
+from harness.guest import console, ssh
 from harness.qemu.process import QEMUProcess
 
 BUILD_TIMEOUT_S = 180          # the bound for a build from an empty cache
@@ -234,7 +235,7 @@ def built():
 def test_unchanged_recipes_rebuild_nothing(built):
     before = {n: image.read_manifest(os.path.dirname(g.manifest)) for n, g in built.items()}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, '-m', 'harness.guest.image', 'build', 'all'],
+    result = subprocess.run([sys.executable, '-m', 'harness.images.image', 'build', 'all'],
                             capture_output=True, text=True, timeout=60,
                             cwd=image.paths.REPO_DIR)
     elapsed = time.monotonic() - started

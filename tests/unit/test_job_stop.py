@@ -3,7 +3,7 @@
 Each scenario runs a real ``avocado run`` on tests/jobs/early_stop.py (real
 remotes, proxies and guests), stops it the way a developer or a CI system
 would, and then looks for any process still carrying the job's
-MPQEMU_SUITE_TOKEN (harness/leftovers.py): QEMUs, runners, test processes,
+MPQEMU_SUITE_TOKEN (harness/base/leftovers.py): QEMUs, runners, test processes,
 watchers.  The bound is the one the README promises: none 5 s after the job
 has returned.
 """
@@ -13,7 +13,7 @@ import signal
 
 import pytest
 
-from harness.guest.image import resolve_image
+from harness.images.image import resolve_image
 
 from avocado_job import AvocadoJob
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harness import known_issues
-from harness.errors import HarnessError
+from harness.base import known_issues
+from harness.base.errors import HarnessError
 
 
 def entry(tmp_path, **fields):

@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from harness.guest.image import ImageError
-from harness.locking import exclusive
+from harness.images.image import ImageError
+from harness.base.locking import exclusive
 
 HOLD = """
 import sys, time
-from harness.locking import exclusive
-from harness.guest.image import ImageError
+from harness.base.locking import exclusive
+from harness.images.image import ImageError
 with exclusive(sys.argv[1], 5, ImageError, 'the holder'):
     print('held', flush=True)
     time.sleep(float(sys.argv[2]))

@@ -1,9 +1,10 @@
-"""harness/matrix.py: Avocado results become cells, and the table and its
+"""harness/tools/matrix.py: Avocado results become cells, and the table and its
 known-issue section come out of them (no Avocado job is run here)."""
 
 import json
 
-from harness import known_issues, matrix
+from harness.base import known_issues
+from harness.tools import matrix
 
 CRASH = ('KNOWN ISSUE proxy-realize-crash-without-kvm on QEMU 10.0.13: x-pci-proxy-dev '
          'crashes (SIGSEGV) at realize when KVM is not in use. Observed: …')

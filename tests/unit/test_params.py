@@ -1,7 +1,7 @@
 import pytest
 
-from harness import params
-from harness.errors import ParameterError
+from harness.base import params
+from harness.base.errors import ParameterError
 
 
 def test_avocado_value_beats_environment(monkeypatch):

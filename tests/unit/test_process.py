@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from harness.errors import LaunchError, QMPError
+from harness.base.errors import LaunchError, QMPError
 from harness.qemu.process import QEMUProcess
-from harness.waiting import wait_until
+from harness.base.waiting import wait_until
 
 from conftest import pid_alive
 

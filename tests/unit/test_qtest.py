@@ -1,4 +1,4 @@
-"""harness/qtest.py: the client against a scripted peer (replies, IRQ lines
+"""harness/qemu/qtest.py: the client against a scripted peer (replies, IRQ lines
 interleaved with them, deadlines, a peer that goes away), and, where the
 QEMU under test has the qtest accelerator, against a real one."""
 
@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from harness import qtest
+from harness.qemu import qtest
 from harness.devices import lsi, pci
 from harness.mpqemu.topology import ControlVM
 

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from harness.errors import HarnessError, LaunchError, ParameterError, QEMUBinaryError
+from harness.base.errors import HarnessError, LaunchError, ParameterError, QEMUBinaryError
 from harness.mpqemu import topology
 from harness.mpqemu.memview import wait_for_ram
 from harness.mpqemu.topology import ControlVM, MultiprocessVM

@@ -4,8 +4,7 @@ import pytest
 
 from harness.qemu import accel
 from harness.qemu.process import QEMUProcess
-from harness.qemu.vcpus import (KernelSymbols, VCPUState, describe, snapshot,
-                                 waiting_for_a_peer)
+from harness.qemu.vcpus import KernelSymbols, VCPUState, describe, snapshot, waiting_for_a_peer
 
 SPIN = bytes([0xeb, 0xfe])              # jmp $: the BSP spins at the reset vector
 RESET_RIP = 0xfff0                       # RIP of the reset vector (CS base 0xffff0000)

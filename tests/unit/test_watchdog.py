@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from harness.errors import HarnessError
+from harness.base.errors import HarnessError
 from harness.mpqemu.topology import MultiprocessVM
 
 DETECT_TIMEOUT_S = 5.0

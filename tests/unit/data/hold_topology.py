@@ -8,7 +8,7 @@ import json
 import sys
 import time
 
-from harness import params
+from harness.base import params
 from harness.mpqemu.topology import MultiprocessVM
 from harness.qemu import binary
 

@@ -10,8 +10,8 @@ rebuilt; a changed one gets a new directory and the old one is removed.
 
 Command line (what ``make images`` runs)::
 
-    python -m harness.guest.image build [tiny|lsi-boot|all]
-    python -m harness.guest.image list
+    python -m harness.images.image build [tiny|lsi-boot|all]
+    python -m harness.images.image list
 """
 
 import argparse
@@ -28,10 +28,10 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from harness import locking, paths
-from harness.errors import HarnessError
+from ..base import locking, paths
+from ..base.errors import HarnessError
 
-from ..hosttools import run_tool
+from ..base.hosttools import run_tool
 from . import bootdisk, debs, guesttools, initramfs
 from .bootdisk import data_area_sector  # noqa: F401  (re-exported for IO tests)
 from .elf import ElfFile
@@ -505,7 +505,7 @@ def prepare_boot_disk(image: GuestImage, dest: str, load_sym53c8xx: bool = False
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m harness.guest.image',
+    parser = argparse.ArgumentParser(prog='python -m harness.images.image',
                                      description=__doc__.split('\n\n')[0])
     sub = parser.add_subparsers(dest='command', required=True)
     build_cmd = sub.add_parser('build', help='build recipes (cached builds are kept)')

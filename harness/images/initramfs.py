@@ -11,9 +11,9 @@ import os
 import posixpath
 from typing import Dict, Iterable, List, Tuple
 
-from harness.errors import HarnessError
+from ..base.errors import HarnessError
 
-from ..hosttools import run_tool
+from ..base.hosttools import run_tool
 from .cpio import CpioWriter
 from .elf import ElfFile
 

@@ -23,9 +23,9 @@ import dataclasses
 import time
 from typing import List, Optional
 
-from .errors import QMPError
-from .qemu import vcpus, waits
-from .qemu.process import QEMUProcess
+from ..base.errors import QMPError
+from ..qemu import vcpus, waits
+from ..qemu.process import QEMUProcess
 
 FIRMWARE_TAIL_LINES = 8
 CONSOLE_TAIL_LINES = 12

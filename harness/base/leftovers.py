@@ -6,7 +6,7 @@ Avocado's runners, the tests, their helpers, the lifeline watchers), so
 whatever still carries it once the run has returned is a leftover, however
 it was started and whoever its parent is now.
 
-    python -m harness.leftovers TOKEN [--wait SECONDS]
+    python -m harness.base.leftovers TOKEN [--wait SECONDS]
 
 lists the leftovers (after waiting up to SECONDS for them to go) and exits
 1 if there are any.
@@ -49,7 +49,7 @@ def describe(pids: List[int]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m harness.leftovers', description=__doc__,
+    parser = argparse.ArgumentParser(prog='python -m harness.base.leftovers', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('token')
     parser.add_argument('--wait', type=float, default=0.0, metavar='SECONDS')

@@ -24,7 +24,7 @@ Two ties, one for each way a process can be left behind:
     - it gets PR_SET_PDEATHSIG as well: it dies with its runner;
     - it becomes a child subreaper: a grandchild whose own parent dies is
       re-parented to the test, not to init, and stays findable;
-    - a watcher process (``python -m harness.lifeline``, in a session of
+    - a watcher process (``python -m harness.base.lifeline``, in a session of
       its own, so a Ctrl-C meant for the job does not reach it) waits on
       pidfds of the job, the runner and the test.  Once the job or the
       runner is gone it SIGKILLs the runner, the test and everything below
@@ -133,7 +133,7 @@ def tie_to_job(log_path: str) -> Optional[subprocess.Popen]:
         raise OSError(ctypes.get_errno(), 'prctl(PR_SET_CHILD_SUBREAPER)')
     with open(log_path, 'ab') as log:
         return subprocess.Popen(
-            [sys.executable, '-m', 'harness.lifeline', str(job), str(runner), str(os.getpid())],
+            [sys.executable, '-m', 'harness.base.lifeline', str(job), str(runner), str(os.getpid())],
             cwd=paths.REPO_DIR, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             close_fds=True, start_new_session=True)
 
@@ -247,7 +247,7 @@ def main(argv: Sequence[str]) -> int:
     try:
         job, runner, test = (int(a) for a in argv)
     except ValueError:
-        print('usage: python -m harness.lifeline JOB_PID RUNNER_PID TEST_PID', file=sys.stderr)
+        print('usage: python -m harness.base.lifeline JOB_PID RUNNER_PID TEST_PID', file=sys.stderr)
         return 2
     print(watch(job, runner, test), flush=True)
     return 0

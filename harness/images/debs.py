@@ -16,8 +16,8 @@ import os
 import re
 from typing import Dict, Iterable, List
 
-from harness.errors import HarnessError
-from harness.hosttools import run_tool
+from ..base.errors import HarnessError
+from ..base.hosttools import run_tool
 
 APT_STATE_DIRS = ('/var/lib/apt/lists', '/etc/apt')
 APT_TIMEOUT_S = 300

@@ -15,8 +15,8 @@ import os
 import tempfile
 from typing import Dict, List
 
-from ..errors import HarnessError
-from ..hosttools import run_tool
+from ..base.errors import HarnessError
+from ..base.hosttools import run_tool
 
 SECTOR_BYTES = 512
 MIB = 1024 * 1024

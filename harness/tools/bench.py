@@ -1,6 +1,6 @@
 """Benchmarks of a remote device process, driven through the fake proxy.
 
-    python -m harness.bench --out build/bench
+    python -m harness.tools.bench --out build/bench
 
 measures what every proxied guest access pays: a config space access and
 a BAR (register) access round trip through the remote, and DMA throughput
@@ -29,10 +29,10 @@ import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import bytecheck, params
-from .devices import lsi, pci
-from .mpqemu import fake_remote
-from .qemu import binary as qemu_binary
+from ..base import bytecheck, params
+from ..devices import lsi, pci
+from ..mpqemu import fake_remote
+from ..qemu import binary as qemu_binary
 
 BLOCK_SIZE = 512
 DEFAULT_RUNS = 5
@@ -90,7 +90,7 @@ def latency_probes(remote: Optional[fake_remote.FakeProxiedRemote],
                    device: lsi.Lsi53c895a) -> Dict[str, Callable[[], object]]:
     """The proxied accesses whose round trip is measured, by name.  They go
     through ``device.access`` (the fake proxy's here, qtest's in
-    harness/qtest_bench.py); ``remote`` is not needed."""
+    harness/tools/qtest_bench.py); ``remote`` is not needed."""
     proxy = device.access
     mmio = device.function.bar(lsi.MMIO_BAR).address
     io = device.function.bar(lsi.IO_BAR).address
@@ -175,7 +175,7 @@ def run(caps: qemu_binary.Capabilities, workdir: str, runs: int = DEFAULT_RUNS,
 
 
 def _in_process_comparison(caps, workdir: str, runs: int, samples: int, dma_mib: int) -> dict:
-    """Proxied vs in-process through qtest (harness/qtest_bench.py) when
+    """Proxied vs in-process through qtest (harness/tools/qtest_bench.py) when
     this QEMU has the qtest accelerator; else a note saying how to get one."""
     if not caps.has_qtest:
         return {'in_process': None,
@@ -201,7 +201,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(prog='python -m harness.bench', description=__doc__.split(
+    parser = argparse.ArgumentParser(prog='python -m harness.tools.bench', description=__doc__.split(
         '\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default=os.path.join('build', 'bench'),
                         help='directory for bench.json, bench.md and the remote log')

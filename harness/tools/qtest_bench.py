@@ -2,13 +2,13 @@
 through a real proxy and to one emulated inside the same QEMU, both driven
 through qtest (no guest), and their ratio.
 
-    python -m harness.qtest_bench --qemu-src debian:bookworm --out build/bench
+    python -m harness.tools.qtest_bench --qemu-src debian:bookworm --out build/bench
 
 Config space and register (BAR) round trips, and READ(10)/WRITE(10) DMA
 throughput, each as a median with its spread; ``ratio`` is proxied over
 in-process (latency: how many times slower; DMA: the fraction of
 in-process throughput kept).  Figures, not asserts: a 2-core runner shared
-with other jobs is noisy.  :mod:`harness.bench` includes this comparison in
+with other jobs is noisy.  :mod:`harness.tools.bench` includes this comparison in
 its report when its QEMU has the qtest accelerator.
 """
 
@@ -18,11 +18,12 @@ import sys
 import tempfile
 from typing import Dict
 
-from . import bench, bytecheck, params
-from .devices import lsi
-from .mpqemu.topology import ControlVM, MultiprocessVM
-from .qemu import binary as qemu_binary
-from .qtest import launch_lsi
+from . import bench
+from ..base import bytecheck, params
+from ..devices import lsi
+from ..mpqemu.topology import ControlVM, MultiprocessVM
+from ..qemu import binary as qemu_binary
+from ..qemu.qtest import launch_lsi
 
 SLOT = 3
 RAM_MB = 64
@@ -72,7 +73,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m harness.qtest_bench',
+    parser = argparse.ArgumentParser(prog='python -m harness.tools.qtest_bench',
                                      description=__doc__.split('\n\n')[0])
     parser.add_argument('--qemu-bin', help='QEMU with qtest (default $QEMU_BIN)')
     parser.add_argument('--qemu-src', help='or build one (harness/qemu/build.py spec)')
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
     parser.add_argument('--dma-mib', type=int, default=4)
     args = parser.parse_args(argv)
     if args.qemu_src:
-        from .qemu import build  # pylint: disable=import-outside-toplevel
+        from ..qemu import build  # pylint: disable=import-outside-toplevel
         path = build.build(args.qemu_src, log=lambda m: print(m, file=sys.stderr)).binary
     else:
         path = args.qemu_bin or params.get('qemu_bin')

@@ -6,7 +6,8 @@ unless ``MPQEMU_BUILD_DIR`` points elsewhere (e.g. a CI cache volume).
 
 import os
 
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# harness/base/paths.py -> the repository
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def build_dir() -> str:

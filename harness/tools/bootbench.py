@@ -1,6 +1,6 @@
 """Boot-time benchmark: firmware to console marker and to SSH.
 
-    python -m harness.bootbench --runs 5 --out build/bench
+    python -m harness.tools.bootbench --runs 5 --out build/bench
 
 boots the ``lsi-boot`` image (SeaBIOS → syslinux → Linux, the disk served
 by the LSI) ``--runs`` times with the LSI in a remote process and as many
@@ -16,13 +16,13 @@ import tempfile
 import time
 from typing import Sequence
 
-from . import params
+from ..base import params
 from .bench import spread, write_report
-from .guest.image import resolve_image
-from .guest.session import GuestSession, boot_drive
-from .mpqemu.topology import ControlVM, MultiprocessVM
-from .qemu import accel as qemu_accel
-from .qemu import binary as qemu_binary
+from ..images.image import resolve_image
+from ..guest.session import GuestSession, boot_drive
+from ..mpqemu.topology import ControlVM, MultiprocessVM
+from ..qemu import accel as qemu_accel
+from ..qemu import binary as qemu_binary
 
 DEFAULT_RUNS = 5
 
@@ -65,7 +65,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(prog='python -m harness.bootbench',
+    parser = argparse.ArgumentParser(prog='python -m harness.tools.bootbench',
                                      description=__doc__.split('\n\n')[0])
     parser.add_argument('--runs', type=int, default=DEFAULT_RUNS)
     parser.add_argument('--out', default=os.path.join('build', 'bench'))

@@ -2,7 +2,7 @@
 latency, and interrupt- against poll-completed SCSI, remote LSI against the
 in-process control in the same run.
 
-    python -m harness.agent.bench --out build/bench [--boots 3] [--interrupts 1000]
+    python -m harness.tools.agent_bench --out build/bench [--boots 3] [--interrupts 1000]
 
 Figures, not asserts: medians and spread (min/p10/median/p90/p99/max) and
 remote/in-process ratios, in ``agent-bench.json`` and ``agent-bench.md``.
@@ -22,15 +22,16 @@ import tempfile
 import time
 from typing import Dict, List
 
-from .. import bench, params
+from . import bench
+from ..base import params
 from ..devices import lsi
 from ..mpqemu.topology import ControlVM, MultiprocessVM
 from ..qemu import accel as qemu_accel
 from ..qemu import binary as qemu_binary
-from .access import AgentAccess
-from .lsi_intx import IntxSource
-from .mailbox import Status
-from .session import AgentSession
+from ..agent.access import AgentAccess
+from ..agent.lsi_intx import IntxSource
+from ..agent.mailbox import Status
+from ..agent.session import AgentSession
 
 MIB = 1024 * 1024
 DEFAULT_BOOTS = 3
@@ -152,7 +153,7 @@ def markdown(report: Dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m harness.agent.bench',
+    parser = argparse.ArgumentParser(prog='python -m harness.tools.agent_bench',
                                      description=__doc__.split('\n\n')[0])
     parser.add_argument('--out', default=os.path.join('build', 'bench'))
     parser.add_argument('--qemu-bin', default=None)

@@ -1,7 +1,7 @@
 """Run the functional suite against several QEMUs and tabulate the results.
 
-    python -m harness.matrix                                  # the default list
-    python -m harness.matrix --tags 'protocol qtest agent' --accel tcg,kvm \\
+    python -m harness.tools.matrix                                  # the default list
+    python -m harness.tools.matrix --tags 'protocol qtest agent' --accel tcg,kvm \\
         --qemu debian-7.2=qemu-system-x86_64 --qemu src-10.0=debian:trixie
 
 Each ``--qemu LABEL=WHAT`` under each accelerator of ``--accel`` is a column
@@ -40,9 +40,9 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from . import known_issues, paths
+from ..base import known_issues, paths
 from .bench import write_report
-from .qemu import build as qemu_build
+from ..qemu import build as qemu_build
 
 DEFAULT_QEMUS = ('debian-7.2=qemu-system-x86_64', 'src-7.2=debian:bookworm',
                  'src-10.0=debian:trixie')
@@ -234,7 +234,7 @@ def markdown(matrix: dict, issues: Sequence[known_issues.KnownIssue]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m harness.matrix',
+    parser = argparse.ArgumentParser(prog='python -m harness.tools.matrix',
                                      description=__doc__.split('\n\n')[0])
     parser.add_argument('--qemu', action='append', metavar='LABEL=WHAT',
                         help=f"a column (repeat); default: {' '.join(DEFAULT_QEMUS)}")

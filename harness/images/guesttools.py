@@ -16,8 +16,8 @@ import hashlib
 import os
 from typing import Dict, List
 
-from harness.errors import HarnessError
-from harness.hosttools import run_tool
+from ..base.errors import HarnessError
+from ..base.hosttools import run_tool
 
 COMPILER = 'gcc'
 CFLAGS = ('-static', '-O2', '-Wall', '-s')

@@ -33,8 +33,8 @@ import tempfile
 import time
 from typing import List, Optional
 
-from .errors import HarnessError
-from .mpqemu.guestmem import FirstFit
+from ..base.errors import HarnessError
+from ..mpqemu.guestmem import FirstFit
 
 DEFAULT_TIMEOUT_S = 10.0
 ACCEPT_TIMEOUT_S = 15.0

@@ -5,7 +5,7 @@ identity and the flags, so an edited source or a new gcc rebuilds it.  A
 build happens in a private directory and is renamed into place once
 complete, so a killed build leaves nothing that looks finished.
 
-    python -m harness.agent.build     # prints the path of agent.elf
+    python -m harness.images.agent     # prints the path of agent.elf
 """
 
 import hashlib
@@ -14,10 +14,10 @@ import shutil
 import sys
 import tempfile
 
-from .. import locking, paths
-from ..errors import HarnessError
-from ..guest.guesttools import COMPILER, compiler_identity
-from ..hosttools import run_tool
+from ..base import locking, paths
+from ..base.errors import HarnessError
+from .guesttools import COMPILER, compiler_identity
+from ..base.hosttools import run_tool
 
 SOURCE_DIR = os.path.join(paths.REPO_DIR, 'tests', 'images', 'agent')
 SOURCES = ('boot.S', 'agent.c', 'console.c', 'irq.c', 'pic.c', 'pit.c')
