@@ -12,25 +12,25 @@ import contextlib
 import json
 import os
 import time
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 import avocado
 from avocado.core.exceptions import TestSkipError
 
 from .base import deadlines, known_issues, lifeline, params
-from .guest import diagnosis
-from .base.errors import QMPError
+from .base.errors import HarnessError, QMPError
 from .images.image import GuestImage, resolve_image
-from .agent.client import Agent
 from .agent.session import AgentSession
 from .guest.session import GuestSession, boot_drive
 from .guest.ssh import CommandTimeout
-from .mpqemu.topology import ControlVM, MultiprocessVM
+from .mpqemu import topology
+from .mpqemu.topology import Machine
 from .qemu import accel as qemu_accel
 from .qemu import binary as qemu_binary
 from .qemu import vcpus
 
 MIB = 1024 * 1024
+AGENT = 'agent'        # launch(guest=AGENT): the bare-metal agent (harness/agent)
 
 
 class MultiprocessTest(avocado.Test):
@@ -45,6 +45,10 @@ class MultiprocessTest(avocado.Test):
     # The guest the test boots decides which accelerator can run it
     # (harness/qemu/accel.py): 'linux' (a paging OS) or 'agent'.
     guest = 'linux'
+    # Where the devices of this test's machines are emulated
+    # (harness/mpqemu/topology.py): in a remote process, or inside the
+    # guest's QEMU for the in-process controls.
+    placement = topology.PROXY
     # Added to the timeout when qemu_src names a build that is not cached
     # yet: the first test to ask builds it (the others wait on its lock).
     BUILD_TIMEOUT_S = 1200
@@ -99,8 +103,10 @@ class MultiprocessTest(avocado.Test):
             self.record(known_issue_not_reproduced=issue.id)
             self.log.warning(note)
 
-    def launch_guard_issues(self) -> Sequence[str]:
-        """Known issues checked at every multi-process topology launch."""
+    def launch_guard_issues(self, vm: Machine) -> Sequence[str]:
+        """Known issues checked at every launch of a machine with remotes."""
+        if not vm.multiprocess:
+            return []
         return [i.id for i in known_issues.load() if i.data.get('guard') == 'launch']
 
     def setUp(self):
@@ -108,6 +114,7 @@ class MultiprocessTest(avocado.Test):
         # Before anything is started: nothing may outlive the job.
         self._lifeline = lifeline.tie_to_job(os.path.join(self.outputdir, 'lifeline.log'))
         self._vms = []
+        self.vm: Optional[Machine] = None        # the machine launched last
         self._sessions = []
         self.figures = {}
         self._lookup = lookup = lambda name: self.params.get(name, default=None)  # noqa: E731
@@ -139,42 +146,77 @@ class MultiprocessTest(avocado.Test):
             f.truncate(size_mb * MIB)
         return path
 
-    def new_vm(self, memory_mb: Optional[int] = None, control: bool = False,
-               **kwargs) -> MultiprocessVM:
-        """A topology, not yet launched, logging into the output dir; with
-        ``control``, the LSI is emulated inside the guest's QEMU instead."""
-        vm_class = ControlVM if control else MultiprocessVM
+    def new_vm(self, *, placement: Optional[str] = None, memory_mb: Optional[int] = None,
+               **kwargs) -> Machine:
+        """A machine, not yet launched, logging into the output dir, with
+        this test's QEMU, accelerator, machine type and memory unless told
+        otherwise; its devices are placed as the class says (``placement``)
+        unless ``placement`` is given.  Add devices, then ``launch()`` it."""
         kwargs.setdefault('accel', self.accel.name)
         kwargs.setdefault('cpu', self.accel.cpu)
         kwargs.setdefault('machine', self.machine)
-        vm = vm_class(self.caps, self.outputdir, memory_mb=memory_mb or self.memory_mb,
-                      **kwargs)
+        vm = Machine(self.caps, self.outputdir, placement=placement or self.placement,
+                     memory_mb=memory_mb or self.memory_mb, **kwargs)
         self._vms.append(vm)
-        self._guard_launch(vm)
         return vm
 
-    def _guard_launch(self, vm: MultiprocessVM) -> None:
-        """Make ``vm.launch()`` report a known launch failure (e.g. 10.0's
-        proxy crash without KVM) as the known issue it is."""
-        if not vm.multiprocess:
-            return
-        launch, issue_ids = vm.launch, self.launch_guard_issues()
+    def launch(self, vm: Optional[Machine] = None, *,
+               guest: Union[None, str, GuestImage] = None,
+               disks: Sequence[Optional[str]] = (), remote_args: Sequence[str] = (),
+               **machine) -> Machine:
+        """Launch a machine, boot its guest and make it ``self.vm``.
 
-        def guarded_launch(*args, **kwargs):
-            with self.known_issue_guard(*issue_ids):
-                return launch(*args, **kwargs)
-        vm.launch = guarded_launch
-
-    def launch_vm(self, drives: Sequence[str] = (), **kwargs) -> MultiprocessVM:
-        """Launch a proxy with one remote LSI per drive (``lsi1``, ``lsi2``
-        …) and record how long the topology took to come up."""
-        vm = self.new_vm(**kwargs)
-        for index, drive in enumerate(drives or [None], start=1):
-            vm.add_lsi_remote(f'lsi{index}', drive)
+        ``vm`` is one from ``new_vm()`` that the test has furnished itself;
+        without it a new one (``machine`` are ``new_vm()``'s parameters)
+        gets an LSI per disk of ``disks`` (``lsi1``, ``lsi2`` …, one
+        without a disk if there are none), with ``remote_args`` for the
+        process that emulates each.  ``guest`` is None (firmware only), a
+        Linux image (a ``guest_image()`` or its spec: SSH is up on return) or ``AGENT`` (the bare-metal agent: ``vm.guest.agent``).
+        A Linux disk image boots from ``lsi1`` (a private copy) and the
+        disks follow it.  ``vm.guest`` is the guest's session.  A launch
+        that fails as a known issue of this QEMU says so (CANCEL)."""
+        if vm is None:
+            vm = self.new_vm(**machine)
+            drives = [(disk, 'raw') for disk in disks]
+            session = self._guest_session(guest, drives)
+            for index, (drive, fmt) in enumerate(drives or [(None, 'raw')], start=1):
+                vm.add_lsi(f'lsi{index}', drive, fmt=fmt, args=remote_args)
+        elif machine or disks or remote_args:
+            raise HarnessError("launch(vm) takes a furnished machine: give its devices "
+                               "and parameters to new_vm() and add_lsi()")
+        else:
+            session = self._guest_session(guest, [])
+        self.vm = vm
         start = time.monotonic()
-        vm.launch()
-        self.record(topology_up_ms=round((time.monotonic() - start) * 1000, 1))
+        with self.known_issue_guard(*self.launch_guard_issues(vm)):
+            if session is None:
+                vm.launch()
+                self.record(topology_up_ms=round((time.monotonic() - start) * 1000, 1))
+            elif isinstance(session, AgentSession):
+                agent = session.boot(vm)
+                self.record(agent_ready_s=round(session.ready_s, 3),
+                            agent_tsc_mhz=round(agent.tsc_hz / 1e6, 1))
+            else:
+                session.boot(vm)
+                self.record(**session.figures())
         return vm
+
+    def _guest_session(self, guest: Optional[str], drives: list):
+        """The session for ``guest``, registered for teardown; a Linux disk
+        image's private boot copy goes first in ``drives``."""
+        if guest is None:
+            return None
+        if guest == AGENT:
+            session = AgentSession(self.outputdir)
+        else:
+            image = guest if isinstance(guest, GuestImage) else self.guest_image(guest)
+            load_sym53c8xx = self.accel.name == 'kvm'
+            drive, fmt = boot_drive(image, self.workdir, load_sym53c8xx)
+            if drive:
+                drives.insert(0, (drive, fmt))
+            session = GuestSession(image, self.outputdir, load_sym53c8xx=load_sym53c8xx)
+        self._sessions.append(session)
+        return session
 
     def guest_image(self, spec: Optional[str] = None) -> GuestImage:
         """The image named by ``spec`` or by the ``image`` parameter (a
@@ -189,48 +231,8 @@ class MultiprocessTest(avocado.Test):
         self.record(image=image.name, image_resolve_s=round(time.monotonic() - start, 3))
         return image
 
-    def launch_guest(self, image: Optional[str] = None, *, control: bool = False,
-                     data_disk: Optional[str] = None, remote_args: Sequence[str] = (),
-                     **vm_kwargs):
-        """Boot a guest whose LSI (``lsi1``) is in a remote process (or, with
-        ``control``, inside the guest's QEMU) and log in over SSH.
-
-        A disk image boots from the LSI itself (a private copy); a
-        ``-kernel`` image gets ``data_disk`` (if any) as the LSI's disk.
-        sym53c8xx is loaded only under KVM, the one accelerator with which
-        the proxy delivers the LSI's interrupts.  Returns (vm, session).
-        """
-        guest = self.guest_image(image)
-        load_sym53c8xx = self.accel.name == 'kvm'
-        drive, fmt = boot_drive(guest, self.workdir, load_sym53c8xx)
-        vm = self.new_vm(control=control, **vm_kwargs)
-        vm.add_lsi_remote('lsi1', drive or data_disk, fmt=fmt, args=remote_args)
-        session = GuestSession(guest, self.outputdir, load_sym53c8xx=load_sym53c8xx)
-        session.diagnose = lambda err: str(diagnosis.boot_failure(vm, session, err))
-        self._sessions.append(session)
-        vm.add_proxy_args(*session.qemu_args())
-        vm.launch()
-        session.wait_ready(vm.proxy)
-        self.record(**session.figures())
-        return vm, session
-
-    def launch_agent(self, *, control: bool = False, drive: Optional[str] = None,
-                     **vm_kwargs):
-        """Boot the agent (harness/agent) in a VM whose LSI (``lsi1``, with
-        ``drive`` as its disk) is in a remote process or, with ``control``,
-        inside the guest's QEMU.  Returns (vm, session, agent)."""
-        vm = self.new_vm(control=control, **vm_kwargs)
-        vm.add_lsi_remote('lsi1', drive)
-        session = AgentSession(self.outputdir)
-        session.diagnose = lambda err: str(diagnosis.boot_failure(vm, session, err))
-        self._sessions.append(session)
-        agent: Agent = session.boot(vm)
-        self.record(agent_ready_s=round(session.ready_s, 3),
-                    agent_tsc_mhz=round(agent.tsc_hz / 1e6, 1))
-        return vm, session, agent
-
     @contextlib.contextmanager
-    def guest_must_answer(self, vm: MultiprocessVM, session: GuestSession) -> Iterator[None]:
+    def guest_must_answer(self, vm: Machine, session: GuestSession) -> Iterator[None]:
         """Around guest commands that must keep working while a device
         hangs.  One that times out ends the test with where each vCPU was
         (harness/qemu/vcpus.py): a CANCEL when the guest kernel waits in a
@@ -243,7 +245,7 @@ class MultiprocessTest(avocado.Test):
         except CommandTimeout as err:
             symbols = vcpus.KernelSymbols(session.symbols) if session.symbols else None
             try:
-                states = vcpus.snapshot(vm.proxy, symbols)
+                states = vcpus.snapshot(vm.qemu, symbols)
             except QMPError as qmp_err:
                 self.fail(f"{err}; the guest stopped answering and the proxy's QMP does "
                           f"not answer either ({qmp_err})")

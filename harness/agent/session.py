@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 from ..base import deadlines
 from ..guest.console import FirmwareLog
+from ..guest import diagnosis
 from ..guest.session import diagnosed
 from ..mpqemu import proxyram
 from ..qemu.process import QEMUProcess
@@ -37,17 +38,21 @@ class AgentSession:
         # Called with the error when a boot fails (harness/guest/diagnosis.py).
         self.diagnose: Optional[Callable[[Exception], str]] = None
         self._ram: Optional[proxyram.MappedRam] = None
+        self.agent: Optional[Agent] = None      # the client, once ready
 
     def qemu_args(self):
         return (['-kernel', self.elf] + self.firmware.qemu_args()
                 + ['-device', f'isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=1'])
 
     def boot(self, vm) -> Agent:
-        """Launch topology ``vm`` (a MultiprocessVM or its control) with the
-        agent as its guest and wait for it."""
-        vm.add_proxy_args(*self.qemu_args())
+        """Launch machine ``vm`` (harness/mpqemu/topology.py) with the agent
+        as its guest and wait for it; ``vm.guest`` is this session from
+        then on, and a boot that fails says why (harness/guest/diagnosis.py)."""
+        self.diagnose = lambda err: str(diagnosis.boot_failure(vm, self, err))
+        vm.guest = self
+        vm.add_args(*self.qemu_args())
         vm.launch()
-        return self.wait_ready(vm.proxy, vm.memory_mb)
+        return self.wait_ready(vm.qemu, vm.memory_mb)
 
     def wait_ready(self, proxy: QEMUProcess, memory_mb: int,
                    timeout_s: float = deadlines.AGENT_BOOT_S, since: int = 0) -> Agent:
@@ -66,6 +71,7 @@ class AgentSession:
                              f"{agent.ram.gpa:#x} holds no magic: is the guest RAM the "
                              f"harness mapped the proxy's boot RAM?")
         self.ready_s = time.monotonic() - started
+        self.agent = agent
         return agent
 
     def close(self) -> None:

@@ -88,9 +88,9 @@ def _firmware_cause(firmware: List[str], console: List[str]) -> Optional[str]:
 
 def boot_failure(vm, session, error: Exception) -> Diagnosis:
     """Diagnose ``error`` (a console or SSH wait of ``session`` that
-    failed) in topology ``vm`` (a MultiprocessVM or its control)."""
-    proxy = vm.proxy
-    remotes = [r.process for r in vm.remotes.values() if r.process] if vm.multiprocess else []
+    failed) in machine ``vm`` (harness/mpqemu/topology.py)."""
+    proxy = vm.qemu
+    remotes = [r.process for r in vm.remotes() if r.process]
     evidence = [f'error: {str(error).splitlines()[0]}']
     causes: List[str] = []
 

@@ -366,7 +366,7 @@ def bench(out_dir: str, qemu_bin: Optional[str] = None, accel_request: str = 'au
     """The same workloads through the remote LSI and through the
     in-process (control) LSI, each in a freshly booted ``tiny`` guest."""
     from ..base import params
-    from ..mpqemu.topology import ControlVM, MultiprocessVM
+    from ..mpqemu import topology
     from ..qemu import accel as qemu_accel
     from ..qemu import binary as qemu_binary
     from ..images.image import resolve_image
@@ -378,21 +378,20 @@ def bench(out_dir: str, qemu_bin: Optional[str] = None, accel_request: str = 'au
     image = resolve_image('tiny')
     report = {'qemu': '.'.join(map(str, caps.version)), 'accel': accel.name,
               'path': path_for_accel(accel.name), 'workloads': {}, 'boot_s': {}}
-    for kind, vm_class in (('remote', MultiprocessVM), ('in_process', ControlVM)):
+    for kind, placement in (('remote', topology.PROXY), ('in_process', topology.IN_PROCESS)):
         log_dir = os.path.join(out_dir, f'diskio-{kind}')
         os.makedirs(log_dir, exist_ok=True)
         disk = os.path.join(log_dir, 'disk.raw')
         with open(disk, 'wb') as f:
             f.truncate(BENCH_DISK_MIB << 20)
         load = accel.name == 'kvm'
-        vm = vm_class(caps, log_dir, accel=accel.name, smp=BENCH_GUEST_CPUS)
-        vm.add_lsi_remote('lsi1', disk)
+        vm = topology.Machine(caps, log_dir, placement=placement, accel=accel.name,
+                              smp=BENCH_GUEST_CPUS)
+        vm.add_lsi('lsi1', disk)
         session = GuestSession(image, log_dir, load_sym53c8xx=load)
-        vm.add_proxy_args(*session.qemu_args())
         try:
             started = time.monotonic()
-            vm.launch()
-            session.wait_ready(vm.proxy)
+            session.boot(vm)
             report['boot_s'][kind] = round(time.monotonic() - started, 1)
             dio = guest_disk_io(session.ssh, accel.name)
             for w in workloads:

@@ -17,7 +17,9 @@ from ..base import deadlines
 from ..base.errors import HarnessError
 from ..base.hosttools import run_tool
 from ..qemu.process import QEMUProcess
-from .console import (DEFAULT_FAILURE_PATTERNS, FIRMWARE_FAILURE_PATTERNS, Console, ConsoleError, ConsoleFailure, FirmwareLog)
+from . import diagnosis
+from .console import (DEFAULT_FAILURE_PATTERNS, FIRMWARE_FAILURE_PATTERNS, Console, ConsoleError,
+                      ConsoleFailure, FirmwareLog)
 from ..images.image import GuestImage, ImageError, prepare_boot_disk
 from .ssh import GuestSSH, SSHError, connect_to_image, hostfwd_port
 from .symbols import kernel_symbols
@@ -109,6 +111,16 @@ class GuestSession:
             if self.image.initrd:
                 args += ['-initrd', self.image.initrd]
         return args
+
+    def boot(self, vm) -> GuestSSH:
+        """Launch machine ``vm`` (harness/mpqemu/topology.py) with this
+        guest, wait for it and log in; ``vm.guest`` is this session from
+        then on, and a boot that fails says why (harness/guest/diagnosis.py)."""
+        self.diagnose = lambda err: str(diagnosis.boot_failure(vm, self, err))
+        vm.guest = self
+        vm.add_args(*self.qemu_args())
+        vm.launch()
+        return self.wait_ready(vm.qemu)
 
     def wait_ready(self, qemu: QEMUProcess, timeout_s: float = BOOT_TIMEOUT_S) -> GuestSSH:
         """Wait for the ready marker (if the image has one), then SSH.

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from ..qemu.binary import Capabilities
-from ..qemu.process import QEMUProcess
 from .guestmem import GuestMemory
 from .protocol import DEFAULT_REPLY_TIMEOUT_S, FakeProxy, FakeProxyAccess
-from .topology import start_remote
+from .remote import Remote
 
 DEFAULT_RAM_SIZE = 32 << 20
 DEFAULT_RAM_GPA = 0
@@ -28,7 +27,7 @@ DEFAULT_RAM_GPA = 0
 
 @dataclass
 class FakeProxiedRemote:
-    process: QEMUProcess
+    remote: Remote
     proxy: FakeProxy
     memory: GuestMemory
     access: FakeProxyAccess
@@ -44,7 +43,7 @@ class FakeProxiedRemote:
         sure the process is gone, and release guest RAM."""
         try:
             self.proxy.close()
-            self.process.shutdown()
+            self.remote.stop()
         finally:
             self.memory.close()
 
@@ -56,22 +55,22 @@ def launch(caps: Capabilities, *, log_dir: str, drive: Optional[str] = None,
            timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> FakeProxiedRemote:
     """Start a remote LSI (with ``drive`` as its scsi-hd), sync ``ram_size``
     bytes of guest RAM at ``ram_gpa`` and, with ``irq``, send SET_IRQFD."""
+    remote = Remote(devid, drive, fmt, extra_args)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        process = start_remote(caps, devid=devid, sock=theirs, log_dir=log_dir,
-                               drive=drive, fmt=fmt, extra_args=extra_args)
+        remote.start(caps, log_dir, theirs)
     except BaseException:
         ours.close()
         raise
     memory = GuestMemory()
     proxy = FakeProxy(ours, timeout_s=timeout_s)
-    remote = FakeProxiedRemote(process, proxy, memory, FakeProxyAccess(proxy, memory))
+    launched = FakeProxiedRemote(remote, proxy, memory, FakeProxyAccess(proxy, memory))
     try:
         memory.add_region(ram_gpa, ram_size, 'guest-ram')
         proxy.sync_sysmem(memory.sysmem_table())
         if irq:
             proxy.set_irqfd()
     except BaseException:
-        remote.close()
+        launched.close()
         raise
-    return remote
+    return launched

@@ -58,7 +58,7 @@ from ..qemu.binary import Capabilities
 from ..qemu.process import QEMUProcess
 from . import protocol as p
 from .guestmem import PAGE_SIZE, GuestMemory
-from .topology import start_remote
+from .remote import Remote
 
 # The harness's guest RAM for every remote, and where setup puts the BARs.
 RAM_GPA = 0
@@ -646,9 +646,9 @@ class RemotePool:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.launched += 1
         try:
-            process = start_remote(self.caps, devid='lsi1', sock=theirs, log_dir=self.logdir,
-                                   name=f'remote-{self.launched}', qmp=False,
-                                   extra_args=['-trace', RESET_TRACE_EVENT])
+            remote = Remote('lsi1', args=['-trace', RESET_TRACE_EVENT],
+                            name=f'remote-{self.launched}')
+            process = remote.start(self.caps, self.logdir, theirs, qmp=False)
         except BaseException:
             ours.close()
             raise

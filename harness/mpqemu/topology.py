@@ -1,19 +1,24 @@
-"""The multi-process topology: remote device processes plus the proxy.
+"""The machine: the QEMU that runs the guest and where each device lives.
 
-One remote QEMU (``-machine x-remote``) per emulated device, which is what
-QEMU allows: each runs an ``lsi53c895a`` (with a ``scsi-hd`` when given a
-drive) bound by an ``x-remote-object`` to its end of a socketpair.  The
-proxy QEMU runs the guest with memfd-backed shared RAM (the remote maps it
-from the fds that SYNC_SYSMEM sends) and one ``x-pci-proxy-dev`` per remote
-holding the other end.  See docs/system/multi-process.rst in QEMU.
+A :class:`Machine` describes one guest-facing QEMU and its LSI 53C895As.
+Each device has a placement:
 
-Each process inherits only its own socket end, and the harness closes both
-after the launches: any other holder of a remote's end would hide its death
-from the proxy, whose vCPU then blocks for ever (docs/multiprocess-qemu.md,
+``in-process``
+    emulated inside the guest's QEMU, as QEMU normally does: the control
+    against which the multi-process paths are read;
+``proxy``
+    emulated in its own remote process (harness/mpqemu/remote.py), reached
+    through an ``x-pci-proxy-dev`` holding the other end of a socketpair
+    (the mpqemu protocol).  Guest RAM is memfd-backed and shared: the
+    remote maps it from the fds that SYNC_SYSMEM sends.
+
+See docs/system/multi-process.rst in QEMU.  Add devices and arguments,
+then ``launch()``; ``shutdown()`` (or leaving the ``with`` block) stops
+everything whatever state it is in.  The harness closes its copies of the
+socket ends once the processes have theirs (docs/multiprocess-qemu.md,
 "Socket ends").
 """
 
-import logging
 import os
 import signal
 import socket
@@ -23,12 +28,11 @@ from ..base.errors import HarnessError, ParameterError
 from ..qemu import accel as qemu_accel
 from ..qemu.binary import Capabilities
 from ..qemu.process import LAUNCH_TIMEOUT_S, QEMUProcess
-from .faults import FaultInjector
-from .watchdog import RemoteWatchdog
+from .remote import Remote, check_drive, lsi_device_args
 
-LOG = logging.getLogger(__name__)
-
-DISK_FORMATS = ('raw', 'qcow2')
+IN_PROCESS = 'in-process'
+PROXY = 'proxy'
+PLACEMENTS = (IN_PROCESS, PROXY)
 # A remote exits by itself once the proxy's end of its socket closes
 # (hw/remote/mpqemu-link.c sees EOF); teardown gives it this long.
 REMOTE_SELF_EXIT_S = 2.0
@@ -38,147 +42,56 @@ DEFAULT_CPU = 'default'      # the accelerator's usual model (qemu/accel.py defa
 HOTPLUG_TIMEOUT_S = 20.0
 
 
-def _check_drive(drive: Optional[str], fmt: str) -> None:
-    if fmt not in DISK_FORMATS:
-        raise ParameterError(f"disk format {fmt!r} is not one of {', '.join(DISK_FORMATS)}")
-    if drive is None:
-        return
-    if not os.path.isfile(drive):
-        raise ParameterError(f"disk image {drive} does not exist or is not a file "
-                             f"(build images with 'make images' or pass an existing path)")
-    if not os.access(drive, os.R_OK | os.W_OK):
-        raise ParameterError(f"disk image {drive} is not readable and writable by this user")
+def check_placement(placement: str) -> str:
+    if placement not in PLACEMENTS:
+        raise ParameterError(f"device placement {placement!r} is not one of "
+                             f"{', '.join(PLACEMENTS)}")
+    return placement
 
 
-def lsi_device_args(devid: str, drive: Optional[str], fmt: str = 'raw',
-                    addr: Optional[str] = None) -> List[str]:
-    """An LSI 53C895A called ``devid`` with ``drive`` as scsi-hd 0, the same
-    in a remote process and in the control VM."""
-    args = ['-device', f'lsi53c895a,id={devid}' + (f',addr={addr}' if addr else '')]
-    if drive is not None:
-        args += ['-drive', f'id={devid}-drive,file={drive},format={fmt},if=none',
-                 '-device', f'scsi-hd,id={devid}-hd,drive={devid}-drive,'
-                            f'bus={devid}.0,scsi-id=0']
-    return args
+class Device:
+    """One LSI 53C895A of the machine and where it is emulated.
 
+    ``args`` go to the process that emulates it: its remote, or the
+    guest's QEMU for an in-process device.  ``remote`` is None in-process.
+    """
 
-def remote_args(caps: Capabilities, devid: str, drive: Optional[str], fd: int,
-                fmt: str = 'raw') -> List[str]:
-    """Command line of a remote process serving one LSI 53C895A."""
-    names = caps.require_multiprocess()
-    return (['-machine', names.machine, '-nodefaults', '-display', 'none']
-            + lsi_device_args(devid, drive, fmt)
-            + ['-object', f'{names.remote_object},id={devid}-obj,devid={devid},fd={fd}'])
-
-
-def remote_process(caps: Capabilities, *, devid: str, sock: socket.socket, log_dir: str,
-                   drive: Optional[str] = None, fmt: str = 'raw',
-                   extra_args: Sequence[str] = (), name: Optional[str] = None,
-                   qmp: bool = True) -> QEMUProcess:
-    """A remote process for ``sock`` (its end of the socketpair), not yet
-    launched: add monitors or arguments, launch, then close ``sock``."""
-    _check_drive(drive, fmt)
-    return QEMUProcess(caps.path,
-                       remote_args(caps, devid, drive, sock.fileno(), fmt) + list(extra_args),
-                       name=name or f'remote-{devid}', log_dir=log_dir,
-                       pass_fds=[sock.fileno()], qmp=qmp,
-                       fd_roles={sock.fileno(): 'the socket to the proxy'})
-
-
-def start_remote(caps: Capabilities, *, devid: str, sock: socket.socket, log_dir: str,
-                 drive: Optional[str] = None, fmt: str = 'raw',
-                 extra_args: Sequence[str] = (), name: Optional[str] = None,
-                 qmp: bool = True) -> QEMUProcess:
-    """Launch a remote process on ``sock`` (its end of the socketpair),
-    then close ``sock`` here so that the remote is its only holder.
-    Without ``qmp`` it returns as soon as the process is forked: the
-    socket buffers what is sent before the remote is up (the fuzzer
-    relaunches remotes by the hundred and cannot wait for QMP)."""
-    process = remote_process(caps, devid=devid, sock=sock, log_dir=log_dir, drive=drive,
-                             fmt=fmt, extra_args=extra_args, name=name, qmp=qmp)
-    try:
-        process.launch()
-    finally:
-        sock.close()
-    return process
-
-
-class RemoteDevice:
-    """One remote process and what the proxy needs to reach it."""
-
-    def __init__(self, devid: str, drive: Optional[str], fmt: str,
-                 extra_args: Sequence[str], addr: Optional[str]):
+    def __init__(self, devid: str, drive: Optional[str], fmt: str, args: Sequence[str],
+                 addr: Optional[str], placement: str):
         self.devid = devid
         self.drive = drive
         self.fmt = fmt
-        self.extra_args = list(extra_args)
+        self.args = list(args)
         self.addr = addr
-        self.process: Optional[QEMUProcess] = None
-        self.past: List[QEMUProcess] = []                 # replaced by restarts
+        self.placement = check_placement(placement)
+        self.remote = Remote(devid, drive, fmt, args) if placement == PROXY else None
         self.proxy_sock: Optional[socket.socket] = None   # until the proxy has it
-        self.watchdog: Optional[RemoteWatchdog] = None
-        self.faults: Optional[FaultInjector] = None
-        self.generation = 0                               # restarts so far
 
-    def start(self, caps: Capabilities, log_dir: str, sock: socket.socket,
-              watch: bool, timeout_s: float = LAUNCH_TIMEOUT_S) -> None:
-        """Launch the remote on ``sock`` (closed here afterwards), with a
-        watchdog if ``watch``."""
-        name = f'remote-{self.devid}' + (f'-{self.generation}' if self.generation else '')
-        watchdog = None
-        try:
-            process = remote_process(caps, devid=self.devid, sock=sock, log_dir=log_dir,
-                                     drive=self.drive, fmt=self.fmt,
-                                     extra_args=self.extra_args, name=name)
-            watchdog = RemoteWatchdog(process) if watch else None
-            process.launch(timeout_s)
-        except BaseException:
-            if watchdog:
-                watchdog.stop()        # its pipe and monitor socket
-            raise
-        finally:
-            sock.close()
-        self.process, self.watchdog = process, watchdog
-        self.faults = FaultInjector(process, watchdog)
-        if watchdog:
-            watchdog.start()
-
-    def socket_role(self) -> str:
-        """What the proxy's end of this remote's socket is, for messages
-        about a proxy thread waiting on it."""
-        process = self.process
-        if process is None:
-            return f'the socket to remote {self.devid}'
-        return f'the socket to {process.name}, {process.state_description()}'
-
-    def stop_watchdog(self) -> None:
-        if self.watchdog:
-            self.watchdog.stop()
-
-    def proxy_device_arg(self, caps: Capabilities) -> str:
+    def qemu_args(self, caps: Capabilities) -> List[str]:
+        """What the guest's QEMU needs for this device."""
+        if self.remote is None:
+            check_drive(self.drive, self.fmt)
+            return lsi_device_args(self.devid, self.drive, self.fmt, self.addr) + self.args
         names = caps.require_multiprocess()
         arg = f'{names.proxy_device},id={self.devid},fd={self.proxy_sock.fileno()}'
-        return arg + (f',addr={self.addr}' if self.addr else '')
-
-    @property
-    def pid(self) -> Optional[int]:
-        return self.process.pid if self.process else None
+        return ['-device', arg + (f',addr={self.addr}' if self.addr else '')]
 
 
-class MultiprocessVM:
-    """A proxy QEMU and its remote device processes, owned as one unit.
+class Machine:
+    """The guest's QEMU and its devices' processes, owned as one unit.
 
-    Add remotes and extra arguments, then ``launch()``; ``shutdown()`` (or
-    leaving the ``with`` block) stops everything whatever state it is in.
+    ``placement`` is where ``add_lsi`` puts a device unless told
+    otherwise; ``args`` are extra arguments for the guest's QEMU.  ``qemu`` is the QEMU that runs the guest (the proxy, for
+    devices placed in remotes); ``remote(devid)`` is a device's remote.
     """
 
-    multiprocess = True
-
-    def __init__(self, caps: Capabilities, log_dir: str, *, accel: str = 'tcg',
-                 machine: str = 'pc', memory_mb: int = 256, memory_slots: int = 0,
-                 maxmem_mb: Optional[int] = None, smp: int = 1, watchdog: bool = False,
-                 cpu: Optional[str] = DEFAULT_CPU):
-        if self.multiprocess:
+    def __init__(self, caps: Capabilities, log_dir: str, *, placement: str = PROXY,
+                 accel: str = 'tcg', machine: str = 'pc', memory_mb: int = 256,
+                 memory_slots: int = 0, maxmem_mb: Optional[int] = None, smp: int = 1,
+                 watchdog: bool = False, cpu: Optional[str] = DEFAULT_CPU,
+                 args: Sequence[str] = ()):
+        self.placement = check_placement(placement)
+        if placement != IN_PROCESS:
             caps.require_multiprocess()
         if accel not in caps.accelerators:
             raise ParameterError(f"accelerator {accel!r} is not built into QEMU at "
@@ -187,6 +100,8 @@ class MultiprocessVM:
             raise ParameterError(f"memory_mb={memory_mb}: the guest needs some RAM")
         if memory_slots and (maxmem_mb or 0) <= memory_mb:
             raise ParameterError("memory slots need maxmem_mb larger than memory_mb")
+        if smp < 1:
+            raise ParameterError(f"smp={smp}: the guest needs a vCPU")
         self.caps = caps
         self.log_dir = log_dir
         self.accel = accel
@@ -194,48 +109,74 @@ class MultiprocessVM:
         self.memory_mb = memory_mb
         self.memory_slots = memory_slots
         self.maxmem_mb = maxmem_mb
-        if smp < 1:
-            raise ParameterError(f"smp={smp}: the guest needs a vCPU")
         self.smp = smp
         self.watchdog = watchdog          # a RemoteWatchdog on every remote
         # -cpu: 'host' under KVM on VMX/SVM; QEMU's default model under PVM
         # (-cpu host aborts there: "failed to set MSR 0x10a") and TCG.
         self.cpu = qemu_accel.default_cpu(accel) if cpu == DEFAULT_CPU else cpu
-        self.remotes: Dict[str, RemoteDevice] = {}
-        self.proxy_extra_args: List[str] = []
-        self.proxy: Optional[QEMUProcess] = None
+        self.devices: Dict[str, Device] = {}
+        self.extra_args: List[str] = list(args)     # for the guest's QEMU
+        self.qemu: Optional[QEMUProcess] = None
+        # The session of the guest it runs, set by whoever boots one
+        # (harness/guest/session.py, harness/agent/session.py).
+        self.guest = None
         os.makedirs(log_dir, exist_ok=True)
 
-    def __enter__(self) -> 'MultiprocessVM':
+    def __enter__(self) -> 'Machine':
         return self
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
 
-    def add_lsi_remote(self, devid: str, drive: Optional[str] = None, fmt: str = 'raw',
-                       args: Sequence[str] = (), addr: Optional[str] = None) -> RemoteDevice:
-        """Declare a remote process serving an LSI 53C895A with ``drive``
-        as its disk; ``args`` are extra arguments for that remote."""
-        if self.proxy:
-            raise HarnessError("add remotes before launch(); hot-plug is a separate step")
-        if devid in self.remotes:
-            raise ParameterError(f"there already is a remote device {devid!r}")
-        _check_drive(drive, fmt)
-        remote = RemoteDevice(devid, drive, fmt, args, addr)
-        self.remotes[devid] = remote
-        return remote
+    def add_lsi(self, devid: str, drive: Optional[str] = None, fmt: str = 'raw',
+                args: Sequence[str] = (), addr: Optional[str] = None,
+                placement: Optional[str] = None) -> Device:
+        """Declare an LSI 53C895A with ``drive`` as its disk, placed as the
+        machine's devices are unless ``placement`` says otherwise; ``args``
+        are extra arguments for the process that emulates it."""
+        if self.qemu:
+            raise HarnessError("add devices before launch(); hot-plug is a separate step")
+        if devid in self.devices:
+            raise ParameterError(f"there already is a device {devid!r}")
+        placement = check_placement(placement or self.placement)
+        if placement != IN_PROCESS:
+            self.caps.require_multiprocess()
+        check_drive(drive, fmt)
+        device = Device(devid, drive, fmt, args, addr, placement)
+        self.devices[devid] = device
+        return device
 
-    def add_proxy_args(self, *args: str) -> None:
-        if self.proxy:
-            raise HarnessError("proxy arguments must be added before launch()")
-        self.proxy_extra_args.extend(args)
+    def add_args(self, *args: str) -> None:
+        """Arguments for the guest's QEMU."""
+        if self.qemu:
+            raise HarnessError("arguments for the guest's QEMU must be added before launch()")
+        self.extra_args.extend(args)
 
-    def remote(self, devid: str) -> QEMUProcess:
-        return self.remotes[devid].process
+    @property
+    def multiprocess(self) -> bool:
+        return any(d.remote for d in self.devices.values())
+
+    def remotes(self) -> List[Remote]:
+        return [d.remote for d in self.devices.values() if d.remote]
+
+    def remote(self, devid: str) -> Remote:
+        """The remote that emulates device ``devid``."""
+        device = self._device(devid)
+        if device.remote is None:
+            raise HarnessError(f"{devid} is emulated inside the guest's QEMU: it has no "
+                               f"remote process")
+        return device.remote
 
     def device_process(self, devid: str) -> QEMUProcess:
-        """The process that emulates device ``devid``: its remote."""
-        return self.remote(devid)
+        """The process that emulates device ``devid``, wherever it is."""
+        device = self._device(devid)
+        return device.remote.process if device.remote else self.qemu
+
+    def _device(self, devid: str) -> Device:
+        if devid not in self.devices:
+            raise HarnessError(f"the machine has no device {devid!r} "
+                               f"(it has {', '.join(self.devices) or 'none'})")
+        return self.devices[devid]
 
     def disk_stats(self, devid: str) -> dict:
         """query-blockstats ``stats`` (rd_bytes, wr_bytes...) of the disk
@@ -254,39 +195,35 @@ class MultiprocessVM:
                 '-object', f'memory-backend-memfd,id=sysmem,size={self.memory_mb}M,share=on',
                 '-numa', 'node,memdev=sysmem']
 
-    def device_args(self) -> List[str]:
-        """How the guest-facing QEMU reaches each LSI: a proxy device."""
-        args = []
-        for remote in self.remotes.values():
-            args += ['-device', remote.proxy_device_arg(self.caps)]
-        return args
-
-    def proxy_args(self) -> List[str]:
+    def qemu_args(self) -> List[str]:
         args = ['-accel', self.accel, '-machine', self.machine, '-smp', str(self.smp),
                 '-nodefaults', '-display', 'none', *self.caps.firmware_args,
                 *self._memory_args()]
         if self.cpu:
             args += ['-cpu', self.cpu]
-        return args + self.device_args() + self.proxy_extra_args
+        for device in self.devices.values():
+            args += device.qemu_args(self.caps)
+        return args + self.extra_args
 
     def launch(self, timeout_s: float = LAUNCH_TIMEOUT_S) -> None:
-        """Start every remote, then the proxy (``timeout_s`` each to answer
-        QMP).  On failure, everything started so far is stopped before the
-        error propagates."""
-        if not self.remotes:
-            raise HarnessError("a multi-process VM needs at least one remote device")
+        """Start every remote, then the guest's QEMU (``timeout_s`` each to
+        answer QMP).  On failure, everything started so far is stopped
+        before the error propagates."""
+        if not self.devices:
+            raise HarnessError("the machine needs at least one device")
+        proxied = [d for d in self.devices.values() if d.remote]
         try:
-            for remote in self.remotes.values():
-                remote.proxy_sock, remote_sock = socket.socketpair(socket.AF_UNIX,
+            for device in proxied:
+                device.proxy_sock, remote_sock = socket.socketpair(socket.AF_UNIX,
                                                                    socket.SOCK_STREAM)
-                remote.start(self.caps, self.log_dir, remote_sock, self.watchdog, timeout_s)
-            self.proxy = QEMUProcess(self.caps.path, self.proxy_args(), name='proxy',
-                                     log_dir=self.log_dir,
-                                     pass_fds=[r.proxy_sock.fileno()
-                                               for r in self.remotes.values()],
-                                     fd_roles={r.proxy_sock.fileno(): r.socket_role
-                                               for r in self.remotes.values()})
-            self.proxy.launch(timeout_s)
+                device.remote.start(self.caps, self.log_dir, remote_sock,
+                                    watch=self.watchdog, timeout_s=timeout_s)
+            self.qemu = QEMUProcess(self.caps.path, self.qemu_args(),
+                                    name='proxy' if proxied else 'vm', log_dir=self.log_dir,
+                                    pass_fds=[d.proxy_sock.fileno() for d in proxied],
+                                    fd_roles={d.proxy_sock.fileno(): d.remote.socket_role
+                                              for d in proxied})
+            self.qemu.launch(timeout_s)
         except BaseException:
             self.shutdown()
             raise
@@ -294,58 +231,54 @@ class MultiprocessVM:
             self._close_proxy_socks()
 
     def _close_proxy_socks(self) -> None:
-        for remote in self.remotes.values():
-            if remote.proxy_sock:
-                remote.proxy_sock.close()
-                remote.proxy_sock = None
+        for device in self.devices.values():
+            if device.proxy_sock:
+                device.proxy_sock.close()
+                device.proxy_sock = None
 
     def processes(self) -> List[QEMUProcess]:
-        procs = [self.proxy] if self.proxy else []
-        return procs + [p for r in self.remotes.values() for p in r.past + [r.process] if p]
+        procs = [self.qemu] if self.qemu else []
+        return procs + [p for r in self.remotes() for p in r.processes()]
 
-    def restart_remote(self, devid: str, timeout_s: float = HOTPLUG_TIMEOUT_S) -> RemoteDevice:
+    def restart_remote(self, devid: str, timeout_s: float = HOTPLUG_TIMEOUT_S) -> Remote:
         """Replace a (dead or alive) remote with a fresh one on the same
         disk: unplug its proxy device (the guest's ACPI hot-plug must
         complete it), start a new remote, hand the proxy its socket end
         with QMP getfd and hot-plug a new proxy device with the same id."""
-        remote = self.remotes[devid]
+        device, remote = self._device(devid), self.remote(devid)
         names = self.caps.require_multiprocess()
-        self.proxy.qmp('device_del', id=devid)
-        self.proxy.get_event('DEVICE_DELETED', timeout_s)   # the guest let it go
-        remote.stop_watchdog()
-        if remote.process:
-            remote.process.shutdown()
-            remote.past.append(remote.process)
-        remote.generation += 1
+        self.qemu.qmp('device_del', id=devid)
+        self.qemu.get_event('DEVICE_DELETED', timeout_s)   # the guest let it go
+        remote.stop()
         proxy_end, remote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            remote.start(self.caps, self.log_dir, remote_end, self.watchdog)
+            remote.start(self.caps, self.log_dir, remote_end, watch=self.watchdog)
             fdname = f'{devid}-sock-{remote.generation}'
-            self.proxy.send_fd(proxy_end.fileno(), fdname)
+            self.qemu.send_fd(proxy_end.fileno(), fdname)
         finally:
             proxy_end.close()      # the proxy holds its copy now
         args = {'driver': names.proxy_device, 'id': devid, 'fd': fdname}
-        if remote.addr:
-            args['addr'] = remote.addr
-        self.proxy.qmp('device_add', **args)
+        if device.addr:
+            args['addr'] = device.addr
+        self.qemu.qmp('device_add', **args)
         return remote
 
     def shutdown(self) -> Dict[str, str]:
-        """Stop the proxy, then the remotes (which normally exit on their
-        own once the proxy is gone).  Returns how each process ended."""
+        """Stop the guest's QEMU, then the remotes (which normally exit on
+        their own once the proxy is gone).  Returns how each process ended."""
         ended, errors = {}, []
-        for remote in self.remotes.values():
+        for remote in self.remotes():
             try:
                 remote.stop_watchdog()
             except Exception as err:  # pylint: disable=broad-except
                 errors.append(err)
         # A SIGSTOPped remote would keep the proxy's vCPU waiting for a
         # reply and make the quit slow; wake the remotes first.
-        for remote in self.remotes.values():
+        for remote in self.remotes():
             if remote.process and remote.process.is_running():
                 remote.process.send_signal(signal.SIGCONT)
         for process in self.processes():
-            if process is not self.proxy:
+            if process is not self.qemu:
                 process.wait_exit(REMOTE_SELF_EXIT_S)
             try:
                 ended[process.name] = process.shutdown()
@@ -355,37 +288,3 @@ class MultiprocessVM:
         if errors:
             raise errors[0]
         return ended
-
-
-class ControlVM(MultiprocessVM):
-    """The same machine with each LSI emulated inside the guest's QEMU.
-
-    A control for the multi-process tests: same memory set-up, same
-    devices, same guest, so a failure seen only with MultiprocessVM points
-    at the multi-process path rather than at the image or the test.  Its
-    single QEMU is ``proxy`` (the guest-facing process) and it has no
-    remote processes.
-    """
-
-    multiprocess = False
-
-    def device_args(self) -> List[str]:
-        args = []
-        for remote in self.remotes.values():
-            args += lsi_device_args(remote.devid, remote.drive, remote.fmt, remote.addr)
-        return args
-
-    def remote(self, devid: str) -> QEMUProcess:
-        raise HarnessError(f"{devid} is emulated inside the control VM: it has no remote process")
-
-    def device_process(self, devid: str) -> QEMUProcess:
-        if devid not in self.remotes:
-            raise HarnessError(f"the control VM has no device {devid!r}")
-        return self.proxy
-
-    def launch(self, timeout_s: float = LAUNCH_TIMEOUT_S) -> None:
-        if not self.remotes:
-            raise HarnessError("the control VM needs at least one LSI device")
-        self.proxy = QEMUProcess(self.caps.path, self.proxy_args(), name='vm',
-                                 log_dir=self.log_dir)
-        self.proxy.launch(timeout_s)

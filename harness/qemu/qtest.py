@@ -7,7 +7,7 @@ QEMU connects to a unix socket the harness listens on (``-qtest
 unix:PATH``), so the harness owns the socket from before the launch:
 
     listener = QTestListener()
-    vm.add_proxy_args(*listener.qemu_args(log_path))
+    vm.add_args(*listener.qemu_args(log_path))
     vm.launch()
     client = listener.accept(timeout_s=5)
     access = QTestPciAccess(client, slot=3, ram_bytes=256 << 20)
@@ -31,7 +31,7 @@ import shutil
 import socket
 import tempfile
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from ..base.errors import HarnessError
 from ..mpqemu.guestmem import FirstFit
@@ -340,16 +340,21 @@ class QTestPciAccess:
 
 
 def launch_lsi(vm, *, drive: Optional[str], slot: int, ram_bytes: int,
-               irq_gsi: Optional[int] = None, qtest_log: Optional[str] = None):
-    """Add an LSI ``lsi1`` at ``slot`` to a not yet launched qtest
-    topology (``MultiprocessVM`` or ``ControlVM`` made with accel='qtest'),
-    launch it and connect.  Returns (client, access); the caller closes
-    the client and shuts the VM down."""
-    vm.add_lsi_remote('lsi1', drive, addr=f'{slot:#x}')
+               irq_gsi: Optional[int] = None, qtest_log: Optional[str] = None,
+               launch: Optional[Callable[[object], object]] = None):
+    """Add an LSI ``lsi1`` at ``slot`` to a not yet launched machine made
+    with accel='qtest' (harness/mpqemu/topology.py), launch it (with
+    ``launch(vm)`` if given, e.g. a test's own launch) and connect.
+    Returns (client, access); the caller closes the client and shuts the
+    machine down."""
+    vm.add_lsi('lsi1', drive, addr=f'{slot:#x}')
     listener = QTestListener()
     try:
-        vm.add_proxy_args(*listener.qemu_args(qtest_log))
-        vm.launch()
+        vm.add_args(*listener.qemu_args(qtest_log))
+        if launch:
+            launch(vm)
+        else:
+            vm.launch()
         client = listener.accept()
     finally:
         listener.close()

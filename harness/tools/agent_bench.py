@@ -25,7 +25,7 @@ from typing import Dict, List
 from . import bench
 from ..base import params
 from ..devices import lsi
-from ..mpqemu.topology import ControlVM, MultiprocessVM
+from ..mpqemu import topology
 from ..qemu import accel as qemu_accel
 from ..qemu import binary as qemu_binary
 from ..agent.access import AgentAccess
@@ -44,9 +44,9 @@ KINDS = ('remote', 'in-process')
 
 
 def _boot(caps, accel, kind: str, workdir: str, disk: str):
-    vm_class = ControlVM if kind == 'in-process' else MultiprocessVM
-    vm = vm_class(caps, workdir, accel=accel.name, cpu=accel.cpu)
-    vm.add_lsi_remote('lsi1', disk)
+    placement = topology.IN_PROCESS if kind == 'in-process' else topology.PROXY
+    vm = topology.Machine(caps, workdir, placement=placement, accel=accel.name, cpu=accel.cpu)
+    vm.add_lsi('lsi1', disk)
     session = AgentSession(workdir)
     return vm, session, session.boot(vm)
 

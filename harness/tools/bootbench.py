@@ -20,7 +20,7 @@ from ..base import params
 from .bench import spread, write_report
 from ..images.image import resolve_image
 from ..guest.session import GuestSession, boot_drive
-from ..mpqemu.topology import ControlVM, MultiprocessVM
+from ..mpqemu import topology
 from ..qemu import accel as qemu_accel
 from ..qemu import binary as qemu_binary
 
@@ -30,13 +30,12 @@ DEFAULT_RUNS = 5
 def boot_once(caps, accel: str, image, workdir: str, control: bool) -> dict:
     log_dir = tempfile.mkdtemp(prefix='boot-', dir=workdir)
     drive, fmt = boot_drive(image, log_dir, load_sym53c8xx=accel == 'kvm')
-    vm = (ControlVM if control else MultiprocessVM)(caps, log_dir, accel=accel)
-    vm.add_lsi_remote('lsi1', drive, fmt=fmt)
+    placement = topology.IN_PROCESS if control else topology.PROXY
+    vm = topology.Machine(caps, log_dir, placement=placement, accel=accel)
+    vm.add_lsi('lsi1', drive, fmt=fmt)
     session = GuestSession(image, log_dir, load_sym53c8xx=accel == 'kvm')
-    vm.add_proxy_args(*session.qemu_args())
     try:
-        vm.launch()
-        session.wait_ready(vm.proxy)
+        session.boot(vm)
         return session.figures()
     finally:
         session.close()

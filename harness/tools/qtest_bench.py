@@ -21,7 +21,7 @@ from typing import Dict
 from . import bench
 from ..base import bytecheck, params
 from ..devices import lsi
-from ..mpqemu.topology import ControlVM, MultiprocessVM
+from ..mpqemu import topology
 from ..qemu import binary as qemu_binary
 from ..qemu.qtest import launch_lsi
 
@@ -38,8 +38,9 @@ def measure_one(caps, workdir: str, control: bool, runs: int, samples: int,
     log_dir = os.path.join(workdir, name)
     image = bytecheck.write_random_image(os.path.join(workdir, f'{name}.raw'),
                                          dma_bytes + (IMAGE_SLACK_MIB << 20))
-    vm_class = ControlVM if control else MultiprocessVM
-    with vm_class(caps, log_dir, accel='qtest', machine='pc', memory_mb=RAM_MB) as vm:
+    placement = topology.IN_PROCESS if control else topology.PROXY
+    with topology.Machine(caps, log_dir, placement=placement, accel='qtest', machine='pc',
+                          memory_mb=RAM_MB) as vm:
         client, access = launch_lsi(vm, drive=image, slot=SLOT, ram_bytes=RAM_MB << 20)
         try:
             device = lsi.Lsi53c895a(access)

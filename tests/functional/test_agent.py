@@ -29,9 +29,9 @@ from harness.agent.lsi_intx import VECTOR, IntxSource
 from harness.agent.mailbox import FAULT_EXIT_STATUS, Command, Op, Status
 from harness.devices import lsi, pci
 from harness.guest import lsi_dma
-from harness.mpqemu import hotplug, memview
+from harness.mpqemu import hotplug, memview, topology
 from harness.mpqemu.proxyram import MappedRam
-from harness.testing import MIB, MultiprocessTest
+from harness.testing import AGENT, MIB, MultiprocessTest
 from harness.base.waiting import wait_until
 
 INTX_ISSUE = 'proxy-intx-needs-kvm'
@@ -60,13 +60,12 @@ class AgentTest(MultiprocessTest):
     """Shared steps; no tests of its own."""
 
     guest = 'agent'
-    control = False
     timeout = deadlines.test_timeout(agent_boots=1, waits_s=60)
 
     def boot(self, drive=None, **vm_kwargs) -> lsi.Lsi53c895a:
         """The agent booted, the LSI found and set up through it."""
-        self.vm, self.session, self.agent = self.launch_agent(control=self.control, drive=drive,
-                                                              **vm_kwargs)
+        vm = self.launch(guest=AGENT, disks=[drive], **vm_kwargs)
+        self.session, self.agent = vm.guest, vm.guest.agent
         self.bdf = self.agent.find_device(lsi.VENDOR_ID, lsi.DEVICE_ID)
         self.access = AgentAccess(self.agent, self.bdf, self.vm.memory_mb * MIB)
         self.lsi = lsi.Lsi53c895a(self.access)
@@ -136,7 +135,7 @@ class ProxiedAgent(AgentTest):
         message = str(caught.exception)
         self.assertIn('the agent took CPU exception 6 (#UD) at eip', message)
         self.assertIn('running command #0 of 1 (TRAP)', message)
-        self.assertEqual(self.vm.proxy.wait(5), FAULT_EXIT_STATUS)
+        self.assertEqual(self.vm.qemu.wait(5), FAULT_EXIT_STATUS)
 
 
 class InProcessAgent(ProxiedAgent):
@@ -146,7 +145,7 @@ class InProcessAgent(ProxiedAgent):
     :avocado: tags=agent,control
     """
 
-    control = True
+    placement = topology.IN_PROCESS
 
 
 class ProxiedIntx(AgentTest):
@@ -220,7 +219,7 @@ class InProcessIntx(ProxiedIntx):
     :avocado: tags=agent,control
     """
 
-    control = True
+    placement = topology.IN_PROCESS
 
 
 class ProxiedScsi(AgentTest):
@@ -265,7 +264,7 @@ class InProcessScsi(ProxiedScsi):
     :avocado: tags=agent,diskio,control
     """
 
-    control = True
+    placement = topology.IN_PROCESS
 
 
 class ProxiedAgentFaults(AgentTest):
@@ -280,7 +279,7 @@ class ProxiedAgentFaults(AgentTest):
         source = self.intx()
         with self.known_issue_guard(INTX_ISSUE):
             source.check(self.agent.run(source.cycle(IRQ_TIMEOUT_MS))[1], 'a SCRIPTS INT')
-        remote = self.vm.remotes['lsi1']
+        remote = self.vm.remote('lsi1')
         agent = self.agent
 
         def kill_once_the_guest_waits():
@@ -298,13 +297,13 @@ class ProxiedAgentFaults(AgentTest):
         self.assertEqual(restart[1].status, Status.TIMEOUT, 'a dead remote interrupted')
         self.assertEqual(self.access.bar_read(self.mmio(lsi.SCRATCHA), 4, True), ALL_ONES_32)
         self.assertEqual(self.access.config_read(pci.VENDOR_ID, 4), ALL_ONES_32)
-        self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
+        self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
 
     def test_stopped_remote_blocks_the_access_until_it_continues(self):
         self.boot()
         scratcha = self.mmio(lsi.SCRATCHA)
         self.access.bar_write(scratcha, 0x5a5a1234, 4, True)
-        remote = self.vm.remotes['lsi1']
+        remote = self.vm.remote('lsi1')
         remote.faults.hang()
         with self.assertRaises(AgentTimeout) as caught:
             self.agent.run([Command(Op.MEM_READ, addr=scratcha, size=4)], timeout_s=BLOCKED_S)
@@ -313,7 +312,7 @@ class ProxiedAgentFaults(AgentTest):
         self.assertIn("the guest's timer stopped at tick", message)
         self.assertIn('waits for a reply on the socket to remote-lsi1, stopped (SIGSTOP)',
                       message)
-        self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
+        self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
         remote.faults.resume()
         read, = self.agent.finish_late(LATE_TIMEOUT_S)
         self.assertEqual(read.value, 0x5a5a1234)
@@ -339,8 +338,8 @@ class ProxiedResetWithInterruptPending(AgentTest):
         self.assertTrue(self.access.bar_read(self.mmio(lsi.ISTAT0), 1, True) & lsi.ISTAT0_DIP)
         since = self.session.firmware.mark()
         self.agent.forget_boot()
-        self.vm.proxy.qmp('system_reset')
-        agent = self.session.wait_ready(self.vm.proxy, self.vm.memory_mb, since=since)
+        self.vm.qemu.qmp('system_reset')
+        agent = self.session.wait_ready(self.vm.qemu, self.vm.memory_mb, since=since)
         self.assertEqual(agent.header('boots'), 2)
         self.record(reset_to_agent_ready_s=round(self.session.ready_s, 3))
         self.access = AgentAccess(agent, agent.find_device(lsi.VENDOR_ID, lsi.DEVICE_ID),
@@ -363,7 +362,7 @@ class InProcessResetWithInterruptPending(ProxiedResetWithInterruptPending):
     :avocado: tags=agent,reset,control
     """
 
-    control = True
+    placement = topology.IN_PROCESS
 
 
 class ProxiedDimmDma(AgentTest):
@@ -400,9 +399,9 @@ class ProxiedDimmDma(AgentTest):
         bytecheck.write_image(disk, LBA_PATTERN * BLOCK, pattern)
         self.boot(drive=disk, memory_slots=2, maxmem_mb=self.memory_mb + 2 * DIMM_BYTES // MIB)
         source = self.intx()
-        dimm = hotplug.MemoryHotplug(self.vm.proxy, self.workdir).plug('dimm0', DIMM_BYTES)
-        if not self.control:
-            memview.wait_remote_view(self.vm.remote('lsi1'),
+        dimm = hotplug.MemoryHotplug(self.vm.qemu, self.workdir).plug('dimm0', DIMM_BYTES)
+        if self.vm.multiprocess:
+            memview.wait_remote_view(self.vm.remote('lsi1').process,
                                      lambda r: hotplug.maps_range(r, dimm.addr, dimm.size),
                                      what=f'dimm0 at {dimm.addr:#x}')
         ram = MappedRam(dimm.path, dimm.addr, dimm.size)
@@ -430,4 +429,4 @@ class InProcessDimmDma(ProxiedDimmDma):
     :avocado: tags=agent,hotplug,control
     """
 
-    control = True
+    placement = topology.IN_PROCESS

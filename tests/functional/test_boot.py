@@ -14,6 +14,7 @@ import random
 from harness.devices import lsi as lsi_regs
 from harness.images.image import resolve_image
 from harness.guest.pci import find_device
+from harness.mpqemu import topology
 from harness.testing import MultiprocessTest
 
 
@@ -24,7 +25,6 @@ class BootFromRemoteLsi(MultiprocessTest):
     :avocado: tags=boot,ssh
     """
 
-    control = False
 
     def lsi_drive_reads(self, vm) -> int:
         """Bytes read from the LSI's disk by whichever process emulates it."""
@@ -53,7 +53,8 @@ class BootFromRemoteLsi(MultiprocessTest):
         self.assertEqual(lsi.driver(), expected)
 
     def test_lsi_boot_disk_to_ssh(self):
-        vm, session = self.launch_guest('lsi-boot', control=self.control)
+        vm = self.launch(guest='lsi-boot')
+        session = vm.guest
         ssh = session.ssh
         # syslinux, loaded by SeaBIOS from the LSI disk, started this kernel.
         self.assertTrue(ssh.run('cat /proc/cmdline', check=True).stdout
@@ -71,7 +72,8 @@ class BootFromRemoteLsi(MultiprocessTest):
 
     def test_tiny_kernel_boot_with_lsi_data_disk(self):
         disk = self.scratch_disk(64)
-        vm, session = self.launch_guest('tiny', control=self.control, data_disk=disk)
+        vm = self.launch(guest='tiny', disks=[disk])
+        session = vm.guest
         files = [b['inserted']['file'] for b in vm.device_process('lsi1').qmp('query-block')
                  if 'inserted' in b]
         self.assertIn(disk, files)
@@ -87,4 +89,4 @@ class BootFromInProcessLsi(BootFromRemoteLsi):
     :avocado: tags=boot,ssh,control
     """
 
-    control = True
+    placement = topology.IN_PROCESS

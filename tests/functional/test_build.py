@@ -59,13 +59,13 @@ class BuiltQemu(MultiprocessTest):
         """A remote LSI and its proxy start from the built binary; the
         remote emulates the LSI, the proxy shows the device on its PCI bus
         with the LSI's BAR layout and, as a guest sees it, its IDs."""
-        vm = self.launch_vm([self.scratch_disk(16)])
+        vm = self.launch(disks=[self.scratch_disk(16)])
         remote_lsi = qmp_pci_device(vm.remote('lsi1').qmp('query-pci'), 'lsi1')
-        proxied = qmp_pci_device(vm.proxy.qmp('query-pci'), 'lsi1')
+        proxied = qmp_pci_device(vm.qemu.qmp('query-pci'), 'lsi1')
         self.assertIsNotNone(remote_lsi, 'the remote has no lsi1')
         self.assertEqual((remote_lsi['id']['vendor'], remote_lsi['id']['device']), LSI_IDS)
         self.assertIsNotNone(proxied, 'the proxy shows no lsi1')
         self.assertEqual({r['bar']: r['size'] for r in proxied['regions']}, lsi_regs.BAR_SIZES)
-        self.assertEqual(vm.proxy.qmp('query-status')['status'], 'running')
+        self.assertEqual(vm.qemu.qmp('query-status')['status'], 'running')
         with self.known_issue_guard('proxy-query-pci-shows-local-ids'):
             self.assertEqual((proxied['id']['vendor'], proxied['id']['device']), LSI_IDS)

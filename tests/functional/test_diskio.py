@@ -15,13 +15,12 @@ read against the in-process device in the whiteboards.
 
 import dataclasses
 import os
-import signal
 import time
 
 from harness.base import deadlines
 from harness.guest import diskio, memory
 from harness.guest.diskio import Workload
-from harness.mpqemu import hotplug, memview
+from harness.mpqemu import hotplug, memview, topology
 from harness.testing import MIB, MultiprocessTest
 
 DATA_DISK_MIB = 64
@@ -46,23 +45,17 @@ class DiskIOTest(MultiprocessTest):
 
     # A reboot in the fault tests; the workloads' own deadline (240 s).
     timeout = deadlines.test_timeout(boots=2, waits_s=WORKLOAD_DEADLINE_S)
-    control = False
 
-    extra_proxy_args = ()
-
-    def new_vm(self, *args, **kwargs):
-        kwargs.setdefault('smp', GUEST_CPUS)
-        vm = super().new_vm(*args, **kwargs)
-        vm.add_proxy_args(*self.extra_proxy_args)
-        return vm
+    qemu_args = ()         # for the guest's QEMU
 
     def boot(self, **launch_kwargs):
         self.disk = self.scratch_disk(DATA_DISK_MIB)
-        vm, session = self.launch_guest('tiny', control=self.control, data_disk=self.disk,
-                                        **launch_kwargs)
+        vm = self.launch(guest='tiny', disks=[self.disk], smp=GUEST_CPUS,
+                         args=self.qemu_args, **launch_kwargs)
+        session = vm.guest
         dio = diskio.guest_disk_io(session.ssh, self.accel.name)
         self.record(diskio_path=dio.path, diskio_dev=dio.dev,
-                    lsi='in-process' if self.control else 'remote')
+                    lsi='remote' if vm.multiprocess else 'in-process')
         self.log.info('disk IO path: %s (accel %s)', dio.path, self.accel.name)
         return vm, session, dio
 
@@ -165,7 +158,7 @@ class DiskIOInProcessControl(DiskIOWorkloads):
     :avocado: tags=diskio,control
     """
 
-    control = True
+    placement = topology.IN_PROCESS
 
 
 class DiskIORemoteFaults(DiskIOTest):
@@ -195,16 +188,16 @@ class DiskIORemoteFaults(DiskIOTest):
         run = dio.start(self.LONG, 'hang')
         self.wait_for_writes(vm, 64 * 1024)
 
-        remote.send_signal(signal.SIGSTOP)
+        remote.faults.hang()
         stopped_at = time.monotonic()
         qmp_ms, checks = [], 0
         while time.monotonic() - stopped_at < HANG_HOLD_S:
             started = time.monotonic()
-            self.assertEqual(vm.proxy.qmp('query-status')['status'], 'running')
+            self.assertEqual(vm.qemu.qmp('query-status')['status'], 'running')
             qmp_ms.append((time.monotonic() - started) * 1000)
             checks += 1
             time.sleep(HANG_POLL_S)
-        remote.send_signal(signal.SIGCONT)
+        remote.faults.resume()
         held_s = time.monotonic() - stopped_at
 
         result = run.wait(self.LONG.deadline_s)
@@ -231,11 +224,11 @@ class DiskIORemoteFaults(DiskIOTest):
         run = dio.start(workload, 'kill')
         self.wait_for_writes(vm, 64 * 1024)
 
-        remote.send_signal(signal.SIGKILL)
+        remote.faults.kill()
         killed_at = time.monotonic()
         result = run.wait(FAULT_BOUND_S + 30)
         error_s = time.monotonic() - killed_at
-        self.assertTrue(remote.wait_exit(5))
+        self.assertTrue(remote.process.wait_exit(5))
         self.assertFalse(result.ok)
         if dio.path == diskio.PATH_POLLED:
             # Reads of a dead remote's BARs come back all-ones
@@ -243,7 +236,7 @@ class DiskIORemoteFaults(DiskIOTest):
             self.assertEqual(result.status, 'gone', result.report)
         else:
             self.assertIn(result.status, ('device', 'timeout'), result.report)
-        self.assertEqual(vm.proxy.qmp('query-status')['status'], 'running')
+        self.assertEqual(vm.qemu.qmp('query-status')['status'], 'running')
         self.assertTrue(session.ssh.run('true', timeout_s=30).ok)
         self.record(kill_to_error_s=round(error_s, 2), error=result.error,
                     status=result.status)
@@ -255,16 +248,16 @@ class DiskIORemoteFaults(DiskIOTest):
         before = Workload('verify', lba=0, blocks=2048, bs=65536, seed=51)
         self.run_ok(dio, before)
 
-        resets_before = None if self.control else self.count_resets(vm)
+        resets_before = self.count_resets(vm) if vm.multiprocess else None
         mark = session.console.mark()
-        vm.proxy.qmp('system_reset')
+        vm.qemu.qmp('system_reset')
         # QEMU emits RESET after every device reset handler returned, i.e.
         # after the proxy's DEVICE_RESET was answered: the remote traced it
         # by now, long before firmware or lsi-dio could reset the chip.
-        vm.proxy.get_event('RESET', RESET_EVENT_TIMEOUT_S)
-        if not self.control:
+        vm.qemu.get_event('RESET', RESET_EVENT_TIMEOUT_S)
+        if vm.multiprocess:
             self.assertGreater(self.count_resets(vm), resets_before)
-        session.wait_rebooted(vm.proxy, mark)
+        session.wait_rebooted(vm.qemu, mark)
         reboot_s = session.times.ssh_s
         dio = diskio.guest_disk_io(session.ssh, self.accel.name)
 
@@ -277,7 +270,7 @@ class DiskIORemoteFaults(DiskIOTest):
         self.record(reboot_s=round(reboot_s, 1), diskio=result.figures())
 
     def count_resets(self, vm) -> int:
-        return vm.remote(LSI).count_log_lines('lsi_reset')
+        return vm.remote(LSI).process.count_log_lines('lsi_reset')
 
 
 class DiskIOHotpluggedMemory(DiskIOTest):
@@ -291,14 +284,14 @@ class DiskIOHotpluggedMemory(DiskIOTest):
     """
 
     # Node 1 starts without memory; the DIMM gives it some.
-    extra_proxy_args = ('-numa', f'node,nodeid={DIMM_NODE}')
+    qemu_args = ('-numa', f'node,nodeid={DIMM_NODE}')
 
     def plug_dimm(self, vm) -> hotplug.Dimm:
-        return hotplug.MemoryHotplug(vm.proxy, self.workdir).plug(
+        return hotplug.MemoryHotplug(vm.qemu, self.workdir).plug(
             'dimm1', DIMM_MIB * MIB, backend='file', share=True, node=DIMM_NODE)
 
     def wait_remote_maps(self, vm, dimm):
-        memview.wait_remote_view(vm.remote(LSI),
+        memview.wait_remote_view(vm.remote(LSI).process,
                                  lambda r: hotplug.maps_range(r, dimm.addr, dimm.size),
                                  HOTPLUG_TIMEOUT_S, what=f'the DIMM at {dimm.addr:#x}')
 
@@ -317,7 +310,7 @@ class DiskIOHotpluggedMemory(DiskIOTest):
         memory_mb = self.memory_mb
         vm, session, dio = self.boot(memory_slots=1, maxmem_mb=memory_mb + 2 * DIMM_MIB)
         dimm = self.plug_dimm(vm)
-        if not self.control:
+        if vm.multiprocess:
             self.wait_remote_maps(vm, dimm)
         online_s = self.online_in_guest(session.ssh, dimm)
 

@@ -54,19 +54,18 @@ class FaultTest(MultiprocessTest):
     :avocado: disable
     """
 
-    def launch_topology(self, proxy_args=(), **kwargs):
+    def launch_topology(self, proxy_args=()):
         """Proxy + one watched remote, no guest."""
-        vm = self.new_vm(watchdog=True, **kwargs)
-        vm.add_lsi_remote('lsi1', self.scratch_disk(16), args=['-trace', RESET_TRACE])
-        vm.add_proxy_args(*proxy_args)
-        vm.launch()
-        return vm, vm.remotes['lsi1']
+        vm = self.launch(disks=[self.scratch_disk(16)], remote_args=['-trace', RESET_TRACE],
+                         watchdog=True, args=proxy_args)
+        return vm, vm.remote('lsi1')
 
     def launch_watched_guest(self):
         """The tiny guest, two vCPUs (one may block on the device while the
         other serves SSH), the LSI in a watched remote."""
-        vm, session = self.launch_guest('tiny', data_disk=self.scratch_disk(64), watchdog=True,
-                                        smp=GUEST_SMP, remote_args=['-trace', RESET_TRACE])
+        vm = self.launch(guest='tiny', disks=[self.scratch_disk(64)], watchdog=True,
+                         smp=GUEST_SMP, remote_args=['-trace', RESET_TRACE])
+        session = vm.guest
         session.read_kernel_symbols()       # names the vCPUs should the guest stall
         return vm, session, find_device(session.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
 
@@ -116,7 +115,7 @@ class RemoteDetection(FaultTest):
         """No orphan: a remote whose proxy died exits by itself."""
         vm, remote = self.launch_topology()
         killed_at = time.monotonic()
-        vm.proxy.send_signal(signal.SIGKILL)
+        vm.qemu.send_signal(signal.SIGKILL)
         remote.watchdog.fault_injected(killed_at)
         event = remote.watchdog.wait_for('dead', REMOTE_EXIT_TIMEOUT_S)
         self.assertTrue(remote.process.wait_exit(REMOTE_EXIT_TIMEOUT_S))
@@ -133,9 +132,9 @@ class RemoteDetection(FaultTest):
                         f'(upstream names, not the v8 series); nothing to check')
         vm, remote = self.launch_topology()
         remote.faults.kill()
-        self.assertTrue(vm.proxy.wait_exit(REMOTE_EXIT_TIMEOUT_S),
+        self.assertTrue(vm.qemu.wait_exit(REMOTE_EXIT_TIMEOUT_S),
                         'QEMU did not exit after losing its remote')
-        with open(vm.proxy.log_path, encoding='utf-8', errors='replace') as log:
+        with open(vm.qemu.log_path, encoding='utf-8', errors='replace') as log:
             self.assertIn('Lost contact with device', log.read())
 
 
@@ -149,7 +148,7 @@ class ProxyWithStoppedRemote(FaultTest):
     def time_qmp(self, command, **args):
         started = time.monotonic()
         try:
-            result = self.vm.proxy.qmp(command, timeout_s=QMP_WEDGED_TIMEOUT_S, **args)
+            result = self.vm.qemu.qmp(command, timeout_s=QMP_WEDGED_TIMEOUT_S, **args)
         except QMPError as err:
             result = err
         return result, time.monotonic() - started
@@ -171,7 +170,7 @@ class ProxyWithStoppedRemote(FaultTest):
 
         reset_reply, reset_s = self.time_qmp('system_reset')
         status, status_s = self.time_qmp('query-status')
-        self.assertTrue(self.vm.proxy.is_running(), 'the proxy died')
+        self.assertTrue(self.vm.qemu.is_running(), 'the proxy died')
         self.record(system_reset_with_stopped_remote=str(reset_reply),
                     system_reset_with_stopped_remote_ms=ms(reset_s),
                     query_status_during_reset=str(status))
@@ -200,7 +199,7 @@ class GuestFaults(FaultTest):
     def setUp(self):
         super().setUp()
         self.vm, self.session, self.lsi = self.launch_watched_guest()
-        self.remote = self.vm.remotes['lsi1']
+        self.remote = self.vm.remote('lsi1')
         self.ssh = self.session.ssh
 
     def test_killed_remote_reads_all_ones_and_vm_survives(self):
@@ -211,11 +210,11 @@ class GuestFaults(FaultTest):
 
         self.assertEqual(self.lsi.bar_read32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA), ALL_ONES_32)
         self.assertEqual(self.lsi.config_read32(0), ALL_ONES_32)
-        self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
+        self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
         self.assertEqual(self.ssh.run('echo alive', check=True).stdout, 'alive\n')
 
         def proxy_log():
-            with open(self.vm.proxy.log_path, encoding='utf-8', errors='replace') as log:
+            with open(self.vm.qemu.log_path, encoding='utf-8', errors='replace') as log:
                 return log.read()
         log = wait_until(lambda: 'Broken pipe' in proxy_log() and proxy_log(),
                          DETECT_TIMEOUT_S, 'the proxy logged no error')
@@ -274,7 +273,7 @@ class GuestFaults(FaultTest):
                              'the device access completed while the remote was stopped')
             self.assertEqual(self.guest_alive(), 'Linux\n')
             started = time.monotonic()
-            self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
+            self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
             qmp_ms.append(ms(time.monotonic() - started))
             time.sleep(POLL_S)
         self.resume_remote()
@@ -305,7 +304,7 @@ class GuestFaults(FaultTest):
         symbols = vcpus.KernelSymbols(self.session.symbols)
 
         def stalled():
-            states = vcpus.snapshot(self.vm.proxy, symbols)
+            states = vcpus.snapshot(self.vm.qemu, symbols)
             return vcpus.waiting_for_a_peer(states) and states
         states = wait_until(stalled, COMPLETE_TIMEOUT_S,
                             'no vCPU waiting for the blocked one after insmod')
@@ -319,7 +318,7 @@ class GuestFaults(FaultTest):
         self.assertNotEqual(blocked.host_state, 'R', vcpus.describe(states))
         with self.assertRaises(CommandTimeout):
             self.ssh.run('true', timeout_s=STALL_PROBE_S)
-        self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
+        self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
 
         self.resume_remote()
         resumed_at = time.monotonic()
@@ -343,7 +342,7 @@ class GuestFaults(FaultTest):
         # Started and not finished: a vCPU is in the access.
         self.assertEqual(self.blocked_result(), '', 'the access finished with the remote stopped')
         try:
-            stop_reply = self.vm.proxy.qmp('stop', timeout_s=QMP_WEDGED_TIMEOUT_S)
+            stop_reply = self.vm.qemu.qmp('stop', timeout_s=QMP_WEDGED_TIMEOUT_S)
         except QMPError as err:
             stop_reply = err
         self.record(stop_with_vcpu_blocked_on_remote=str(stop_reply))
@@ -351,7 +350,7 @@ class GuestFaults(FaultTest):
         status = wait_until(self._proxy_status, COMPLETE_TIMEOUT_S,
                             'the proxy monitor did not come back after SIGCONT')
         self.assertEqual(status, 'paused')
-        self.vm.proxy.qmp('cont')
+        self.vm.qemu.qmp('cont')
         self.check_access_completed(value)
         with self.known_issue_guard('proxy-stop-blocks-on-stopped-remote'):
             self.assertEqual(stop_reply, {}, 'QMP stop did not answer while a vCPU waited '
@@ -359,7 +358,7 @@ class GuestFaults(FaultTest):
 
     def _proxy_status(self):
         try:
-            return self.vm.proxy.qmp('query-status', timeout_s=QMP_WEDGED_TIMEOUT_S)['status']
+            return self.vm.qemu.qmp('query-status', timeout_s=QMP_WEDGED_TIMEOUT_S)['status']
         except QMPError:
             return None
 
@@ -378,7 +377,7 @@ class GuestFaults(FaultTest):
         value = 0x0badf00d
         lsi.bar_write32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)
         self.assertEqual(lsi.bar_read32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA), value)
-        self.assertEqual(self.vm.remotes['lsi1'].watchdog.events(), [])
+        self.assertEqual(self.vm.remote('lsi1').watchdog.events(), [])
         self.record(restart_to_device_usable_s=round(time.monotonic() - started, 3))
 
     def _lsi_if_present(self):
@@ -407,8 +406,9 @@ class RestartKeepsFlushedData(FaultTest):
             engine.setup()
             engine.wait_ready()
             engine.write10(lba, payload, fua=True)       # written and flushed
-            first.process.kill()
-            self.assertEqual(first.process.exitcode, -9)
+            first.remote.faults.kill()
+            self.assertTrue(first.remote.process.wait_exit(REMOTE_EXIT_TIMEOUT_S))
+            self.assertEqual(first.remote.process.exitcode, -9)
         with fake_remote.launch(self.caps, log_dir=self.outputdir, drive=image) as second:
             engine = lsi_regs.Lsi53c895a(second.access)
             engine.setup()

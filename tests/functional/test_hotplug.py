@@ -13,7 +13,7 @@ the bytes where they landed.
 import os
 import time
 
-from harness.base import bytecheck, deadlines, known_issues
+from harness.base import bytecheck, deadlines
 from harness.devices import lsi
 from harness.guest import lsi_dma, memory
 from harness.guest.pci import find_device
@@ -47,18 +47,17 @@ class HotplugTest(MultiprocessTest):
         self.disk = self.scratch_disk(DISK_MB)
         self.disk_pattern = os.urandom(DMA_BYTES)
         bytecheck.write_image(self.disk, LBA_DISK_PATTERN * BLOCK, self.disk_pattern)
-        vm, session = self.launch_guest('tiny', data_disk=self.disk,
-                                        memory_slots=MEMORY_SLOTS,
-                                        maxmem_mb=self.memory_mb + MAXMEM_EXTRA_MB)
-        self.vm, self.session, self.ssh = vm, session, session.ssh
-        self.remote = vm.remote('lsi1')
+        vm = self.launch(guest='tiny', disks=[self.disk], memory_slots=MEMORY_SLOTS,
+                         maxmem_mb=self.memory_mb + MAXMEM_EXTRA_MB)
+        self.session, self.ssh = vm.guest, vm.guest.ssh
+        self.remote = vm.remote('lsi1').process
         self.lsi = lsi_dma.GuestLsi(find_device(self.ssh, lsi.VENDOR_ID, lsi.DEVICE_ID))
         self.lsi.enable_bus_master()
-        self.ram = proxyram.boot_ram(vm.proxy.pid, vm.memory_mb * MIB)
+        self.ram = proxyram.boot_ram(vm.qemu.pid, vm.memory_mb * MIB)
         self.addCleanup(self.ram.close)
         # Three guest pages in boot RAM: the command block, two data pages.
         self.pages = lsi_dma.place_marked_pages(self.ssh, self.ram, 3, '/tmp/dma-pages')
-        self.hotplug = hotplug.MemoryHotplug(vm.proxy, self.workdir)
+        self.hotplug = hotplug.MemoryHotplug(vm.qemu, self.workdir)
 
     def scsi(self, write: bool, lba: int, length: int, gpa: int) -> float:
         """One READ(10)/WRITE(10) between the disk and ``gpa``, started by
@@ -90,16 +89,6 @@ class HotplugTest(MultiprocessTest):
         self.record(**{f'{dimm_id}_plug_to_remote_visible_ms':
                        round((time.monotonic() - started) * 1000, 3)})
         return dimm
-
-    def known_issue(self, outcome: str, notes: str, log: str = ''):
-        issue = known_issues.lookup(known_issues.load(),
-                                    {'outcome': outcome, 'notes': notes, 'log': log},
-                                    self.caps.version)
-        self.assertIsNotNone(issue, f'{outcome}: {notes}, and no known issue explains it')
-        self.log.warning('known issue %s: %s', issue.id, issue.title)
-        self.record(known_issues_met=sorted(set(self.figures.get('known_issues_met', []))
-                                            | {issue.id}))
-        return issue
 
 
 class DimmResync(HotplugTest):
@@ -184,79 +173,84 @@ class DimmBoundaries(HotplugTest):
         DIMM the proxy accepts is mapped by a living remote (or the plug is
         refused).  No guest is needed."""
         vm = self.new_vm(memory_slots=LIMIT_SLOTS,
-                         maxmem_mb=self.memory_mb + LIMIT_SLOTS * LIMIT_DIMM_SIZE // MIB)
-        vm.add_lsi_remote('lsi1')
-        # -S: no firmware runs, so boot RAM keeps its two sections (below and
-        # above the ROM hole) instead of merging into one when SeaBIOS maps
-        # the hole as RAM at a moment that depends on the host's load.
-        vm.add_proxy_args('-S')
-        vm.launch()
-        remote = vm.remote('lsi1')
+                         maxmem_mb=self.memory_mb + LIMIT_SLOTS * LIMIT_DIMM_SIZE // MIB,
+                         # -S: no firmware runs, so boot RAM keeps its two sections (below
+                         # and above the ROM hole) instead of merging into one when SeaBIOS
+                         # maps the hole as RAM at a moment that depends on the host's load.
+                         args=['-S'])
+        vm.add_lsi('lsi1')
+        self.launch(vm)
+        remote = vm.remote('lsi1').process
         boot_sections = len(memview.wait_remote_view(remote, bool, what='boot RAM'))
-        plug = hotplug.MemoryHotplug(vm.proxy, self.workdir)
-        mapped = boot_sections
-        for i in range(LIMIT_SLOTS):
-            dimm = plug.plug(f'dimm{i}', LIMIT_DIMM_SIZE)
-            sections = boot_sections + i + 1
-            if not remote.wait_exit(0.5):
+        plug = hotplug.MemoryHotplug(vm.qemu, self.workdir)
+        with self.known_issue_guard('remote-rejects-eighth-ram-section'):
+            for i in range(LIMIT_SLOTS):
+                dimm = plug.plug(f'dimm{i}', LIMIT_DIMM_SIZE)
+                if remote.wait_exit(0.5):
+                    self.record_remote_death(vm, plug, boot_sections + i + 1)
                 memview.wait_remote_view(
                     remote, lambda r, d=dimm: hotplug.maps_range(r, d.addr, d.size),
                     what=f'DIMM {i} at {dimm.addr:#x}')
-                mapped = sections
-                continue
-            log = remote.log_tail()
-            self.record(remote_max_ram_regions=mapped, remote_died_at_sections=sections,
-                        remote_exit_status=remote.exitcode, remote_log=log)
-            self.assertTrue(vm.proxy.is_running())
-            self.assertEqual(vm.proxy.qmp('query-status')['status'], 'prelaunch')
-            # One more: the proxy itself refuses to send more than 8 fds.
-            plug.plug(f'dimm{i + 1}', LIMIT_DIMM_SIZE)
-            self.record(proxy_log=vm.proxy.log_tail(5))
-            self.known_issue('remote-exit', f'SYNC_SYSMEM with {sections} fds', log)
-            return
-        self.record(remote_max_ram_regions=mapped)
+                self.record(remote_max_ram_regions=boot_sections + i + 1)
 
-    def test_dimms_the_remote_cannot_share(self):
-        """memory-backend-ram has no fd; a share=off file is mapped
-        privately by the proxy.  Correct: the proxy refuses either for a
-        VM with proxied devices, or the device sees what the guest sees."""
+    def record_remote_death(self, vm, plug, sections: int) -> None:
+        """The remote died on a RAM table: what the proxy did, then fail."""
+        remote = vm.remote('lsi1').process
+        log = remote.log_tail()
+        self.record(remote_died_at_sections=sections, remote_exit_status=remote.exitcode,
+                    remote_log=log)
+        self.assertTrue(vm.qemu.is_running())
+        self.assertEqual(vm.qemu.qmp('query-status')['status'], 'prelaunch')
+        # One more: the proxy itself refuses to send more than 8 fds.
+        plug.plug(f'dimm{sections}', LIMIT_DIMM_SIZE)
+        self.record(proxy_log=vm.qemu.log_tail(5))
+        self.fail(f'the remote exited at SYNC_SYSMEM with {sections} fds: {log}')
+
+    def test_dimm_without_an_fd(self):
+        """memory-backend-ram has no fd.  Correct: the proxy refuses it for
+        a VM with proxied devices, or the device sees what the guest sees."""
         self.boot()
         anon = self.hotplug.plug('anon', DIMM_SIZE, backend='ram', share=False)
-        private = self.plug_and_wait('private', backend='file', share=False)
-        # 'private' is in the remote's view, so the table that came with it
-        # is complete: whatever is missing now was left out.
+        # A DIMM plugged after it is in the remote's view, so the table that
+        # came with it is complete: whatever is missing now was left out.
+        self.plug_and_wait('private', backend='file', share=False)
         regions = memview.remote_ram_regions(self.remote)
         anon_mapped = hotplug.maps_anything_in(regions, anon.addr, anon.size)
-        self.record(anon_dimm_addr=hex(anon.addr), anon_dimm_mapped_by_remote=anon_mapped,
-                    private_dimm_mapped_by_remote=True)
-
         # DMA into the anonymous DIMM, then back out through the disk.
         page = proxyram.PAGE_SIZE
         self.scsi(False, LBA_DISK_PATTERN, page, anon.addr)
         self.scsi(True, LBA_FROM_GUEST, page, anon.addr)
         round_trip = bytecheck.read_image(self.disk, LBA_FROM_GUEST * BLOCK, page)
         self.assertTrue(self.remote.is_running())
-        self.record(anon_dma_round_trip_bytes_kept=sum(
-            a == b for a, b in zip(round_trip, self.disk_pattern[:page])),
-            anon_dma_round_trip_all_zero=round_trip == bytes(page))
+        self.record(anon_dimm_addr=hex(anon.addr), anon_dimm_mapped_by_remote=anon_mapped,
+                    anon_dma_round_trip_bytes_kept=sum(
+                        a == b for a, b in zip(round_trip, self.disk_pattern[:page])),
+                    anon_dma_round_trip_all_zero=round_trip == bytes(page))
+        with self.known_issue_guard('proxy-omits-non-fd-ram'):
+            self.assertTrue(anon_mapped and round_trip == self.disk_pattern[:page],
+                            "a memory-backend-ram DIMM is not in the remote's map: "
+                            "device DMA there is lost")
 
+    def test_dimm_of_a_private_file(self):
+        """A share=off file is mapped privately by the proxy.  Correct: the
+        proxy refuses it for a VM with proxied devices, or the device sees
+        what the guest sees."""
+        self.boot()
+        private = self.plug_and_wait('private', backend='file', share=False)
         # A "guest store" into the private DIMM (the proxy's copy-on-write
         # page) and what the device reads there.
+        page, pid = proxyram.PAGE_SIZE, self.vm.qemu.pid
         stored = os.urandom(page)
-        proxyram.write_as_cpu(self.vm.proxy.pid, private.path, 0, stored)
-        self.assertEqual(proxyram.read_as_cpu(self.vm.proxy.pid, private.path, 0, page), stored)
+        proxyram.write_as_cpu(pid, private.path, 0, stored)
+        self.assertEqual(proxyram.read_as_cpu(pid, private.path, 0, page), stored)
         self.scsi(True, LBA_FROM_DIMM, page, private.addr)
         device_read = bytecheck.read_image(self.disk, LBA_FROM_DIMM * BLOCK, page)
         # ... and a device write there, seen by the guest's CPU or not.
         self.scsi(False, LBA_DISK_PATTERN, page, private.addr)
-        cpu_sees = proxyram.read_as_cpu(self.vm.proxy.pid, private.path, 0, page)
-        self.record(private_device_read_guest_store=device_read == stored,
+        cpu_sees = proxyram.read_as_cpu(pid, private.path, 0, page)
+        self.record(private_dimm_mapped_by_remote=True,
+                    private_device_read_guest_store=device_read == stored,
                     private_cpu_sees_device_write=cpu_sees == self.disk_pattern[:page])
-
-        coherent = device_read == stored and cpu_sees == self.disk_pattern[:page]
-        if anon_mapped and round_trip == self.disk_pattern[:page]:
-            pass
-        else:
-            self.known_issue('not-mapped', 'memory-backend-ram DIMM')
-        if not coherent:
-            self.known_issue('stale-dma', 'share=off DIMM')
+        with self.known_issue_guard('proxy-syncs-private-file-ram'):
+            self.assertTrue(device_read == stored and cpu_sees == self.disk_pattern[:page],
+                            'a share=off DIMM: the device and the guest see different memory')

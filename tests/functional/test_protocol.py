@@ -44,16 +44,16 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         self.image = bytecheck.write_random_image(os.path.join(self.workdir, 'disk.raw'),
                                                   IMAGE_BYTES)
         started = time.monotonic()
-        self.remote = fake_remote.launch(self.caps, log_dir=self.outputdir, drive=self.image,
+        self.fake = fake_remote.launch(self.caps, log_dir=self.outputdir, drive=self.image,
                                          ram_size=RAM_BYTES, timeout_s=REPLY_TIMEOUT_S,
                                          extra_args=['-trace', RESET_TRACE_EVENT])
-        self.proxy = self.remote.proxy
-        self.lsi = lsi.Lsi53c895a(self.remote.access)
+        self.remote, self.proxy = self.fake.remote, self.fake.proxy
+        self.lsi = lsi.Lsi53c895a(self.fake.access)
         self.lsi.setup()
         self.record(remote_up_ms=round((time.monotonic() - started) * 1000, 1))
 
     def tearDown(self):
-        self.remote.close()
+        self.fake.close()
         super().tearDown()
 
     # ------------------------------------------------------------ config space
@@ -85,7 +85,7 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         """RAM added after start-up (a new SYNC_SYSMEM table, as the proxy
         sends on memory hotplug) is mapped by the remote and its DMA
         reaches it in both directions."""
-        memory = self.remote.memory
+        memory = self.fake.memory
         high = memory.add_region(HIGH_RAM_GPA, HIGH_RAM_BYTES, 'guest-ram-high')
         self.proxy.sync_sysmem(memory.sysmem_table())
         mtree = self.remote.process.hmp('info mtree -f')
@@ -139,7 +139,7 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         RemoteGone at once, not into a wait."""
         self.lsi.write_reg(lsi.SCRATCHA, 1, 4)
         killed = time.monotonic()
-        os.kill(self.remote.process.pid, signal.SIGKILL)
+        self.remote.faults.kill()
         with self.assertRaisesRegex(protocol.RemoteGone, 'exited or was killed'):
             self.lsi.read_reg(lsi.SCRATCHA, 4)
         detected = time.monotonic() - killed

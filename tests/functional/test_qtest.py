@@ -24,6 +24,7 @@ from harness.base import bytecheck
 from harness.qemu import qtest
 from harness.devices import lsi, pci
 from harness.devices import lsi_scenarios as scenarios
+from harness.mpqemu import topology
 from harness.testing import MIB, MultiprocessTest
 
 IMAGE_BYTES = 16 * MIB
@@ -45,7 +46,6 @@ class LsiOverQtest(MultiprocessTest):
     :avocado: disable
     """
 
-    control = False
 
     def setUp(self):
         super().setUp()
@@ -58,16 +58,13 @@ class LsiOverQtest(MultiprocessTest):
         self.accel_in_use = 'qtest'
         self.image = bytecheck.write_random_image(os.path.join(self.workdir, 'disk.raw'),
                                                   IMAGE_BYTES)
-        self.vm = self.new_vm(memory_mb=RAM_MB, control=self.control, accel='qtest',
-                              machine=QTEST_MACHINE)
-        started = time.monotonic()
+        vm = self.new_vm(memory_mb=RAM_MB, accel='qtest', machine=QTEST_MACHINE)
         self.client, self.access = qtest.launch_lsi(
-            self.vm, drive=self.image, slot=LSI_SLOT, ram_bytes=RAM_MB * MIB, irq_gsi=LSI_GSI,
-            qtest_log=os.path.join(self.outputdir, 'qtest-proxy.log'))
+            vm, drive=self.image, slot=LSI_SLOT, ram_bytes=RAM_MB * MIB, irq_gsi=LSI_GSI,
+            qtest_log=os.path.join(self.outputdir, 'qtest-proxy.log'), launch=self.launch)
         self.lsi = lsi.Lsi53c895a(self.access)
         self.lsi.setup()
-        self.record(topology_up_ms=round((time.monotonic() - started) * 1000, 1),
-                    tier='in-process' if self.control else 'proxied', accel='qtest')
+        self.record(tier='proxied' if vm.multiprocess else 'in-process', accel='qtest')
 
     def tearDown(self):
         client = getattr(self, 'client', None)
@@ -119,14 +116,15 @@ class ProxiedLsiOverQtest(LsiOverQtest):
         running."""
         self.lsi.write_reg(lsi.SCRATCHA, 0x1234_5678, 4)
         remote = self.vm.remote('lsi1')
-        remote.kill()
+        remote.faults.kill()
+        self.assertTrue(remote.process.wait_exit(KILL_DETECT_TIMEOUT_S))
         started = time.monotonic()
         self.assertEqual(self.access.config_read(pci.VENDOR_ID, 4), ALL_ONES_32)
         self.assertEqual(self.lsi.read_reg(lsi.SCRATCHA, 4), ALL_ONES_32)
         detected = time.monotonic() - started
         self.assertLess(detected, KILL_DETECT_TIMEOUT_S)
-        self.assertEqual(self.vm.proxy.qmp('query-status')['status'], 'running')
-        self.assertEqual(remote.exitcode, -signal.SIGKILL)
+        self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
+        self.assertEqual(remote.process.exitcode, -signal.SIGKILL)
         self.record(dead_remote_reads_ms=round(detected * 1000, 2))
 
 
@@ -137,4 +135,4 @@ class InProcessLsiOverQtest(LsiOverQtest):
     :avocado: tags=qtest,control
     """
 
-    control = True
+    placement = topology.IN_PROCESS

@@ -18,6 +18,7 @@ from harness.devices import lsi
 from harness.guest import lsi_dma
 from harness.guest.pci import find_device
 from harness.mpqemu import proxyram
+from harness.base.waiting import wait_until
 from harness.qemu.tracelog import event_times, trace_args
 from harness.testing import MultiprocessTest
 
@@ -29,14 +30,13 @@ TRACE_TIMEOUT_S = 5.0
 POLL_S = 0.01
 
 
-def wait_for_trace(remote, count: int, timeout_s: float = TRACE_TIMEOUT_S) -> list:
+def wait_for_trace(remote, count: int) -> list:
     """The remote's lsi_reset times once there are more than ``count``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+    def more():
         times = event_times(remote, ['lsi_reset'])
-        if len(times) > count or time.monotonic() > deadline:
-            return times
-        time.sleep(POLL_S)
+        return times if len(times) > count else None
+    return wait_until(more, TRACE_TIMEOUT_S, f'lsi_reset number {count + 1} in {remote.log_path}',
+                      POLL_S)
 
 
 class ResetTest(MultiprocessTest):
@@ -45,7 +45,8 @@ class ResetTest(MultiprocessTest):
     timeout = deadlines.test_timeout(boots=2, waits_s=2 * deadlines.COMMAND_S)
 
     def boot(self, **kwargs):
-        vm, session = self.launch_guest('tiny', remote_args=RESET_TRACE, **kwargs)
+        vm = self.launch(guest='tiny', remote_args=RESET_TRACE, **kwargs)
+        session = vm.guest
         return vm, session, find_device(session.ssh, lsi.VENDOR_ID, lsi.DEVICE_ID)
 
     def reset_and_reboot(self, vm, session):
@@ -53,9 +54,9 @@ class ResetTest(MultiprocessTest):
         reset was asked for (wall clock)."""
         since = session.console.mark()
         asked_at = time.time()
-        vm.proxy.qmp('system_reset')
-        vm.proxy.get_event('RESET', RESET_EVENT_TIMEOUT_S)
-        session.wait_rebooted(vm.proxy, since)
+        vm.qemu.qmp('system_reset')
+        vm.qemu.get_event('RESET', RESET_EVENT_TIMEOUT_S)
+        session.wait_rebooted(vm.qemu, since)
         self.record(reset_to_marker_s=round(session.times.marker_s, 3),
                     reset_to_ssh_s=round(session.times.ssh_s, 3))
         return asked_at
@@ -65,7 +66,7 @@ class ResetTest(MultiprocessTest):
         another by DMA (MEMORY MOVE), and reads the copy back itself."""
         guest_lsi = lsi_dma.GuestLsi(device)
         guest_lsi.enable_bus_master()
-        ram = proxyram.boot_ram(vm.proxy.pid, vm.memory_mb << 20)
+        ram = proxyram.boot_ram(vm.qemu.pid, vm.memory_mb << 20)
         try:
             pages = lsi_dma.place_marked_pages(session.ssh, ram, 3, '/tmp/reset-dma')
             ram.write(pages[0], lsi_dma.memory_move_script(
@@ -85,7 +86,7 @@ class ResetPropagation(ResetTest):
 
     def test_system_reset_clears_a_register_the_guest_wrote(self):
         vm, session, device = self.boot()
-        remote = vm.remote('lsi1')
+        remote = vm.remote('lsi1').process
         value = random.Random(self.name.str_filesystem).getrandbits(32) | 0x01010101
         device.bar_write32(lsi.IO_BAR, SCRATCHA, value)
         self.assertEqual(device.bar_read32(lsi.IO_BAR, SCRATCHA), value)
@@ -111,12 +112,12 @@ class ResetPropagation(ResetTest):
         monitor (no boot between them), then one boot: the guest's register
         and DMA checks still pass."""
         vm, session, device = self.boot()
-        remote = vm.remote('lsi1')
+        remote = vm.remote('lsi1').process
         io_base = int(session.ssh.run(f'head -1 {device.path}/resource', check=True)
                       .stdout.split()[0], 16)
         port = io_base + SCRATCHA
         rng = random.Random(self.name.str_filesystem)
-        vm.proxy.qmp('stop')
+        vm.qemu.qmp('stop')
         since = session.console.mark()
         latencies_ms = []
         for i in range(QUICK_RESETS):
@@ -125,15 +126,15 @@ class ResetPropagation(ResetTest):
             self.assertIn(f'= {value:#010x}', remote.hmp(f'i /w {port:#x}'))
             before = len(event_times(remote, ['lsi_reset']))
             asked_at = time.time()
-            vm.proxy.qmp('system_reset')
-            vm.proxy.get_event('RESET', RESET_EVENT_TIMEOUT_S)
+            vm.qemu.qmp('system_reset')
+            vm.qemu.get_event('RESET', RESET_EVENT_TIMEOUT_S)
             times = wait_for_trace(remote, before)
             self.assertEqual(len(times), before + 1, f'reset {i + 1}: lsi_reset count')
             latencies_ms.append(round((times[-1] - asked_at) * 1000, 3))
             self.assertIn('= 0x00000000', remote.hmp(f'i /w {port:#x}'), f'reset {i + 1}')
-        self.assertEqual(vm.proxy.qmp('query-status')['status'], 'prelaunch')
-        vm.proxy.qmp('cont')
-        session.wait_rebooted(vm.proxy, since)
+        self.assertEqual(vm.qemu.qmp('query-status')['status'], 'prelaunch')
+        vm.qemu.qmp('cont')
+        session.wait_rebooted(vm.qemu, since)
         device = find_device(session.ssh, lsi.VENDOR_ID, lsi.DEVICE_ID)
         device.bar_write32(lsi.IO_BAR, SCRATCHA, 0xa5a55a5a)
         self.assertEqual(device.bar_read32(lsi.IO_BAR, SCRATCHA), 0xa5a55a5a)
@@ -156,13 +157,14 @@ class ResetWithBrokenRemote(ResetTest):
     def test_reset_with_the_remote_killed(self):
         vm, session, device = self.boot()
         remote = vm.remote('lsi1')
-        remote.kill()
+        remote.faults.kill()
+        self.assertTrue(remote.process.wait_exit(TRACE_TIMEOUT_S))
         asked_at = self.reset_and_reboot(vm, session)
-        self.assertTrue(vm.proxy.is_running())
-        self.assertEqual(vm.proxy.qmp('query-status')['status'], 'running')
+        self.assertTrue(vm.qemu.is_running())
+        self.assertEqual(vm.qemu.qmp('query-status')['status'], 'running')
         # The guest came back (its kernel is -kernel, not on the LSI's
         # disk); the dead device answers all-ones, if it is seen at all.
         vendors = session.ssh.run('cat /sys/bus/pci/devices/*/vendor', check=True).stdout
         self.assertNotIn('0x1000', vendors.split())
-        self.assertIn('Unable to write to socket', vm.proxy.log_tail(50))
+        self.assertIn('Unable to write to socket', vm.qemu.log_tail(50))
         self.record(reset_with_dead_remote_to_ssh_s=round(time.time() - asked_at, 3))

@@ -27,8 +27,8 @@ class Topology(MultiprocessTest):
 
     def test_remote_serves_lsi_and_proxy_forwards_it(self):
         disk = self.scratch_disk(64)
-        vm = self.launch_vm([disk])
-        remote, proxy = vm.remote('lsi1'), vm.proxy
+        vm = self.launch(disks=[disk])
+        remote, proxy = vm.remote('lsi1').process, vm.qemu
 
         # The remote emulates the controller, with the disk behind it.
         lsi = pci_device(remote.qmp('query-pci'), 'lsi1')
@@ -61,8 +61,8 @@ class Topology(MultiprocessTest):
             self.assertTrue(os.path.exists(os.path.join(self.outputdir, name)), name)
 
     def test_two_remotes_one_proxy(self):
-        vm = self.launch_vm([self.scratch_disk(16, 'a.raw'), self.scratch_disk(16, 'b.raw')])
-        proxy_ids = {d.get('qdev_id') for bus in vm.proxy.qmp('query-pci')
+        vm = self.launch(disks=[self.scratch_disk(16, 'a.raw'), self.scratch_disk(16, 'b.raw')])
+        proxy_ids = {d.get('qdev_id') for bus in vm.qemu.qmp('query-pci')
                      for d in bus['devices']}
         self.assertLessEqual({'lsi1', 'lsi2'}, proxy_ids)
         self.assertNotEqual(vm.remote('lsi1').pid, vm.remote('lsi2').pid)
@@ -71,4 +71,4 @@ class Topology(MultiprocessTest):
         ended = vm.shutdown()
         self.assertEqual(ended['proxy'], 'quit')
         for devid in ('lsi1', 'lsi2'):
-            self.assertFalse(vm.remote(devid).is_running())
+            self.assertFalse(vm.remote(devid).process.is_running())

@@ -7,7 +7,6 @@ tests/functional).
 """
 
 import os
-import signal
 import threading
 
 from harness.base import deadlines
@@ -37,11 +36,11 @@ class StoppedRemote(MultiprocessTest):
             with open(firmware, encoding='utf-8', errors='replace') as f:
                 return 'Booting from Hard Disk' in f.read() and self._vms[-1]
         vm = wait_until(reading, 15, 'the firmware to boot from the LSI disk', 0.005)
-        vm.remote('lsi1').send_signal(signal.SIGSTOP)
+        vm.remote('lsi1').faults.hang()
 
     def test_boot(self):
         threading.Thread(target=self._stop_remote_once_the_firmware_reads, daemon=True).start()
-        self.launch_guest('lsi-boot')
+        self.launch(guest='lsi-boot')
 
 
 class UserDisk(MultiprocessTest):
@@ -53,4 +52,4 @@ class UserDisk(MultiprocessTest):
     timeout = SHORT_TIMEOUT_S
 
     def test_boot(self):
-        self.launch_guest()
+        self.launch(guest=self.guest_image())

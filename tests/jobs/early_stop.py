@@ -40,12 +40,12 @@ class Booting(MultiprocessTest):
 
     def test_mid_boot(self):
         vm = self.new_vm()
-        vm.add_lsi_remote('lsi1')
+        vm.add_lsi('lsi1')
         session = GuestSession(self.guest_image('tiny'), self.outputdir)
-        vm.add_proxy_args(*session.qemu_args())
+        vm.add_args(*session.qemu_args())
         vm.launch()
         reached('booting')
-        session.wait_ready(vm.proxy)
+        session.wait_ready(vm.qemu)
         reached('booted')
         threading.Event().wait(HOLD_S)
 
@@ -62,8 +62,8 @@ class Wedged(MultiprocessTest):
 
     def test_stuck(self):
         vm = self.new_vm()
-        vm.add_lsi_remote('lsi1')
-        vm.launch()
+        vm.add_lsi('lsi1')
+        self.launch(vm)
         # Process-wide, from this worker thread (Python's signal.signal
         # works only in the main thread): Avocado's SIGTERM is discarded.
         ctypes.CDLL(None).signal(signal.SIGTERM, ctypes.c_void_p(1))     # SIG_IGN

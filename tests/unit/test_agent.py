@@ -14,7 +14,7 @@ from harness.agent.client import AgentCommandError, AgentError, AgentFault, Agen
 from harness.agent.mailbox import Op, Status
 from harness.agent.session import AgentSession
 from harness.devices import lsi
-from harness.mpqemu.topology import ControlVM
+from harness.mpqemu import topology
 from harness.qemu import accel as qemu_accel
 
 
@@ -62,8 +62,8 @@ def test_agent_guests_get_kvm_wherever_the_agent_boots_under_it(caps):
 
 @pytest.fixture
 def agent_vm(caps, tmp_path):
-    vm = ControlVM(caps, str(tmp_path), accel='tcg')
-    vm.add_lsi_remote('lsi1')
+    vm = topology.Machine(caps, str(tmp_path), placement=topology.IN_PROCESS, accel='tcg')
+    vm.add_lsi('lsi1')
     session = AgentSession(str(tmp_path))
     agent = session.boot(vm)
     yield vm, agent
@@ -85,13 +85,13 @@ def test_refused_command_and_absent_device_are_named(agent_vm):
 
 def test_a_stuck_guest_is_a_timeout_naming_the_command(agent_vm):
     vm, agent = agent_vm
-    vm.proxy.send_signal(signal.SIGSTOP)
+    vm.qemu.send_signal(signal.SIGSTOP)
     try:
         with pytest.raises(AgentTimeout, match=r"did not finish command #0 of 1 \(TSC\) "
                                                r"within 0.5 s: the guest's timer stopped"):
             agent.run([mailbox.Command(Op.TSC)], timeout_s=0.5)
     finally:
-        vm.proxy.send_signal(signal.SIGCONT)
+        vm.qemu.send_signal(signal.SIGCONT)
     assert agent.finish_late()[0].status == Status.OK
     assert agent.one(Op.TSC).tsc_start > 0
 
@@ -101,4 +101,4 @@ def test_a_cpu_exception_is_a_fault_naming_the_step(agent_vm):
     with pytest.raises(AgentFault, match=r'CPU exception 6 \(#UD\) at eip 0x[0-9a-f]+ '
                                          r'\(error code 0x0\) running command #1 of 2 \(TRAP\)'):
         agent.run([mailbox.Command(Op.NOP), mailbox.Command(Op.TRAP)])
-    assert vm.proxy.wait(5) == mailbox.FAULT_EXIT_STATUS
+    assert vm.qemu.wait(5) == mailbox.FAULT_EXIT_STATUS

@@ -7,7 +7,6 @@ interrupts that a real proxy only forwards with KVM.
 """
 
 import os
-import signal
 import time
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from harness.base.bytecheck import assert_same_bytes, read_image, write_random_i
 from harness.devices import lsi, pci
 from harness.mpqemu import fake_remote, protocol
 from harness.mpqemu.guestmem import GuestMemory
+from harness.mpqemu.faults import FaultInjector
 from harness.qemu.process import QEMUProcess
 
 from conftest import pid_alive
@@ -37,6 +37,7 @@ LATENCY_SAMPLES = 500
 @dataclass
 class Remote:
     process: QEMUProcess
+    faults: FaultInjector
     proxy: protocol.FakeProxy
     memory: GuestMemory
     device: lsi.Lsi53c895a
@@ -58,7 +59,7 @@ def remote(caps, image, tmp_path):
                             timeout_s=REPLY_TIMEOUT_S) as launched:
         device = lsi.Lsi53c895a(launched.access)
         device.setup()
-        yield Remote(launched.process, launched.proxy, launched.memory, device, image)
+        yield Remote(launched.remote.process, launched.remote.faults, launched.proxy, launched.memory, device, image)
 
 
 def lsi_resets_logged(remote: Remote) -> int:
@@ -233,7 +234,7 @@ def test_no_interrupt_while_dien_masks_it(remote):
 # ---------------------------------------------------------------- faults
 
 def test_killed_remote_is_a_bounded_remote_gone(remote):
-    os.kill(remote.process.pid, signal.SIGKILL)
+    remote.faults.kill()
     started = time.monotonic()
     with pytest.raises(protocol.RemoteGone, match='exited or was killed'):
         remote.device.read_reg(lsi.SCRATCHA, 4)
@@ -242,7 +243,7 @@ def test_killed_remote_is_a_bounded_remote_gone(remote):
 
 def test_stopped_remote_is_a_bounded_timeout_and_recovers(remote):
     remote.device.write_reg(lsi.SCRATCHA, 0x5a5a5a5a, 4)
-    remote.process.send_signal(signal.SIGSTOP)
+    remote.faults.hang()
     try:
         started = time.monotonic()
         with pytest.raises(protocol.RemoteTimeout, match='SIGSTOP'):
@@ -250,7 +251,7 @@ def test_stopped_remote_is_a_bounded_timeout_and_recovers(remote):
                                   + lsi.SCRATCHA, 4, timeout_s=STOPPED_TIMEOUT_S)
         assert time.monotonic() - started < STOPPED_TIMEOUT_S + REPLY_TIMEOUT_S
     finally:
-        remote.process.send_signal(signal.SIGCONT)
+        remote.faults.resume()
     # The late reply is drained; the link is in step again.
     assert remote.device.read_reg(lsi.SCRATCHA, 4) == 0x5a5a5a5a
 

@@ -41,7 +41,7 @@ def test_seven_regions_are_mapped_and_usable(remote):
     memory = launched.memory
     dimms = add_dimms(memory, protocol.REMOTE_MAX_USABLE_FDS - 1)
     launched.proxy.sync_sysmem(memory.sysmem_table())
-    regions = memview.remote_ram_regions(launched.process)
+    regions = memview.remote_ram_regions(launched.remote.process)
     assert [(r.start, r.size) for r in regions] == \
         [(0, RAM_SIZE)] + [(d.gpa, d.size) for d in dimms]
     # MEMORY MOVE is 32-bit: boot RAM -> boot RAM still works after the resync.
@@ -58,9 +58,9 @@ def test_eight_regions_make_the_remote_exit(remote):
     add_dimms(launched.memory, protocol.REMOTE_MAX_FDS - 1)
     with pytest.raises(protocol.RemoteGone):
         launched.proxy.sync_sysmem(launched.memory.sysmem_table())
-    assert launched.process.wait_exit(EXIT_TIMEOUT_S)
-    assert not pid_alive(launched.process.pid)
-    assert 'Received invalid message from proxy' in launched.process.log_tail()
+    assert launched.remote.process.wait_exit(EXIT_TIMEOUT_S)
+    assert not pid_alive(launched.remote.process.pid)
+    assert 'Received invalid message from proxy' in launched.remote.process.log_tail()
 
 
 def test_a_table_without_a_region_unmaps_it(remote):
@@ -68,9 +68,9 @@ def test_a_table_without_a_region_unmaps_it(remote):
     memory = launched.memory
     add_dimms(memory, 2)
     launched.proxy.sync_sysmem(memory.sysmem_table())
-    assert len(memview.remote_ram_regions(launched.process)) == 3
+    assert len(memview.remote_ram_regions(launched.remote.process)) == 3
     # "Unplug" dimm1: the proxy resends the table without it.
     table = [r for r in memory.sysmem_table() if r.gpa != HIGH_GPA + REGION_SIZE]
     launched.proxy.sync_sysmem(table)
-    regions = memview.remote_ram_regions(launched.process)
+    regions = memview.remote_ram_regions(launched.remote.process)
     assert [(r.start, r.size) for r in regions] == [(0, RAM_SIZE), (HIGH_GPA, REGION_SIZE)]

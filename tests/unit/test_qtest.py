@@ -10,7 +10,7 @@ import pytest
 
 from harness.qemu import qtest
 from harness.devices import lsi, pci
-from harness.mpqemu.topology import ControlVM
+from harness.mpqemu import topology
 
 
 class ScriptedQEMU:
@@ -111,7 +111,8 @@ def test_in_process_lsi_through_real_qtest(caps, tmp_path, disk):
     if not caps.has_qtest:
         pytest.skip(f'{caps.path} has no qtest accelerator (set QEMU_BIN to a source build: '
                     f'python -m harness.qemu.build debian:bookworm)')
-    with ControlVM(caps, str(tmp_path), accel='qtest', memory_mb=64) as vm:
+    with topology.Machine(caps, str(tmp_path), placement=topology.IN_PROCESS, accel='qtest',
+                          memory_mb=64) as vm:
         client, access = qtest.launch_lsi(vm, drive=disk, slot=3, ram_bytes=64 << 20,
                                           irq_gsi=11)
         try:

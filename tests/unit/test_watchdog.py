@@ -6,17 +6,17 @@ import time
 import pytest
 
 from harness.base.errors import HarnessError
-from harness.mpqemu.topology import MultiprocessVM
+from harness.mpqemu.topology import Machine
 
 DETECT_TIMEOUT_S = 5.0
 
 
 @pytest.fixture
 def watched(caps, tmp_path, disk):
-    vm = MultiprocessVM(caps, str(tmp_path), watchdog=True)
-    vm.add_lsi_remote('lsi1', disk)
+    vm = Machine(caps, str(tmp_path), watchdog=True)
+    vm.add_lsi('lsi1', disk)
     vm.launch()
-    yield vm, vm.remotes['lsi1']
+    yield vm, vm.remote('lsi1')
     vm.shutdown()
 
 

@@ -18,7 +18,7 @@ class Overrun(MultiprocessTest):
     timeout = 3
 
     def test_overrun(self):
-        vm = self.launch_vm([self.scratch_disk(16)])
+        vm = self.launch(disks=[self.scratch_disk(16)])
         with open(os.environ['MPQEMU_PIDS_FILE'], 'w', encoding='utf-8') as f:
             json.dump([p.pid for p in vm.processes()], f)
         time.sleep(60)

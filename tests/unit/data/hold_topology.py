@@ -9,13 +9,13 @@ import sys
 import time
 
 from harness.base import params
-from harness.mpqemu.topology import MultiprocessVM
+from harness.mpqemu.topology import Machine
 from harness.qemu import binary
 
 HOLD_S = 60
 
-vm = MultiprocessVM(binary.probe(params.get('qemu_bin')), sys.argv[1])
-vm.add_lsi_remote('lsi1', sys.argv[2])
+vm = Machine(binary.probe(params.get('qemu_bin')), sys.argv[1])
+vm.add_lsi('lsi1', sys.argv[2])
 vm.launch()
 print(json.dumps([p.pid for p in vm.processes()]), flush=True)
 time.sleep(HOLD_S)   # the test kills us long before this ends
