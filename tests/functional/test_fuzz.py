@@ -4,7 +4,7 @@ The remote may refuse a message or exit cleanly; it must not die by a
 signal or stop answering, and the harness must never hang.  Crashes and
 hangs that are known upstream bugs (tests/known_issues) are reported as
 warnings with their evidence in the whiteboard, not hidden; unknown ones
-fail the test with the reproducer's path.  See harness/mpqemu/fuzz.py for
+fail the test with the reproducer's path.  See harness/mpqemu/fuzz/ for
 the message families and how outcomes are classified; `make fuzz` runs
 the long version.
 """
@@ -13,7 +13,7 @@ import json
 import os
 
 from harness.base import deadlines, known_issues, params
-from harness.mpqemu import fuzz
+from harness.mpqemu.fuzz import campaign, corpus
 from harness.testing import MultiprocessTest
 
 # 10,000 messages take ~20-40 s on 2 cores; the limit only bounds a slow host.
@@ -34,8 +34,8 @@ class ProtocolFuzz(MultiprocessTest):
         self.seed = params.get_int('fuzz_seed', lookup, minimum=0)
         self.messages = params.get_int('fuzz_messages', lookup)
         self.issues = known_issues.load()
-        self.fuzzer = fuzz.Fuzzer(self.caps, self.outputdir, self.seed, self.issues,
-                                  log=self.log.info)
+        self.fuzzer = campaign.Fuzzer(self.caps, self.outputdir, self.seed, self.issues,
+                                      log=self.log.info)
 
     def tearDown(self):
         self.fuzzer.close()
@@ -55,7 +55,7 @@ class ProtocolFuzz(MultiprocessTest):
         with open(os.path.join(self.outputdir, 'fuzz-summary.json'), 'w',
                   encoding='utf-8') as f:
             json.dump(summary.to_json(), f, indent=1)
-        self.log.info('%s', fuzz.format_summary(summary))
+        self.log.info('%s', campaign.format_summary(summary))
         self.record(fuzz_seed=self.seed, fuzz_messages=summary.messages,
                     fuzz_cases=summary.cases, fuzz_messages_per_s=round(summary.messages_per_s),
                     fuzz_elapsed_s=round(summary.elapsed_s, 1), fuzz_outcomes=summary.outcomes,
@@ -77,13 +77,13 @@ class ProtocolFuzz(MultiprocessTest):
         """Checked-in reproducers (tests/fuzz/corpus) replayed as regression
         cases: each must end as recorded; one that no longer does is
         flagged, since its known issue may be fixed."""
-        paths = fuzz.corpus_files()
-        self.assertTrue(paths, f'no reproducers in {fuzz.DEFAULT_CORPUS_DIR}')
+        paths = corpus.corpus_files()
+        self.assertTrue(paths, f'no reproducers in {corpus.DEFAULT_CORPUS_DIR}')
         met, changed = [], []
-        for outcome in fuzz.replay_corpus(self.fuzzer, paths):
+        for outcome in corpus.replay_corpus(self.fuzzer, paths):
             name = os.path.basename(outcome.path)
             got = f'{outcome.got.outcome}:{outcome.got.signal}'
-            self.assertLess(outcome.got.elapsed_s, fuzz.CASE_DEADLINE_S,
+            self.assertLess(outcome.got.elapsed_s, campaign.CASE_DEADLINE_S,
                             f'{name}: the harness took {outcome.got.elapsed_s:.1f} s')
             if not outcome.same:
                 changed.append({'reproducer': name, 'expected': outcome.expected, 'got': got})
