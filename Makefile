@@ -88,7 +88,7 @@ FUZZ_MESSAGES ?= 200000
 FUZZ_OUT ?= $(BUILD)/fuzz/seed-$(FUZZ_SEED)
 .PHONY: fuzz
 fuzz: host-deps venv
-	$(VPY) -m harness.mpqemu.fuzz --seed $(FUZZ_SEED) --messages $(FUZZ_MESSAGES) --out $(FUZZ_OUT)
+	$(VPY) -m harness.tools.fuzz --seed $(FUZZ_SEED) --messages $(FUZZ_MESSAGES) --out $(FUZZ_OUT)
 
 # QEMU built from source with multi-process support (cached in ~/.cache/mpqemu-tests/).
 QEMU_SRC ?= debian:bookworm

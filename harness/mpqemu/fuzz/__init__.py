@@ -19,6 +19,6 @@ known upstream bugs (``tests/known_issues``) are recognised as such.
             minimized and saved
   corpus    reproducer files, and replaying tests/fuzz/corpus
 
-The command line is ``python -m harness.mpqemu.fuzz`` (``make fuzz``);
+The command line is ``python -m harness.tools.fuzz`` (``make fuzz``);
 tests/functional/test_fuzz.py is the CI run and the corpus replay.
 """

@@ -58,7 +58,7 @@ class Finding:
             'remote_state': self.result.remote_state, 'log_tail': self.result.log,
             'known_issue': self.known_issue, 'reproduced': self.reproduced,
             'occurrences': self.occurrences,
-            'reproduce': f'python -m harness.mpqemu.fuzz --replay FILE  '
+            'reproduce': f'python -m harness.tools.fuzz --replay FILE  '
                          f'(or --seed {self.case.seed} --case {self.case.index})',
             'case': self.case.to_json(),
             'minimized': self.minimized.to_json() if self.minimized else None,

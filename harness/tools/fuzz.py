@@ -1,6 +1,6 @@
 """Fuzzing a real remote process through its proxy socket.
 
-    python -m harness.mpqemu.fuzz --seed 1 --messages 200000 --out build/fuzz
+    python -m harness.tools.fuzz --seed 1 --messages 200000 --out build/fuzz
 
 sends seeded random cases of malformed and out-of-order protocol messages
 to real remote processes (see harness/mpqemu/fuzz/), writes summary.json
@@ -15,14 +15,14 @@ import os
 import sys
 from typing import Sequence
 
-from ...base import params
-from ...qemu import binary as qemu_binary
-from .campaign import Fuzzer, format_summary
-from .corpus import replay_corpus
+from ..base import params
+from ..mpqemu.fuzz.campaign import Fuzzer, format_summary
+from ..mpqemu.fuzz.corpus import replay_corpus
+from ..qemu import binary as qemu_binary
 
 
 def main(argv: Sequence[str] = ()) -> int:
-    parser = argparse.ArgumentParser(prog='python -m harness.mpqemu.fuzz',
+    parser = argparse.ArgumentParser(prog='python -m harness.tools.fuzz',
                                      description=__doc__.split('\n\n')[0])
     parser.add_argument('--seed', type=int, default=1)
     parser.add_argument('--messages', type=int, default=10000,
