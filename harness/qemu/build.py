@@ -5,26 +5,16 @@
     python -m harness.qemu.build ~/src/qemu           # a developer's tree
     python -m harness.qemu.build https://gitlab.com/qemu-project/qemu.git#v9.2.0
 
-A source spec (``qemu_src`` parameter / ``$QEMU_SRC``) is one of:
-  - ``debian:SUITE`` or ``debian:SUITE=VERSION``: ``apt-get source qemu``
-    from that suite (``dpkg-source -x`` applies Debian's patches, which a
-    plain tarball lacks); the deb-src entries are added when missing;
-  - a local directory holding QEMU's ``configure``;
-  - a git URL, optionally ``#ref`` (needs network).
-
-Only ``qemu-system-x86_64`` is built (``ninja qemu-system-x86_64``), for
-``x86_64-softmmu``, with every optional feature off except what the suite
-uses: the multi-process option (``--enable-multiprocess`` upstream,
-``--enable-mpqemu`` in trees with the v8 series: read from
-``configure --help``), slirp, KVM and TCG; qtest is always built in.
-Results live in ``~/.cache/mpqemu-tests/qemu/<key>/`` (harness/base/paths.py
-``machine_cache_dir``: shared by every checkout on the machine, so a fresh
-clone finds them) where the key hashes the source's
-fingerprint (Debian version, git commit + local changes, or a tree walk)
-and the options, so a second request for the same thing returns in well
-under a second.  Compilation goes through ccache (``…/mpqemu-tests/ccache``),
-so even a new key rebuilds quickly.  ``build.log`` keeps the whole output;
-progress (ninja's ``[N/M]``) is reported every few seconds.
+Only ``qemu-system-x86_64`` is built (``ninja qemu-system-x86_64``), from
+the tree a source spec names (harness/qemu/source.py), configured as
+harness/qemu/configure.py says.  Results live in
+``~/.cache/mpqemu-tests/qemu/<key>/`` (harness/qemu/buildcache.py) where
+the key hashes the source's fingerprint and the options, so a second
+request for the same thing returns in well under a second; a request for a
+key that another process is building waits for it.  Compilation goes
+through ccache (``…/mpqemu-tests/ccache``), so even a new key rebuilds
+quickly.  ``build.log`` keeps the whole output; progress (ninja's
+``[N/M]``) is reported every few seconds.
 
 A built binary finds no firmware of its own (Debian's source drops the
 blobs): :func:`harness.qemu.binary.probe` adds ``-L`` for Debian's
@@ -33,7 +23,6 @@ blobs): :func:`harness.qemu.binary.probe` adds ``-L`` for Debian's
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -44,32 +33,24 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
-from ..base import locking, paths
+from ..base import lifeline, paths
 from ..base.errors import HarnessError
-from ..base.hosttools import run_tool
 from . import binary as qemu_binary
-from ..base import lifeline
+from .buildcache import BuildError, cache_dir, digest, locked, run_step
+from .configure import TARGET_LIST, build_python, configure_args, python_args
+from .source import SourceSpec, fetch_debian, parse_spec, resolve
 
 LOG = logging.getLogger(__name__)
 
 # Bumped whenever the build recipe changes in a way that changes binaries.
 BUILD_FORMAT = 1
-TARGET_LIST = 'x86_64-softmmu'
 NINJA_TARGET = 'qemu-system-x86_64'
-DEBIAN_SUITES = ('bookworm', 'trixie')
-DEBIAN_SOURCE_PACKAGE = 'qemu'
-# Debian's own meson (bookworm); trees that need newer get it from PyPI.
-MESON_PYPI_PACKAGE = 'meson'
 PROGRESS_INTERVAL_S = 5.0
 CONFIGURE_TIMEOUT_S = 300
 COMPILE_TIMEOUT_S = 1800
-APT_TIMEOUT_S = 600
 CCACHE_MAX_SIZE = '5G'
-# Debian's Python: the one that sees Debian's meson (not a venv's, nor pyenv's).
-SYSTEM_PYTHON = '/usr/bin/python3'
-LOCK_TIMEOUT_S = 3600       # another process building the same key
 
 # What a build needs on a Debian host (besides a C compiler, which
 # build-essential brings).
@@ -79,380 +60,6 @@ BUILD_PACKAGES = ('build-essential', 'ninja-build', 'pkg-config', 'meson', 'libg
                   # run time of the built binary: firmware found with -L
                   'seabios', 'qemu-system-data')
 
-# Features the suite needs; everything else optional is switched off.
-REQUIRED_FEATURES = ('kvm', 'tcg', 'slirp')
-# For old trees without --without-default-features: what to switch off
-# by name (each only if that configure knows it).
-UNNEEDED_FEATURES = ('docs', 'gtk', 'sdl', 'vnc', 'opengl', 'spice', 'curses', 'gnutls',
-                     'nettle', 'gcrypt', 'libusb', 'usb-redir', 'xkbcommon', 'vte',
-                     'virglrenderer', 'tools', 'guest-agent', 'capstone', 'bpf', 'libudev',
-                     'rbd', 'glusterfs', 'libiscsi', 'libnfs', 'smartcard', 'brlapi',
-                     'cocoa', 'alsa', 'pa', 'jack', 'oss', 'sndio', 'pipewire', 'vde',
-                     'netmap', 'libssh', 'curl', 'selinux', 'seccomp', 'cap-ng', 'attr',
-                     'libpmem', 'libdaxctl', 'xen', 'virtfs', 'vhost-user-blk-server',
-                     'fuse', 'zstd', 'lzo', 'snappy', 'bzip2', 'lzfse', 'png', 'jpeg',
-                     'vnc-jpeg', 'vnc-sasl', 'auth-pam', 'u2f', 'canokey', 'dbus-display',
-                     'qed', 'parallels', 'vdi', 'vvfat', 'dmg', 'cloop', 'bochs', 'qcow1',
-                     'vhdx', 'vmdk', 'vpc', 'install-blobs')
-# install-blobs: Debian's +dfsg/+ds sources drop the firmware blobs that 10.0's
-# pc-bios/meson.build otherwise insists on (firmware comes from -L instead).
-ALWAYS_ARGS = ('--disable-werror', '--disable-docs', '--disable-install-blobs')
-
-
-class BuildError(HarnessError):
-    """A QEMU source cannot be fetched, configured or built."""
-
-
-# ---------------------------------------------------------------- source specs
-
-@dataclasses.dataclass(frozen=True)
-class SourceSpec:
-    kind: str                   # 'debian', 'local' or 'git'
-    location: str               # suite, absolute path, or URL
-    ref: Optional[str] = None   # Debian version or git ref, when pinned
-
-    def __str__(self) -> str:
-        if self.kind == 'debian':
-            return f'debian:{self.location}' + (f'={self.ref}' if self.ref else '')
-        if self.kind == 'git':
-            return self.location + (f'#{self.ref}' if self.ref else '')
-        return self.location
-
-
-GIT_URL_RE = re.compile(r'^(https?://|git://|ssh://|git@|file://)|\.git(#.*)?$')
-
-
-def parse_spec(text: str, cwd: Optional[str] = None) -> SourceSpec:
-    """What ``qemu_src`` names, or a BuildError saying what it accepts."""
-    text = text.strip()
-    if not text:
-        raise BuildError("qemu_src is empty: give debian:bookworm, debian:trixie, a QEMU source "
-                         "directory or a git URL")
-    if text.startswith('debian:'):
-        suite, _, version = text[len('debian:'):].partition('=')
-        if suite not in DEBIAN_SUITES:
-            raise BuildError(f"qemu_src={text}: Debian suite {suite!r} is not one this suite "
-                             f"builds from; use one of "
-                             f"{', '.join('debian:' + s for s in DEBIAN_SUITES)}")
-        return SourceSpec('debian', suite, version or None)
-    if GIT_URL_RE.search(text) and not os.path.isdir(text):
-        url, _, ref = text.partition('#')
-        return SourceSpec('git', url, ref or None)
-    path = os.path.abspath(os.path.join(cwd or os.getcwd(), os.path.expanduser(text)))
-    if not os.path.isdir(path):
-        raise BuildError(f"qemu_src={text}: {path} is not a directory, a git URL or "
-                         f"debian:SUITE ({', '.join(DEBIAN_SUITES)})")
-    if not os.path.isfile(os.path.join(path, 'configure')):
-        raise BuildError(f"qemu_src={text}: {path} has no configure script: not a QEMU "
-                         f"source tree")
-    return SourceSpec('local', path)
-
-
-# ---------------------------------------------------------------- helpers
-
-def _run(cmd: Sequence[str], *, cwd: Optional[str] = None, timeout_s: float = 60,
-         env: Optional[Dict[str, str]] = None, what: str = '') -> str:
-    """Run a short command, return stdout; a BuildError names what failed."""
-    return run_tool(cmd, error=BuildError, timeout_s=timeout_s, cwd=cwd, env=env, what=what)
-
-
-def _sha(*parts: str) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(part.encode())
-        digest.update(b'\0')
-    return digest.hexdigest()
-
-
-def _locked(path: str, timeout_s: float = LOCK_TIMEOUT_S):
-    """Two tests asking for the same build wait for one build."""
-    return locking.exclusive(path, timeout_s, BuildError, 'another build of the same QEMU')
-
-
-def qemu_build_dir(*parts: str) -> str:
-    return os.path.join(paths.machine_cache_dir('qemu'), *parts)
-
-
-# ---------------------------------------------------------------- Debian sources
-
-DEB_SRC_FILE = '/etc/apt/sources.list.d/mpqemu-deb-src.sources'
-DEB_SRC_TEXT = """\
-# Added by the mpqemu test suite (harness/qemu/build.py): Debian source
-# packages for building QEMU.  Source entries only: nothing installs from them.
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates trixie
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb-src
-URIs: http://deb.debian.org/debian-security
-Suites: bookworm-security
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-"""
-# Belt and braces: should anyone add a trixie *binary* entry, nothing
-# from it is installed or upgraded unless asked for by name.
-APT_PIN_FILE = '/etc/apt/preferences.d/mpqemu-trixie'
-APT_PIN_TEXT = """\
-# Added by the mpqemu test suite: trixie is there for source packages only.
-Package: *
-Pin: release n=trixie
-Pin-Priority: 1
-"""
-
-
-def _dpkg_newer(a: str, b: str) -> bool:
-    return subprocess.run(['dpkg', '--compare-versions', a, 'gt', b],
-                          check=False).returncode == 0
-
-
-def parse_madison(text: str, suite: str) -> List[str]:
-    """Source versions of ``apt-cache madison`` output that belong to
-    ``suite`` (its -updates and -security too, not -backports), newest
-    first as madison lists them."""
-    versions = []
-    for line in text.splitlines():
-        fields = [f.strip() for f in line.split('|')]
-        if len(fields) != 3 or not fields[2].endswith('Sources'):
-            continue
-        dist = fields[2].split()[-2].split('/')[0]
-        if dist in (suite, f'{suite}-updates', f'{suite}-security') \
-                and fields[1] not in versions:
-            versions.append(fields[1])
-    return versions
-
-
-def _deb_src_instructions() -> str:
-    return (f"add Debian source entries as root: write {DEB_SRC_FILE} with\n"
-            f"{DEB_SRC_TEXT}\nthen run: apt-get update")
-
-
-def ensure_deb_src() -> None:
-    """Make ``apt-get source`` find bookworm's and trixie's qemu."""
-    madison = _run(['apt-cache', 'madison', DEBIAN_SOURCE_PACKAGE], what='apt-cache madison')
-    if all(parse_madison(madison, suite) for suite in DEBIAN_SUITES):
-        return
-    if os.geteuid() != 0:
-        raise BuildError("apt knows no source package qemu for "
-                         f"{' and '.join(DEBIAN_SUITES)}: {_deb_src_instructions()}")
-    LOG.info("adding deb-src entries (%s) and running apt-get update", DEB_SRC_FILE)
-    with open(DEB_SRC_FILE, 'w', encoding='utf-8') as f:
-        f.write(DEB_SRC_TEXT)
-    with open(APT_PIN_FILE, 'w', encoding='utf-8') as f:
-        f.write(APT_PIN_TEXT)
-    _run(['apt-get', 'update', '-q'], timeout_s=APT_TIMEOUT_S, what='apt-get update')
-
-
-def debian_version(spec: SourceSpec) -> str:
-    """The source version ``spec`` resolves to (the newest of its suite)."""
-    ensure_deb_src()
-    madison = _run(['apt-cache', 'madison', DEBIAN_SOURCE_PACKAGE], what='apt-cache madison')
-    versions = parse_madison(madison, spec.location)
-    if spec.ref:
-        if spec.ref not in versions:
-            raise BuildError(f"{spec}: apt offers qemu {', '.join(versions) or 'nothing'} "
-                             f"for {spec.location}, not {spec.ref}")
-        return spec.ref
-    if not versions:
-        raise BuildError(f"{spec}: apt offers no qemu source for {spec.location}: "
-                         f"{_deb_src_instructions()}")
-    newest = versions[0]
-    for version in versions[1:]:
-        if _dpkg_newer(version, newest):
-            newest = version
-    return newest
-
-
-def fetch_debian(spec: SourceSpec, version: str, log: Callable[[str], None]) -> str:
-    """Unpacked, patched source of qemu ``version``; downloaded once."""
-    safe = re.sub(r'[^A-Za-z0-9.+-]', '_', version)
-    root = qemu_build_dir('src', f'debian-{spec.location}-{safe}')
-    done = os.path.join(root, '.unpacked')
-    with _locked(root + '.lock'):
-        if not os.path.exists(done):
-            shutil.rmtree(root, ignore_errors=True)
-            os.makedirs(root)
-            log(f"apt-get source qemu={version} into {root}")
-            _run(['apt-get', 'source', '-q', '--only-source',
-                  f'{DEBIAN_SOURCE_PACKAGE}={version}'], cwd=root, timeout_s=APT_TIMEOUT_S,
-                 what=f'apt-get source qemu={version}')
-            with open(done, 'w', encoding='utf-8') as f:
-                f.write(version + '\n')
-    trees = [d for d in sorted(os.listdir(root))
-             if os.path.isfile(os.path.join(root, d, 'configure'))]
-    if len(trees) != 1:
-        raise BuildError(f"{root}: expected one unpacked QEMU tree, found {trees}; "
-                         f"delete {root} and try again")
-    return os.path.join(root, trees[0])
-
-
-# ---------------------------------------------------------------- fingerprints
-
-SKIP_DIRS = ('.git', 'build', '.cache', '__pycache__')
-
-
-def tree_fingerprint(path: str) -> str:
-    """What identifies the content of a local tree, cheaply: the git commit
-    plus a hash of uncommitted changes, or else every file's path, size
-    and mtime (build directories excluded)."""
-    if os.path.isdir(os.path.join(path, '.git')) or os.path.isfile(os.path.join(path, '.git')):
-        try:
-            head = _run(['git', '-C', path, 'rev-parse', 'HEAD'], what='git rev-parse').strip()
-            diff = _run(['git', '-C', path, 'diff', 'HEAD', '--binary'], timeout_s=120,
-                        what='git diff')
-            untracked = _run(['git', '-C', path, 'ls-files', '--others', '--exclude-standard'],
-                             what='git ls-files')
-            extra = []
-            for name in untracked.splitlines():
-                try:
-                    st = os.stat(os.path.join(path, name))
-                except OSError:
-                    continue
-                extra.append(f'{name}:{st.st_size}:{st.st_mtime_ns}')
-            return f'git:{head}:' + _sha(diff, *extra)[:16]
-        except BuildError as err:
-            LOG.warning("%s looks like git but git failed (%s): hashing files instead",
-                        path, err)
-    entries = []
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames[:] = sorted(d for d in dirnames
-                             if d not in SKIP_DIRS and not d.startswith('build-'))
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(full)
-            except OSError:
-                continue
-            entries.append(f'{os.path.relpath(full, path)}:{st.st_size}:{st.st_mtime_ns}')
-    return 'files:' + _sha(*entries)[:16]
-
-
-def git_checkout(spec: SourceSpec, log: Callable[[str], None]) -> Tuple[str, str]:
-    """Clone (or update) a git source; returns (tree, commit)."""
-    root = qemu_build_dir('src', 'git-' + _sha(spec.location)[:12])
-    with _locked(root + '.lock'):
-        if not os.path.isdir(os.path.join(root, '.git')):
-            shutil.rmtree(root, ignore_errors=True)
-            log(f"git clone {spec.location} into {root}")
-            cmd = ['git', 'clone', '--depth', '1']
-            if spec.ref:
-                cmd += ['--branch', spec.ref]
-            _run(cmd + [spec.location, root], timeout_s=APT_TIMEOUT_S,
-                 what=f'git clone {spec.location} (needs network)')
-        else:
-            _run(['git', '-C', root, 'fetch', '--depth', '1', 'origin', spec.ref or 'HEAD'],
-                 timeout_s=APT_TIMEOUT_S, what=f'git fetch {spec.location}')
-            _run(['git', '-C', root, 'checkout', '-q', '--detach', 'FETCH_HEAD'],
-                 what='git checkout')
-        commit = _run(['git', '-C', root, 'rev-parse', 'HEAD'], what='git rev-parse').strip()
-    return root, commit
-
-
-# ---------------------------------------------------------------- configure
-
-def configure_features(help_text: str) -> Tuple[set, set]:
-    """(feature names, literal options) that ``configure --help`` offers.
-    Meson-era configure lists features as two-space-indented names under
-    "Optional features"; older ones spell out ``--enable-X``."""
-    options = set(re.findall(r'(--[a-z][a-z0-9-]*)', help_text))
-    features = set()
-    _, header, section = help_text.partition('Optional features')
-    if header:
-        features.update(re.findall(r'^  ([a-z0-9][a-z0-9_-]*)  ', section, re.MULTILINE))
-    for option in options:
-        for prefix in ('--enable-', '--disable-'):
-            if option.startswith(prefix):
-                features.add(option[len(prefix):])
-    return features, options
-
-
-def multiprocess_option(help_text: str, tree: str = '') -> str:
-    """``--enable-multiprocess`` (upstream) or ``--enable-mpqemu`` (v8
-    series), whichever this configure offers."""
-    features, _ = configure_features(help_text)
-    if 'multiprocess' in features:
-        return '--enable-multiprocess'
-    if 'mpqemu' in features:
-        return '--enable-mpqemu'
-    raise BuildError(f"the QEMU tree {tree or '(unknown)'} has no multi-process support: its "
-                     f"configure --help offers neither --enable-multiprocess (upstream, QEMU "
-                     f">= 6.0) nor --enable-mpqemu (the v8 patch series); use a newer tree "
-                     f"or one with the series applied")
-
-
-def configure_args(help_text: str, tree: str = '',
-                   extra: Sequence[str] = ()) -> List[str]:
-    """Arguments for a minimal x86_64-softmmu build with multi-process."""
-    features, options = configure_features(help_text)
-    args = [f'--target-list={TARGET_LIST}', multiprocess_option(help_text, tree)]
-    if '--without-default-features' in options:
-        args.append('--without-default-features')
-    else:
-        args += [f'--disable-{name}' for name in UNNEEDED_FEATURES if name in features]
-    args += [f'--enable-{name}' for name in REQUIRED_FEATURES if name in features]
-    args += [a for a in ALWAYS_ARGS
-             if a in options or a[len('--disable-'):] in features]
-    return args + list(extra)
-
-
-def required_meson(tree: str) -> Optional[Tuple[int, ...]]:
-    """The minimum meson version the tree's meson.build asks for."""
-    try:
-        with open(os.path.join(tree, 'meson.build'), encoding='utf-8') as f:
-            head = f.read(4096)
-    except OSError:
-        return None
-    match = re.search(r"meson_version\s*:\s*'>=\s*([0-9.]+)'", head)
-    return tuple(int(x) for x in match.group(1).split('.')) if match else None
-
-
-def _version_tuple(text: str) -> Tuple[int, ...]:
-    match = re.search(r'(\d+(?:\.\d+)+)', text)
-    return tuple(int(x) for x in match.group(1).split('.')) if match else ()
-
-
-def build_python(tree: str, log: Callable[[str], None]) -> str:
-    """The Python that configure should use: the system one when Debian's
-    meson is new enough for the tree, else a venv with meson from PyPI
-    (QEMU's configure puts its own venv on top, which sees this one's
-    packages)."""
-    needed = required_meson(tree)
-    system_meson = shutil.which('meson')
-    have = _version_tuple(_run([system_meson, '--version'])) if system_meson else ()
-    if needed is None or (have and have >= needed):
-        return SYSTEM_PYTHON
-    series = '.'.join(map(str, needed[:2]))
-    venv = qemu_build_dir('tools', f'meson-{series}')
-    python = os.path.join(venv, 'bin', 'python3')
-    with _locked(venv + '.lock'):
-        if not os.path.exists(os.path.join(venv, '.installed')):
-            log(f"meson >= {series} needed (Debian has {'.'.join(map(str, have)) or 'none'}): "
-                f"installing {MESON_PYPI_PACKAGE}~={series}.0 from PyPI into {venv}")
-            shutil.rmtree(venv, ignore_errors=True)
-            _run([SYSTEM_PYTHON, '-m', 'venv', venv], what='python3 -m venv')
-            _run([python, '-m', 'pip', 'install', '-q', '--disable-pip-version-check',
-                  f'{MESON_PYPI_PACKAGE}~={series}.0'], timeout_s=APT_TIMEOUT_S,
-                 what=f'pip install meson~={series}.0 (needs PyPI)')
-            open(os.path.join(venv, '.installed'), 'w', encoding='utf-8').close()
-    return python
-
-
-def python_args(tree: str, python: str) -> List[str]:
-    """How to hand configure its Python and meson.  Since 8.1 configure
-    makes a venv (python/scripts/mkvenv.py) from ``--python`` and finds
-    meson in it; before, ``--python`` demands the embedded meson
-    submodule, so a system or PyPI meson goes through ``--meson``."""
-    with open(os.path.join(tree, 'configure'), encoding='utf-8', errors='replace') as f:
-        uses_mkvenv = 'mkvenv' in f.read()
-    if uses_mkvenv:
-        return [f'--python={python}']
-    if python == SYSTEM_PYTHON:
-        return []
-    return [f'--meson={os.path.join(os.path.dirname(python), "meson")}']
-
-
-# ---------------------------------------------------------------- the build
 
 @dataclasses.dataclass
 class BuildResult:
@@ -478,18 +85,8 @@ class BuildResult:
 
 def cache_key(fingerprint: str, extra_args: Sequence[str] = ()) -> str:
     """Build directory name for a source fingerprint and options."""
-    return _sha(str(BUILD_FORMAT), fingerprint, TARGET_LIST, NINJA_TARGET,
-                *extra_args)[:16]
-
-
-def resolve(spec: SourceSpec, log: Callable[[str], None]) -> Tuple[str, Optional[str]]:
-    """(fingerprint, tree or None if not fetched yet) of a spec."""
-    if spec.kind == 'debian':
-        return f'debian:{debian_version(spec)}', None
-    if spec.kind == 'local':
-        return tree_fingerprint(spec.location), spec.location
-    tree, commit = git_checkout(spec, log)
-    return f'git:{commit}', tree
+    return digest(str(BUILD_FORMAT), fingerprint, TARGET_LIST, NINJA_TARGET,
+                  *extra_args)[:16]
 
 
 def _load_result(key_dir: str) -> Optional[BuildResult]:
@@ -513,7 +110,7 @@ def cached_result(spec_text: str, extra_args: Sequence[str] = ()) -> Optional[Bu
         fingerprint, _ = resolve(spec, LOG.info)
     except HarnessError:
         return None
-    return _load_result(qemu_build_dir(cache_key(fingerprint, extra_args)))
+    return _load_result(cache_dir(cache_key(fingerprint, extra_args)))
 
 
 class _Progress:
@@ -603,8 +200,8 @@ def build(spec_text: str, extra_args: Sequence[str] = (),
     spec = parse_spec(spec_text)
     fingerprint, tree = resolve(spec, log)
     key = cache_key(fingerprint, extra_args)
-    key_dir = qemu_build_dir(key)
-    with _locked(key_dir + '.lock'):
+    key_dir = cache_dir(key)
+    with locked(key_dir + '.lock'):
         result = None if force else _load_result(key_dir)
         if result:
             result.cached = True
@@ -622,8 +219,8 @@ def build(spec_text: str, extra_args: Sequence[str] = (),
 def _build_tree(spec: SourceSpec, tree: str, fingerprint: str, key: str, key_dir: str,
                 extra_args: Sequence[str], log: Callable[[str], None]) -> BuildResult:
     built_at = time.monotonic()
-    help_text = _run([os.path.join(tree, 'configure'), '--help'], cwd=tree,
-                     what=f'{tree}/configure --help')
+    help_text = run_step([os.path.join(tree, 'configure'), '--help'], cwd=tree,
+                         what=f'{tree}/configure --help')
     args = configure_args(help_text, tree, extra_args)
     python = build_python(tree, log)
     build_dir = os.path.join(key_dir, 'build')

@@ -43,6 +43,8 @@ from typing import Dict, List, Optional, Sequence
 from ..base import known_issues, paths
 from .bench import write_report
 from ..qemu import build as qemu_build
+from ..qemu.buildcache import BuildError
+from ..qemu.source import GIT_URL_RE
 
 DEFAULT_QEMUS = ('debian-7.2=qemu-system-x86_64', 'src-7.2=debian:bookworm',
                  'src-10.0=debian:trixie')
@@ -75,7 +77,7 @@ def parse_column(text: str) -> Column:
     if not sep or not label or not what:
         raise ValueError(f"--qemu {text!r}: expected LABEL=BINARY or LABEL=SOURCE "
                          f"(e.g. src-7.2=debian:bookworm)")
-    is_source = (what.startswith('debian:') or bool(qemu_build.GIT_URL_RE.search(what))
+    is_source = (what.startswith('debian:') or bool(GIT_URL_RE.search(what))
                  or os.path.isfile(os.path.join(what, 'configure')))
     return Column(label, what, 'src' if is_source else 'bin')
 
@@ -146,7 +148,7 @@ def run_column(column: Column, tags: str, out_dir: str, extra_args: Sequence[str
     if column.kind == 'src':
         try:
             qemu_build.build(column.what, log=log)
-        except qemu_build.BuildError as err:
+        except BuildError as err:
             log(f"{column.label}: build failed: {err}")
             return {'(build)': Cell('fail', f'build failed: {_short(str(err), 90)}', str(err))}
     job_dir = os.path.join(out_dir, 'jobs', column.label)

@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog='python -m harness.tools.qtest_bench',
                                      description=__doc__.split('\n\n')[0])
     parser.add_argument('--qemu-bin', help='QEMU with qtest (default $QEMU_BIN)')
-    parser.add_argument('--qemu-src', help='or build one (harness/qemu/build.py spec)')
+    parser.add_argument('--qemu-src', help='or build one (a harness/qemu/source.py spec)')
     parser.add_argument('--out', default=os.path.join('build', 'bench'))
     parser.add_argument('--runs', type=int, default=3)
     parser.add_argument('--samples', type=int, default=300)

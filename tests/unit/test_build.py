@@ -1,4 +1,4 @@
-"""harness/qemu/build.py without compiling QEMU: spec parsing, option
+"""harness/qemu/ source builds without compiling QEMU: spec parsing, option
 detection from configure --help, cache keys, fingerprints, and the errors a
 tree without multi-process support gets (a fake tree whose configure is a
 shell script)."""
@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from harness.qemu import build
+from harness.qemu import build, buildcache, configure, source
 
 # The shape of a meson-era configure --help (QEMU 7.2 and later).
 MESON_HELP = textwrap.dedent("""\
@@ -66,19 +66,19 @@ def fake_tree(tmp_path, help_text, meson_version="'>=0.61.3'"):
 
 
 def test_multiprocess_option_upstream_and_v8():
-    assert build.multiprocess_option(MESON_HELP) == '--enable-multiprocess'
-    assert build.multiprocess_option(V8_HELP) == '--enable-mpqemu'
+    assert configure.multiprocess_option(MESON_HELP) == '--enable-multiprocess'
+    assert configure.multiprocess_option(V8_HELP) == '--enable-mpqemu'
 
 
 def test_no_multiprocess_support_is_a_clear_error():
-    with pytest.raises(build.BuildError,
+    with pytest.raises(buildcache.BuildError,
                        match=r'fake-tree has no multi-process support.*--enable-multiprocess'
                              r'.*--enable-mpqemu'):
-        build.multiprocess_option(NO_MULTIPROCESS_HELP, 'fake-tree')
+        configure.multiprocess_option(NO_MULTIPROCESS_HELP, 'fake-tree')
 
 
 def test_meson_era_args_disable_default_features_and_keep_the_needed_ones():
-    args = build.configure_args(MESON_HELP)
+    args = configure.configure_args(MESON_HELP)
     assert args[:3] == ['--target-list=x86_64-softmmu', '--enable-multiprocess',
                         '--without-default-features']
     for needed in ('--enable-kvm', '--enable-tcg', '--enable-slirp', '--disable-werror',
@@ -88,7 +88,7 @@ def test_meson_era_args_disable_default_features_and_keep_the_needed_ones():
 
 
 def test_old_configure_gets_only_the_disables_it_knows():
-    args = build.configure_args(V8_HELP, extra=['--enable-debug'])
+    args = configure.configure_args(V8_HELP, extra=['--enable-debug'])
     assert '--enable-mpqemu' in args
     assert '--disable-gtk' in args and '--disable-docs' in args
     assert '--without-default-features' not in args
@@ -97,21 +97,21 @@ def test_old_configure_gets_only_the_disables_it_knows():
 
 
 def test_features_parse_multiline_descriptions():
-    features, options = build.configure_features(MESON_HELP)
+    features, options = configure.configure_features(MESON_HELP)
     assert {'alsa', 'kvm', 'multiprocess', 'safe-stack'} <= features
     assert 'clang' not in features
     assert '--without-default-features' in options
 
 
 def test_spec_parsing(tmp_path):
-    assert build.parse_spec('debian:bookworm') == build.SourceSpec('debian', 'bookworm')
-    assert build.parse_spec('debian:trixie=1:10.0.13+ds-0+deb13u1').ref == \
+    assert source.parse_spec('debian:bookworm') == source.SourceSpec('debian', 'bookworm')
+    assert source.parse_spec('debian:trixie=1:10.0.13+ds-0+deb13u1').ref == \
         '1:10.0.13+ds-0+deb13u1'
-    spec = build.parse_spec('https://gitlab.com/qemu-project/qemu.git#v9.2.0')
+    spec = source.parse_spec('https://gitlab.com/qemu-project/qemu.git#v9.2.0')
     assert (spec.kind, spec.location, spec.ref) == \
         ('git', 'https://gitlab.com/qemu-project/qemu.git', 'v9.2.0')
     tree = fake_tree(tmp_path, MESON_HELP)
-    assert build.parse_spec(str(tree)) == build.SourceSpec('local', str(tree))
+    assert source.parse_spec(str(tree)) == source.SourceSpec('local', str(tree))
 
 
 @pytest.mark.parametrize('text, message', [
@@ -120,13 +120,13 @@ def test_spec_parsing(tmp_path):
     ('/nonexistent/qemu', 'is not a directory, a git URL'),
 ])
 def test_bad_specs_say_what_is_accepted(text, message):
-    with pytest.raises(build.BuildError, match=message):
-        build.parse_spec(text)
+    with pytest.raises(buildcache.BuildError, match=message):
+        source.parse_spec(text)
 
 
 def test_directory_without_configure_is_not_a_qemu_tree(tmp_path):
-    with pytest.raises(build.BuildError, match='no configure script'):
-        build.parse_spec(str(tmp_path))
+    with pytest.raises(buildcache.BuildError, match='no configure script'):
+        source.parse_spec(str(tmp_path))
 
 
 def test_cache_key_depends_on_fingerprint_and_options_only():
@@ -139,23 +139,23 @@ def test_cache_key_depends_on_fingerprint_and_options_only():
 
 def test_tree_fingerprint_changes_with_content(tmp_path):
     tree = fake_tree(tmp_path, MESON_HELP)
-    before = build.tree_fingerprint(str(tree))
-    assert before == build.tree_fingerprint(str(tree))
+    before = source.tree_fingerprint(str(tree))
+    assert before == source.tree_fingerprint(str(tree))
     (tree / 'build').mkdir()                     # an in-tree build dir is ignored
     (tree / 'build' / 'x.o').write_bytes(b'obj')
-    assert before == build.tree_fingerprint(str(tree))
+    assert before == source.tree_fingerprint(str(tree))
     (tree / 'hw.c').write_text('int x;\n')
-    assert before != build.tree_fingerprint(str(tree))
+    assert before != source.tree_fingerprint(str(tree))
 
 
 def test_required_meson_from_meson_build(tmp_path):
-    assert build.required_meson(str(fake_tree(tmp_path, MESON_HELP, "'>=1.5.0'"))) == (1, 5, 0)
+    assert configure.required_meson(str(fake_tree(tmp_path, MESON_HELP, "'>=1.5.0'"))) == (1, 5, 0)
 
 
 def test_building_a_tree_without_multiprocess_fails_before_compiling(tmp_path, monkeypatch):
     monkeypatch.setenv('MPQEMU_BUILD_DIR', str(tmp_path / 'out'))
     tree = fake_tree(tmp_path, NO_MULTIPROCESS_HELP)
-    with pytest.raises(build.BuildError, match='has no multi-process support'):
+    with pytest.raises(buildcache.BuildError, match='has no multi-process support'):
         build.build(str(tree), log=lambda message: None)
     # Nothing claims to be a finished build.
     assert not any(name == 'result.json' for _, _, files in os.walk(tmp_path / 'out')
@@ -170,9 +170,9 @@ def test_madison_parsing_keeps_the_suite_and_its_updates():
           qemu | 1:8.2+dfsg-1~bpo12+1 | http://deb.debian.org/debian bookworm-backports/main Sources
         qemu-system-x86 | 1:7.2+dfsg-7+deb12u18+b3 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages
         """)
-    assert build.parse_madison(text, 'bookworm') == ['1:7.2+dfsg-7+deb12u18',
-                                                     '1:7.2+dfsg-7+deb12u15']
-    assert build.parse_madison(text, 'trixie') == ['1:10.0.13+ds-0+deb13u1']
+    assert source.parse_madison(text, 'bookworm') == ['1:7.2+dfsg-7+deb12u18',
+                                                      '1:7.2+dfsg-7+deb12u15']
+    assert source.parse_madison(text, 'trixie') == ['1:10.0.13+ds-0+deb13u1']
 
 
 def test_avocado_args_name_the_source():
@@ -183,10 +183,11 @@ def test_avocado_args_name_the_source():
 
 def test_python_args_follow_the_configure_generation(tmp_path):
     tree = fake_tree(tmp_path, MESON_HELP)
-    assert build.python_args(str(tree), build.SYSTEM_PYTHON) == []
-    assert build.python_args(str(tree), '/x/venv/bin/python3') == ['--meson=/x/venv/bin/meson']
+    assert configure.python_args(str(tree), configure.SYSTEM_PYTHON) == []
+    assert configure.python_args(str(tree), '/x/venv/bin/python3') == ['--meson=/x/venv/bin/meson']
     (tree / 'configure').write_text('#!/bin/sh\n# python/scripts/mkvenv.py\n')
-    assert build.python_args(str(tree), '/x/venv/bin/python3') == ['--python=/x/venv/bin/python3']
+    assert configure.python_args(str(tree), '/x/venv/bin/python3') == \
+        ['--python=/x/venv/bin/python3']
 
 
 def test_a_cached_build_is_returned_without_configuring(tmp_path, monkeypatch):
@@ -194,7 +195,7 @@ def test_a_cached_build_is_returned_without_configuring(tmp_path, monkeypatch):
     answer: configure (which would fail here) is never run."""
     monkeypatch.setenv('MPQEMU_BUILD_DIR', str(tmp_path / 'out'))
     tree = fake_tree(tmp_path, NO_MULTIPROCESS_HELP)
-    key = build.cache_key(build.tree_fingerprint(str(tree)))
+    key = build.cache_key(source.tree_fingerprint(str(tree)))
     key_dir = tmp_path / 'out' / 'qemu' / key
     key_dir.mkdir(parents=True)
     fake_binary = tmp_path / 'qemu-system-x86_64'
