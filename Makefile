@@ -45,7 +45,7 @@ functional: host-deps venv
 	mkdir -p $(JOB_RESULTS)
 	@# A qemu_src in AVOCADO_ARGS or $$QEMU_SRC: build it (or find it cached) here,
 	@# where its progress shows, before Avocado's tests ask for it.
-	$(VPY) -m harness.qemu.build --from-avocado-args "$(AVOCADO_ARGS)"
+	$(VPY) -m harness.tools.qemu_build --from-avocado-args "$(AVOCADO_ARGS)"
 	@# Guest images and the agent too (seconds when cached), so no test's timeout
 	@# pays for a build.
 	$(VPY) -m harness.images.image build all
@@ -94,7 +94,7 @@ fuzz: host-deps venv
 QEMU_SRC ?= debian:bookworm
 .PHONY: qemu
 qemu: host-deps venv
-	$(VPY) -m harness.qemu.build $(QEMU_SRC)
+	$(VPY) -m harness.tools.qemu_build $(QEMU_SRC)
 
 # The suite against several QEMUs: build/matrix/matrix.md and matrix.json.
 # MATRIX_QEMUS: LABEL=BINARY or LABEL=SOURCE words; MATRIX_TAGS: Avocado tags.

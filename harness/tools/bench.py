@@ -180,7 +180,7 @@ def _in_process_comparison(caps, workdir: str, runs: int, samples: int, dma_mib:
     if not caps.has_qtest:
         return {'in_process': None,
                 'in_process_note': IN_PROCESS_NOTE + ': this QEMU has none; '
-                                   'run with QEMU_BIN=$(python -m harness.qemu.build '
+                                   'run with QEMU_BIN=$(python -m harness.tools.qemu_build '
                                    'debian:bookworm)'}
     from . import qtest_bench  # pylint: disable=import-outside-toplevel
     report = qtest_bench.compare(caps, workdir, runs, min(samples, 300), min(dma_mib, 4))

@@ -11,6 +11,7 @@ import textwrap
 import pytest
 
 from harness.qemu import build, buildcache, configure, source
+from harness.tools import qemu_build
 
 # The shape of a meson-era configure --help (QEMU 7.2 and later).
 MESON_HELP = textwrap.dedent("""\
@@ -176,9 +177,9 @@ def test_madison_parsing_keeps_the_suite_and_its_updates():
 
 
 def test_avocado_args_name_the_source():
-    assert build.specs_from_avocado_args("-p qemu_src=debian:bookworm -p accel=tcg") == \
+    assert qemu_build.specs_from_avocado_args("-p qemu_src=debian:bookworm -p accel=tcg") == \
         ['debian:bookworm']
-    assert build.specs_from_avocado_args("-t qtest") == []
+    assert qemu_build.specs_from_avocado_args("-t qtest") == []
 
 
 def test_python_args_follow_the_configure_generation(tmp_path):

@@ -110,7 +110,7 @@ def test_in_process_lsi_through_real_qtest(caps, tmp_path, disk):
     the ioapic after PIRQ routing."""
     if not caps.has_qtest:
         pytest.skip(f'{caps.path} has no qtest accelerator (set QEMU_BIN to a source build: '
-                    f'python -m harness.qemu.build debian:bookworm)')
+                    f'python -m harness.tools.qemu_build debian:bookworm)')
     with topology.Machine(caps, str(tmp_path), placement=topology.IN_PROCESS, accel='qtest',
                           memory_mb=64) as vm:
         client, access = qtest.launch_lsi(vm, drive=disk, slot=3, ram_bytes=64 << 20,
