@@ -48,15 +48,13 @@ functional: host-deps venv
 	$(VPY) -m harness.tools.qemu_build --from-avocado-args "$(AVOCADO_ARGS)"
 	@# Guest images and the agent too (seconds when cached), so no test's timeout
 	@# pays for a build.
-	$(VPY) -m harness.images.image build all
-	$(VPY) -m harness.images.agent
+	$(VPY) -m harness.tools.images build all
 	$(VENV)/bin/avocado --config tests/functional/avocado.conf run \
 	    --job-results-dir $(JOB_RESULTS) $(TAG_ARGS) $(AVOCADO_ARGS) tests/functional
 
-# Guest images from Debian packages (make functional builds them first too).
+# Guest images from Debian packages and the agent (make functional builds them first too).
 images: host-deps venv
-	$(VPY) -m harness.images.image build all
-	$(VPY) -m harness.images.agent
+	$(VPY) -m harness.tools.images build all
 
 list: host-deps venv
 	$(VENV)/bin/avocado --config tests/functional/avocado.conf -V list $(TAG_ARGS) tests/functional

@@ -5,13 +5,12 @@ identity and the flags, so an edited source or a new gcc rebuilds it.  A
 build happens in a private directory and is renamed into place once
 complete, so a killed build leaves nothing that looks finished.
 
-    python -m harness.images.agent     # prints the path of agent.elf
+``python -m harness.tools.images build agent`` builds it alone.
 """
 
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 
 from ..base import locking, paths
@@ -61,14 +60,19 @@ def _compile(work: str) -> str:
     return elf
 
 
+def elf_path() -> str:
+    """Where the agent's ELF of today's sources, compiler and flags lies,
+    built or not."""
+    return os.path.join(paths.build_dir(), 'images', f'agent-{cache_key()}', 'agent.elf')
+
+
 def agent_elf() -> str:
     """Path of the agent's multiboot ELF, built on first use."""
-    key = cache_key()
-    top = os.path.join(paths.build_dir(), 'images')
-    out_dir = os.path.join(top, f'agent-{key}')
-    elf = os.path.join(out_dir, 'agent.elf')
+    elf = elf_path()
     if os.path.exists(elf):
         return elf
+    out_dir = os.path.dirname(elf)
+    top = os.path.dirname(out_dir)
     with locking.exclusive(os.path.join(top, 'agent.lock'), LOCK_TIMEOUT_S, AgentBuildError,
                            'another build of the agent'):
         if os.path.exists(elf):
@@ -88,16 +92,3 @@ def agent_elf() -> str:
             shutil.rmtree(work, ignore_errors=True)
             raise
     return elf
-
-
-def main() -> int:
-    try:
-        print(agent_elf())
-    except AgentBuildError as err:
-        print(f'agent build failed: {err}', file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

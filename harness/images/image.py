@@ -8,13 +8,9 @@ code, the Debian package versions apt resolves today and the versions of the
 host tools whose output lands in the image.  An unchanged recipe is never
 rebuilt; a changed one gets a new directory and the old one is removed.
 
-Command line (what ``make images`` runs)::
-
-    python -m harness.images.image build [tiny|lsi-boot|all]
-    python -m harness.images.image list
+The command line (``make images``) is harness/tools/images.py.
 """
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -24,7 +20,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from typing import Dict, List, Optional
 
@@ -502,36 +497,3 @@ def prepare_boot_disk(image: GuestImage, dest: str, load_sym53c8xx: bool = False
     bootdisk.write_syslinux_cfg(dest, bootdisk.render_syslinux_cfg(
         template, image.boot_append(load_sym53c8xx, extra_append)))
     return dest
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m harness.images.image',
-                                     description=__doc__.split('\n\n')[0])
-    sub = parser.add_subparsers(dest='command', required=True)
-    build_cmd = sub.add_parser('build', help='build recipes (cached builds are kept)')
-    build_cmd.add_argument('recipes', nargs='*', default=['all'],
-                           help="recipe names or 'all' (default)")
-    sub.add_parser('list', help='list recipes and their current build directories')
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
-    try:
-        if args.command == 'list':
-            for name in recipe_names():
-                plan = Plan(name)
-                state = 'built' if os.path.isdir(plan.out_dir) else 'not built'
-                print(f'{name}: {plan.out_dir} ({state})')
-            return 0
-        names = recipe_names() if 'all' in args.recipes else args.recipes
-        for name in names:
-            started = time.monotonic()
-            image = build_recipe(name)
-            print(f'{name}: {os.path.dirname(image.manifest)} '
-                  f'({time.monotonic() - started:.2f} s)')
-    except HarnessError as e:
-        print(f'error: {e}', file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -235,12 +235,13 @@ def built():
 def test_unchanged_recipes_rebuild_nothing(built):
     before = {n: image.read_manifest(os.path.dirname(g.manifest)) for n, g in built.items()}
     started = time.monotonic()
-    result = subprocess.run([sys.executable, '-m', 'harness.images.image', 'build', 'all'],
+    result = subprocess.run([sys.executable, '-m', 'harness.tools.images', 'build',
+                             *image.recipe_names()],
                             capture_output=True, text=True, timeout=60,
                             cwd=image.paths.REPO_DIR)
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stderr
-    assert elapsed < WARM_BUILD_LIMIT_S, f"warm 'build all' took {elapsed:.2f} s"
+    assert elapsed < WARM_BUILD_LIMIT_S, f"a warm build of every recipe took {elapsed:.2f} s"
     assert 'building' not in result.stdout + result.stderr
     for name, guest in built.items():
         assert image.read_manifest(os.path.dirname(guest.manifest)) == before[name]
