@@ -10,7 +10,8 @@ from the start of its DSP write to the entry of the guest's handler.
 
 from typing import List
 
-from ..devices import lsi
+from ..devices.lsi import driver as lsi, registers as lsi_regs, scripts as lsi_scripts
+from ..devices.lsi.errors import LsiError
 from .access import AgentAccess, AgentIrqTimeout
 from .mailbox import Command, Op, Status
 
@@ -20,19 +21,19 @@ VECTOR = 0x0000_1e70          # lands in DSPS: this stop is ours
 class IntxSource:
     def __init__(self, access: AgentAccess, device: lsi.Lsi53c895a):
         if access.irq is None:
-            raise lsi.LsiError("the LSI has no interrupt line assigned (config 0x3c): did "
-                               "the firmware enumerate it?")
+            raise LsiError("the LSI has no interrupt line assigned (config 0x3c): did "
+                           "the firmware enumerate it?")
         self.access = access
         self.agent = access.agent
         self.line = access.irq.line
-        mmio = device.function.bar(lsi.MMIO_BAR).address
-        self.dsp, self.istat0, self.dstat = mmio + lsi.DSP, mmio + lsi.ISTAT0, mmio + lsi.DSTAT
-        self.dsps = mmio + lsi.DSPS
+        mmio = device.function.bar(lsi_regs.MMIO_BAR).address
+        self.dsp, self.istat0 = mmio + lsi_regs.DSP, mmio + lsi_regs.ISTAT0
+        self.dstat, self.dsps = mmio + lsi_regs.DSTAT, mmio + lsi_regs.DSPS
         self.script = access.dma_alloc(16, 8)
-        access.mem_write(self.script, lsi.Script().int_(VECTOR).assemble(self.script))
-        device.write_reg(lsi.DIEN, lsi.DSTAT_SIR)
-        device.write_reg(lsi.SIEN0, 0)
-        device.write_reg(lsi.SIEN1, 0)
+        access.mem_write(self.script, lsi_scripts.Script().int_(VECTOR).assemble(self.script))
+        device.write_reg(lsi_regs.DIEN, lsi_regs.DSTAT_SIR)
+        device.write_reg(lsi_regs.SIEN0, 0)
+        device.write_reg(lsi_regs.SIEN1, 0)
 
     def start(self) -> Command:
         return Command(Op.MEM_WRITE, addr=self.dsp, size=4, value=self.script)

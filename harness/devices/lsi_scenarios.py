@@ -18,11 +18,12 @@ from typing import Callable, Dict
 
 from ..tools import bench
 from ..base import bytecheck
-from . import lsi, pci
+from . import pci
+from .lsi import driver as lsi, registers as lsi_regs
 
 BLOCK_SIZE = 512
 SCSI_CLASS_STORAGE = 0x0100
-LSI_ID_DWORD = lsi.DEVICE_ID << 16 | lsi.VENDOR_ID
+LSI_ID_DWORD = lsi_regs.DEVICE_ID << 16 | lsi_regs.VENDOR_ID
 EXPECTED_BARS = [(0, True, 0x100), (1, False, 0x400), (2, False, 0x2000)]
 LATENCY_SAMPLES = 200
 BAR_MOVE_BYTES = 0x10_0000
@@ -48,11 +49,11 @@ def identity_and_bar_programming(test, device: lsi.Lsi53c895a) -> Dict[str, dict
         raw = access.config_read(pci.BASE_ADDRESS_0 + 4 * bar.index, 4)
         test.assertEqual(raw & mask, bar.address, str(bar))
 
-    mmio = device.function.bar(lsi.MMIO_BAR)
-    device.write_reg(lsi.SCRATCHA, 0x600d_cafe, 4)
+    mmio = device.function.bar(lsi_regs.MMIO_BAR)
+    device.write_reg(lsi_regs.SCRATCHA, 0x600d_cafe, 4)
     mmio.address += BAR_MOVE_BYTES
     device.function.program_bar(mmio)
-    test.assertEqual(access.bar_read(mmio.address + lsi.SCRATCHA, 4, True), 0x600d_cafe)
+    test.assertEqual(access.bar_read(mmio.address + lsi_regs.SCRATCHA, 4, True), 0x600d_cafe)
 
     return {'config_read_us': latency_us(lambda: access.config_read(pci.VENDOR_ID, 4)),
             'config_write_us': latency_us(
@@ -66,23 +67,23 @@ def register_round_trips(test, device: lsi.Lsi53c895a) -> Dict[str, dict]:
     regs_bar = device.regs_bar
     try:
         for value in (0x1234_5678, 0xa5a5_a5a5, 0xffff_ffff, 0):
-            device.regs_bar = lsi.IO_BAR
-            device.write_reg(lsi.SCRATCHB, value, 4)
-            device.regs_bar = lsi.MMIO_BAR
-            test.assertEqual(device.read_reg(lsi.SCRATCHB, 4), value)
+            device.regs_bar = lsi_regs.IO_BAR
+            device.write_reg(lsi_regs.SCRATCHB, value, 4)
+            device.regs_bar = lsi_regs.MMIO_BAR
+            test.assertEqual(device.read_reg(lsi_regs.SCRATCHB, 4), value)
     finally:
         device.regs_bar = regs_bar
-    device.write_reg(lsi.SCRATCHA, 0, 4)
-    device.write_reg(lsi.SCRATCHA + 3, 0x7e, 1)
-    test.assertEqual(device.read_reg(lsi.SCRATCHA, 4), 0x7e00_0000)
+    device.write_reg(lsi_regs.SCRATCHA, 0, 4)
+    device.write_reg(lsi_regs.SCRATCHA + 3, 0x7e, 1)
+    test.assertEqual(device.read_reg(lsi_regs.SCRATCHA, 4), 0x7e00_0000)
 
-    for offset, value in ((0, 0x0bad_f00d), (lsi.SCRIPT_RAM_SIZE - 4, 0xfeed_beef)):
+    for offset, value in ((0, 0x0bad_f00d), (lsi_regs.SCRIPT_RAM_SIZE - 4, 0xfeed_beef)):
         device.script_ram_write(offset, value)
         test.assertEqual(device.script_ram_read(offset), value)
 
     access = device.access
-    scratcha = device.function.bar(lsi.MMIO_BAR).address + lsi.SCRATCHA
-    io_scratcha = device.function.bar(lsi.IO_BAR).address + lsi.SCRATCHA
+    scratcha = device.function.bar(lsi_regs.MMIO_BAR).address + lsi_regs.SCRATCHA
+    io_scratcha = device.function.bar(lsi_regs.IO_BAR).address + lsi_regs.SCRATCHA
     return {'bar_read_us': latency_us(lambda: access.bar_read(scratcha, 4, True)),
             'bar_write_us': latency_us(lambda: access.bar_write(scratcha, 1, 4, True)),
             'bar_read_io_us': latency_us(lambda: access.bar_read(io_scratcha, 4, False))}

@@ -22,7 +22,9 @@ import os
 import struct
 from typing import Dict, Optional
 
-from ..devices import lsi, pci
+from ..devices import pci
+from ..devices.lsi import registers as lsi_regs, scripts as lsi_scripts, scsi
+from ..devices.lsi.errors import LsiError, LsiTimeout, SelectionTimeout
 from ..base.errors import HarnessError
 from ..mpqemu import proxyram
 from .pci import GuestPCIDevice
@@ -44,7 +46,7 @@ class GuestLsi:
     def __init__(self, device: GuestPCIDevice):
         self.device = device
         self.ssh = device.ssh
-        self.res = f'{device.path}/resource{lsi.IO_BAR}'
+        self.res = f'{device.path}/resource{lsi_regs.IO_BAR}'
 
     def enable_bus_master(self) -> int:
         """COMMAND |= IO | MEMORY | MASTER (DMA needs MASTER, in the remote
@@ -54,7 +56,7 @@ class GuestLsi:
         self.device.config_write16(pci.COMMAND, command)
         return self.device.config_read32(pci.COMMAND) & 0xffff
 
-    def run(self, dsp: int, timeout_s: int = RUN_TIMEOUT_S) -> lsi.Stop:
+    def run(self, dsp: int, timeout_s: int = RUN_TIMEOUT_S) -> lsi_scripts.Stop:
         """Start SCRIPTS at ``dsp`` from inside the guest and wait for the
         stop; raises LsiError unless it stopped at INT_DONE."""
         res = self.res
@@ -63,32 +65,32 @@ class GuestLsi:
                              f' | xxd -p)')
         script = (
             # DIEN/SIEN0/SIEN1 = 0: no interrupt line, polling only (TCG).
-            f"printf '\\x00\\x00\\x00\\x00' | dd of={res} bs=1 seek={lsi.DIEN} count=1 "
+            f"printf '\\x00\\x00\\x00\\x00' | dd of={res} bs=1 seek={lsi_regs.DIEN} count=1 "
             f"conv=notrunc 2>/dev/null; "
-            f"printf '\\x00\\x00' | dd of={res} bs=2 seek={lsi.SIEN0 // 2} count=1 "
+            f"printf '\\x00\\x00' | dd of={res} bs=2 seek={lsi_regs.SIEN0 // 2} count=1 "
             f"conv=notrunc 2>/dev/null; "
-            f"printf '{escaped}' | dd of={res} bs=4 seek={lsi.DSP // 4} count=1 "
+            f"printf '{escaped}' | dd of={res} bs=4 seek={lsi_regs.DSP // 4} count=1 "
             f"conv=notrunc 2>/dev/null; "
-            f"n=0; while :; do i={rd(lsi.ISTAT0, 1)}; "
+            f"n=0; while :; do i={rd(lsi_regs.ISTAT0, 1)}; "
             f"[ $((0x$i & 3)) -ne 0 ] && break; n=$((n+1)); "
             f"[ $n -gt {timeout_s * 100} ] && break; usleep 10000; done; "
-            f"echo $i {rd(lsi.DSTAT, 1)} {rd(lsi.SIST0, 1)} {rd(lsi.SIST1, 1)} "
-            f"{rd(lsi.DSPS, 4)} {rd(lsi.DSP, 4)} $n")
+            f"echo $i {rd(lsi_regs.DSTAT, 1)} {rd(lsi_regs.SIST0, 1)} {rd(lsi_regs.SIST1, 1)} "
+            f"{rd(lsi_regs.DSPS, 4)} {rd(lsi_regs.DSP, 4)} $n")
         out = self.ssh.run(script, timeout_s=timeout_s + 10, check=True).stdout.split()
         if len(out) != 7:
             raise HarnessError(f"guest SCRIPTS runner printed {out!r}")
         le = lambda h: int.from_bytes(bytes.fromhex(h), 'little')  # noqa: E731
         istat0, dstat, sist0, sist1, dsps, dsp_now = (le(h) for h in out[:6])
-        stop = lsi.Stop(istat0, dstat & ~lsi.DSTAT_DFE, sist0, sist1, dsps, dsp_now,
-                        by_irq=False, elapsed_s=0.0)   # polls: int(out[6])
-        if not istat0 & (lsi.ISTAT0_DIP | lsi.ISTAT0_SIP):
-            raise lsi.LsiTimeout(f"SCRIPTS at {dsp:#x} still running after {timeout_s} s "
-                                 f"({stop})")
-        if stop.sist1 & lsi.SIST1_STO:
-            raise lsi.SelectionTimeout(f"no SCSI target answered ({stop}): is a disk "
-                                       f"attached to the LSI?")
+        stop = lsi_scripts.Stop(istat0, dstat & ~lsi_regs.DSTAT_DFE, sist0, sist1, dsps,
+                                dsp_now, by_irq=False, elapsed_s=0.0)   # polls: int(out[6])
+        if not istat0 & (lsi_regs.ISTAT0_DIP | lsi_regs.ISTAT0_SIP):
+            raise LsiTimeout(f"SCRIPTS at {dsp:#x} still running after {timeout_s} s "
+                             f"({stop})")
+        if stop.sist1 & lsi_regs.SIST1_STO:
+            raise SelectionTimeout(f"no SCSI target answered ({stop}): is a disk "
+                                   f"attached to the LSI?")
         if not stop.done:
-            raise lsi.LsiError(f"SCRIPTS at {dsp:#x} stopped unexpectedly: {stop}")
+            raise LsiError(f"SCRIPTS at {dsp:#x} stopped unexpectedly: {stop}")
         return stop
 
 
@@ -99,40 +101,41 @@ def scsi_script(cb: int, cdb: bytes, data_gpa: Optional[int] = None, data_len: i
     moves ``data_len`` bytes at ``data_gpa`` (any 64-bit address) and
     stops with INT_DONE.  The CDB, message and status bytes live in the
     same page: write :func:`command_block` there too."""
-    s = lsi.Script()
+    s = lsi_scripts.Script()
     # lsi_do_dma: DBMS supplies address bits 63:32 of data-phase moves.
     high = (data_gpa or 0) >> 32
     for i in range(4):
-        s.load_register(lsi.DBMS + i, (high >> (8 * i)) & 0xff)
+        s.load_register(lsi_regs.DBMS + i, (high >> (8 * i)) & 0xff)
     s.select(target, alt=s.ref('already_connected'))
-    s.move(lsi.PHASE_MSG_OUT, 1, cb + CB_MSGOUT)
-    s.move(lsi.PHASE_COMMAND, len(cdb), cb + CB_CDB)
+    s.move(lsi_regs.PHASE_MSG_OUT, 1, cb + CB_MSGOUT)
+    s.move(lsi_regs.PHASE_COMMAND, len(cdb), cb + CB_CDB)
     s.label('dispatch')
-    s.jump(s.ref('status'), when=lsi.PHASE_STATUS)
-    s.jump(s.ref('msg_in'), when=lsi.PHASE_MSG_IN)
+    s.jump(s.ref('status'), when=lsi_regs.PHASE_STATUS)
+    s.jump(s.ref('msg_in'), when=lsi_regs.PHASE_MSG_IN)
     if data_len:
-        s.jump(s.ref('data'), when=lsi.PHASE_DATA_IN if data_in else lsi.PHASE_DATA_OUT)
-    s.int_(lsi.INT_BAD_PHASE)
+        s.jump(s.ref('data'),
+               when=lsi_regs.PHASE_DATA_IN if data_in else lsi_regs.PHASE_DATA_OUT)
+    s.int_(lsi_scripts.INT_BAD_PHASE)
     # The target disconnects while the block layer works and reselects us.
     s.label('msg_in')
-    s.move(lsi.PHASE_MSG_IN, 2, cb + CB_MSGIN)
+    s.move(lsi_regs.PHASE_MSG_IN, 2, cb + CB_MSGIN)
     s.wait_reselect(alt=s.ref('reselect_aborted'))
-    s.move(lsi.PHASE_MSG_IN, 1, cb + CB_MSGIN + 2)
-    s.jump(s.ref('dispatch'), when=lsi.PHASE_MSG_IN, if_not=True)
-    s.int_(lsi.INT_BAD_PHASE)
+    s.move(lsi_regs.PHASE_MSG_IN, 1, cb + CB_MSGIN + 2)
+    s.jump(s.ref('dispatch'), when=lsi_regs.PHASE_MSG_IN, if_not=True)
+    s.int_(lsi_scripts.INT_BAD_PHASE)
     s.label('data')
     if data_len:
-        s.move(lsi.PHASE_DATA_IN if data_in else lsi.PHASE_DATA_OUT, data_len,
+        s.move(lsi_regs.PHASE_DATA_IN if data_in else lsi_regs.PHASE_DATA_OUT, data_len,
                data_gpa & 0xffffffff)
     s.jump(s.ref('dispatch'))
     s.label('status')
-    s.move(lsi.PHASE_STATUS, 1, cb + CB_STATUS)
-    s.move(lsi.PHASE_MSG_IN, 1, cb + CB_MSGIN + 4)
-    s.int_(lsi.INT_DONE)
+    s.move(lsi_regs.PHASE_STATUS, 1, cb + CB_STATUS)
+    s.move(lsi_regs.PHASE_MSG_IN, 1, cb + CB_MSGIN + 4)
+    s.int_(lsi_scripts.INT_DONE)
     s.label('reselect_aborted')
-    s.int_(lsi.INT_RESELECT_ABORTED)
+    s.int_(lsi_scripts.INT_RESELECT_ABORTED)
     s.label('already_connected')
-    s.int_(lsi.INT_ALREADY_CONNECTED)
+    s.int_(lsi_scripts.INT_ALREADY_CONNECTED)
     code = s.assemble(cb + CB_SCRIPT)
     if len(code) > CB_CDB - CB_SCRIPT:
         raise ValueError(f"SCRIPTS of {len(code)} bytes overrun the CDB")
@@ -143,19 +146,19 @@ def command_block(cb_page: bytes, cdb: bytes) -> bytes:
     """``cb_page`` with the CDB, IDENTIFY and a 0xff status placeholder."""
     page = bytearray(cb_page)
     page[CB_CDB:CB_CDB + 16] = cdb.ljust(16, b'\0')
-    page[CB_MSGOUT] = lsi.MSG_IDENTIFY
+    page[CB_MSGOUT] = scsi.MSG_IDENTIFY
     page[CB_STATUS] = 0xff
     return bytes(page)
 
 
 def rw10_cdb(write: bool, lba: int, blocks: int) -> bytes:
-    return struct.pack('>BBIBHB', lsi.SCSI_WRITE_10 if write else lsi.SCSI_READ_10,
+    return struct.pack('>BBIBHB', scsi.SCSI_WRITE_10 if write else scsi.SCSI_READ_10,
                        0, lba, 0, blocks, 0)
 
 
-def memory_move_script(base: int, moves, vector: int = lsi.INT_DONE) -> bytes:
+def memory_move_script(base: int, moves, vector: int = lsi_scripts.INT_DONE) -> bytes:
     """MEMORY MOVEs [(src, dst, count)] (32-bit addresses) then INT."""
-    s = lsi.Script()
+    s = lsi_scripts.Script()
     for src, dst, count in moves:
         s.memory_move(count, src, dst)
     s.int_(vector)

@@ -24,7 +24,7 @@ from typing import Dict, List
 
 from . import bench
 from ..base import params
-from ..devices import lsi
+from ..devices.lsi import driver as lsi, registers as lsi_regs
 from ..mpqemu import topology
 from ..qemu import accel as qemu_accel
 from ..qemu import binary as qemu_binary
@@ -98,8 +98,8 @@ def run(caps, workdir: str, boots: int, interrupts: int, ops: int) -> Dict:
             try:
                 ready.append(session.ready_s)
                 if boot == 0:
-                    access = AgentAccess(agent, agent.find_device(lsi.VENDOR_ID, lsi.DEVICE_ID),
-                                         vm.memory_mb * MIB)
+                    bdf = agent.find_device(lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
+                    access = AgentAccess(agent, bdf, vm.memory_mb * MIB)
                     device = lsi.Lsi53c895a(access)
                     device.setup()
                     figures['interrupts'] = _interrupts(access, device, interrupts)

@@ -30,7 +30,8 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 from ..base import bytecheck, params
-from ..devices import lsi, pci
+from ..devices import pci
+from ..devices.lsi import driver as lsi, registers as lsi_regs
 from ..mpqemu import fake_remote
 from ..qemu import binary as qemu_binary
 
@@ -92,14 +93,14 @@ def latency_probes(remote: Optional[fake_remote.FakeProxiedRemote],
     through ``device.access`` (the fake proxy's here, qtest's in
     harness/tools/qtest_bench.py); ``remote`` is not needed."""
     proxy = device.access
-    mmio = device.function.bar(lsi.MMIO_BAR).address
-    io = device.function.bar(lsi.IO_BAR).address
+    mmio = device.function.bar(lsi_regs.MMIO_BAR).address
+    io = device.function.bar(lsi_regs.IO_BAR).address
     return {
         'config_read': lambda: proxy.config_read(pci.VENDOR_ID, 4),
         'config_write': lambda: proxy.config_write(pci.INTERRUPT_LINE, 0x0b, 1),
-        'bar_read_mmio': lambda: proxy.bar_read(mmio + lsi.SCRATCHA, 4, True),
-        'bar_write_mmio': lambda: proxy.bar_write(mmio + lsi.SCRATCHA, 0x5a5a5a5a, 4, True),
-        'bar_read_io': lambda: proxy.bar_read(io + lsi.SCRATCHA, 4, False),
+        'bar_read_mmio': lambda: proxy.bar_read(mmio + lsi_regs.SCRATCHA, 4, True),
+        'bar_write_mmio': lambda: proxy.bar_write(mmio + lsi_regs.SCRATCHA, 0x5a5a5a5a, 4, True),
+        'bar_read_io': lambda: proxy.bar_read(io + lsi_regs.SCRATCHA, 4, False),
     }
 
 

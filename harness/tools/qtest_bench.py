@@ -20,7 +20,7 @@ from typing import Dict
 
 from . import bench
 from ..base import bytecheck, params
-from ..devices import lsi
+from ..devices.lsi import driver as lsi
 from ..mpqemu import topology
 from ..qemu import binary as qemu_binary
 from ..qemu.qtest import launch_lsi

@@ -27,7 +27,8 @@ from harness.agent.access import AgentAccess
 from harness.agent.client import AgentCommandError, AgentError, AgentFault, AgentTimeout
 from harness.agent.lsi_intx import VECTOR, IntxSource
 from harness.agent.mailbox import FAULT_EXIT_STATUS, Command, Op, Status
-from harness.devices import lsi, pci
+from harness.devices import pci
+from harness.devices.lsi import driver as lsi, registers as lsi_regs, scripts as lsi_scripts, scsi
 from harness.guest import lsi_dma
 from harness.mpqemu import hotplug, memview, topology
 from harness.mpqemu.proxyram import MappedRam
@@ -51,7 +52,7 @@ DIMM_DMA_BYTES = 256 * 1024
 LBA_PATTERN = 2048
 LBA_FROM_DIMM = 8192
 ALL_ONES_32 = 0xffffffff
-LSI_ID_DWORD = lsi.DEVICE_ID << 16 | lsi.VENDOR_ID
+LSI_ID_DWORD = lsi_regs.DEVICE_ID << 16 | lsi_regs.VENDOR_ID
 SCSI_CLASS_STORAGE = 0x0100
 PCI_IRQ_LINES = (5, 9, 10, 11)   # SeaBIOS's PIIX/ICH9 PIRQ choices
 
@@ -66,7 +67,7 @@ class AgentTest(MultiprocessTest):
         """The agent booted, the LSI found and set up through it."""
         vm = self.launch(guest=AGENT, disks=[drive], **vm_kwargs)
         self.session, self.agent = vm.guest, vm.guest.agent
-        self.bdf = self.agent.find_device(lsi.VENDOR_ID, lsi.DEVICE_ID)
+        self.bdf = self.agent.find_device(lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
         self.access = AgentAccess(self.agent, self.bdf, self.vm.memory_mb * MIB)
         self.lsi = lsi.Lsi53c895a(self.access)
         self.lsi.setup()
@@ -76,7 +77,7 @@ class AgentTest(MultiprocessTest):
         return IntxSource(self.access, self.lsi)
 
     def mmio(self, offset: int) -> int:
-        return self.lsi.function.bar(lsi.MMIO_BAR).address + offset
+        return self.lsi.function.bar(lsi_regs.MMIO_BAR).address + offset
 
     def assert_no_interrupt(self, what: str) -> None:
         late = self.agent.one(Op.IRQ_WAIT, arg=NO_IRQ_MS)
@@ -104,14 +105,14 @@ class ProxiedAgent(AgentTest):
         self.assertTrue(agent.header('elcr') & 1 << line, 'the line is not level-triggered')
 
         emulator = self.vm.device_process('lsi1')
-        io = self.lsi.function.bar(lsi.IO_BAR).address
+        io = self.lsi.function.bar(lsi_regs.IO_BAR).address
         for size, value in ((1, 0xa5), (2, 0xbeef), (4, 0x600dcafe)):
             for base, memory in ((io, False), (self.mmio(0), True)):
-                access.bar_write(base + lsi.SCRATCHA, 0, 4, memory)
-                access.bar_write(base + lsi.SCRATCHA, value, size, memory)
-                self.assertEqual(access.bar_read(base + lsi.SCRATCHA, size, memory), value)
+                access.bar_write(base + lsi_regs.SCRATCHA, 0, 4, memory)
+                access.bar_write(base + lsi_regs.SCRATCHA, value, size, memory)
+                self.assertEqual(access.bar_read(base + lsi_regs.SCRATCHA, size, memory), value)
                 # The process that emulates the LSI holds the value itself.
-                self.assertIn(f'= {value:#010x}', emulator.hmp(f'i /w {io + lsi.SCRATCHA:#x}'))
+                self.assertIn(f'= {value:#010x}', emulator.hmp(f'i /w {io + lsi_regs.SCRATCHA:#x}'))
 
         samples = [Command(Op.CFG_READ, arg=self.bdf, addr=0, size=4) for _ in range(200)]
         agent.run(samples)
@@ -129,7 +130,7 @@ class ProxiedAgent(AgentTest):
         with self.assertRaisesRegex(AgentError, r'no PCI device 1234:5678 on bus 0 '
                                     r'\(the agent found .*1000:0012 at '):
             self.agent.find_device(0x1234, 0x5678)
-        self.assertEqual(self.access.config_read(pci.VENDOR_ID, 2), lsi.VENDOR_ID)
+        self.assertEqual(self.access.config_read(pci.VENDOR_ID, 2), lsi_regs.VENDOR_ID)
         with self.assertRaises(AgentFault) as caught:
             self.agent.one(Op.TRAP)
         message = str(caught.exception)
@@ -162,8 +163,8 @@ class ProxiedIntx(AgentTest):
         with self.known_issue_guard(INTX_ISSUE):
             start, wait, istat0, dstat, dsps, _ = self.agent.run(source.cycle(IRQ_TIMEOUT_MS))
             source.check(wait, 'a SCRIPTS INT')
-        self.assertTrue(istat0.value & lsi.ISTAT0_DIP, f'ISTAT0={istat0.value:#04x}')
-        self.assertTrue(dstat.value & lsi.DSTAT_SIR, f'DSTAT={dstat.value:#04x}')
+        self.assertTrue(istat0.value & lsi_regs.ISTAT0_DIP, f'ISTAT0={istat0.value:#04x}')
+        self.assertTrue(dstat.value & lsi_regs.DSTAT_SIR, f'DSTAT={dstat.value:#04x}')
         self.assertEqual(dsps.value, VECTOR)
         self.assertEqual(wait.irq_count, 1)
         self.assert_no_interrupt('after DSTAT was read and EOI sent')
@@ -179,7 +180,7 @@ class ProxiedIntx(AgentTest):
             source.check(again, 'an EOI with DSTAT still unread (the resample path)')
         self.assertEqual(again.irq_count, 2)
         _, dstat, dsps, _ = self.agent.run(source.read_status() + [source.ack()])
-        self.assertTrue(dstat.value & lsi.DSTAT_SIR)
+        self.assertTrue(dstat.value & lsi_regs.DSTAT_SIR)
         self.assertEqual(dsps.value, VECTOR)
         self.assert_no_interrupt('after the second EOI, DSTAT read')
         self.assertEqual(self.agent.header('irq_count'), 2)
@@ -201,7 +202,7 @@ class ProxiedIntx(AgentTest):
                 start, wait, _, dstat, _, _ = batch[6 * i:6 * i + 6]
                 self.assertEqual(wait.status, Status.OK, f'interrupt {done + i + 1} lost')
                 self.assertEqual(wait.irq_count, done + i + 1, f'interrupt {done + i + 1}')
-                self.assertTrue(dstat.value & lsi.DSTAT_SIR)
+                self.assertTrue(dstat.value & lsi_regs.DSTAT_SIR)
                 latencies.append(source.latency_s(start, wait))
             done += n
         elapsed = time.monotonic() - started
@@ -295,13 +296,13 @@ class ProxiedAgentFaults(AgentTest):
         self.assertEqual(wait.status, Status.TIMEOUT, 'an interrupt from a killed remote')
         restart = self.agent.run([source.start(), source.wait(NO_IRQ_MS)])
         self.assertEqual(restart[1].status, Status.TIMEOUT, 'a dead remote interrupted')
-        self.assertEqual(self.access.bar_read(self.mmio(lsi.SCRATCHA), 4, True), ALL_ONES_32)
+        self.assertEqual(self.access.bar_read(self.mmio(lsi_regs.SCRATCHA), 4, True), ALL_ONES_32)
         self.assertEqual(self.access.config_read(pci.VENDOR_ID, 4), ALL_ONES_32)
         self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
 
     def test_stopped_remote_blocks_the_access_until_it_continues(self):
         self.boot()
-        scratcha = self.mmio(lsi.SCRATCHA)
+        scratcha = self.mmio(lsi_regs.SCRATCHA)
         self.access.bar_write(scratcha, 0x5a5a1234, 4, True)
         remote = self.vm.remote('lsi1')
         remote.faults.hang()
@@ -335,20 +336,20 @@ class ProxiedResetWithInterruptPending(AgentTest):
         with self.known_issue_guard(INTX_ISSUE):
             source.check(self.agent.run([source.start(), source.wait(IRQ_TIMEOUT_MS)])[1],
                          'a SCRIPTS INT')
-        self.assertTrue(self.access.bar_read(self.mmio(lsi.ISTAT0), 1, True) & lsi.ISTAT0_DIP)
+        self.assertTrue(self.access.bar_read(self.mmio(lsi_regs.ISTAT0), 1, True) & lsi_regs.ISTAT0_DIP)
         since = self.session.firmware.mark()
         self.agent.forget_boot()
         self.vm.qemu.qmp('system_reset')
         agent = self.session.wait_ready(self.vm.qemu, self.vm.memory_mb, since=since)
         self.assertEqual(agent.header('boots'), 2)
         self.record(reset_to_agent_ready_s=round(self.session.ready_s, 3))
-        self.access = AgentAccess(agent, agent.find_device(lsi.VENDOR_ID, lsi.DEVICE_ID),
+        self.access = AgentAccess(agent, agent.find_device(lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID),
                                   self.vm.memory_mb * MIB)
         self.agent = agent
         self.assert_no_interrupt('after the reset, from the interrupt pending before it')
         self.lsi = lsi.Lsi53c895a(self.access)
         self.lsi.setup()
-        self.assertEqual(self.lsi.read_reg(lsi.ISTAT0) & (lsi.ISTAT0_DIP | lsi.ISTAT0_SIP), 0)
+        self.assertEqual(self.lsi.read_reg(lsi_regs.ISTAT0) & (lsi_regs.ISTAT0_DIP | lsi_regs.ISTAT0_SIP), 0)
         source = self.intx()
         cycle = agent.run(source.cycle(IRQ_TIMEOUT_MS))
         source.check(cycle[1], 'a SCRIPTS INT after the reset')
@@ -385,13 +386,13 @@ class ProxiedDimmDma(AgentTest):
             _, wait, _, dstat, dsps, _ = self.agent.run(
                 [start, source.wait(IRQ_TIMEOUT_MS), *source.read_status(), source.ack()])
             source.check(wait, f'{"WRITE" if write else "READ"}(10) of {length} bytes')
-            self.assertTrue(dstat.value & lsi.DSTAT_SIR)
-            self.assertEqual(dsps.value, lsi.INT_DONE)
+            self.assertTrue(dstat.value & lsi_regs.DSTAT_SIR)
+            self.assertEqual(dsps.value, lsi_scripts.INT_DONE)
             status = self.access.mem_read(cb + lsi_dma.CB_STATUS, 1)[0]
-            if status != lsi.STATUS_CHECK_CONDITION:
+            if status != scsi.STATUS_CHECK_CONDITION:
                 break
         self.access.dma_free(cb)
-        self.assertEqual(status, lsi.STATUS_GOOD)
+        self.assertEqual(status, scsi.STATUS_GOOD)
 
     def test_dma_into_and_out_of_a_dimm_completes_by_interrupt(self):
         disk = self.scratch_disk(DISK_MIB)

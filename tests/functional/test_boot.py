@@ -11,7 +11,7 @@ multi-process path rather than on the image or the harness.
 import os
 import random
 
-from harness.devices import lsi as lsi_regs
+from harness.devices.lsi import registers as lsi_regs
 from harness.images.image import resolve_image
 from harness.guest.pci import find_device
 from harness.mpqemu import topology

@@ -13,7 +13,7 @@ proxy-realize-crash-without-kvm, not as a failure.
 import os
 
 from harness.base import params
-from harness.devices import lsi as lsi_regs
+from harness.devices.lsi import registers as lsi_regs
 from harness.devices.pci import qmp_pci_device
 from harness.qemu import binary as qemu_binary
 from harness.qemu import build as qemu_build

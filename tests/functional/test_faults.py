@@ -17,7 +17,7 @@ import statistics
 import time
 
 from harness.base import bytecheck
-from harness.devices import lsi as lsi_regs
+from harness.devices.lsi import driver as lsi, registers as lsi_regs
 from harness.base.errors import QMPError
 from harness.guest.pci import find_device
 from harness.guest.ssh import CommandTimeout
@@ -402,7 +402,7 @@ class RestartKeepsFlushedData(FaultTest):
         payload = os.urandom(2 * MIB)
         lba = 4096
         with fake_remote.launch(self.caps, log_dir=self.outputdir, drive=image) as first:
-            engine = lsi_regs.Lsi53c895a(first.access)
+            engine = lsi.Lsi53c895a(first.access)
             engine.setup()
             engine.wait_ready()
             engine.write10(lba, payload, fua=True)       # written and flushed
@@ -410,7 +410,7 @@ class RestartKeepsFlushedData(FaultTest):
             self.assertTrue(first.remote.process.wait_exit(REMOTE_EXIT_TIMEOUT_S))
             self.assertEqual(first.remote.process.exitcode, -9)
         with fake_remote.launch(self.caps, log_dir=self.outputdir, drive=image) as second:
-            engine = lsi_regs.Lsi53c895a(second.access)
+            engine = lsi.Lsi53c895a(second.access)
             engine.setup()
             engine.wait_ready()
             bytecheck.assert_same_bytes(engine.read10(lba, len(payload) // 512), payload,

@@ -13,8 +13,8 @@ the bytes where they landed.
 import os
 import time
 
+from harness.devices.lsi import registers as lsi_regs
 from harness.base import bytecheck, deadlines
-from harness.devices import lsi
 from harness.guest import lsi_dma, memory
 from harness.guest.pci import find_device
 from harness.mpqemu import hotplug, memview, proxyram
@@ -51,7 +51,7 @@ class HotplugTest(MultiprocessTest):
                          maxmem_mb=self.memory_mb + MAXMEM_EXTRA_MB)
         self.session, self.ssh = vm.guest, vm.guest.ssh
         self.remote = vm.remote('lsi1').process
-        self.lsi = lsi_dma.GuestLsi(find_device(self.ssh, lsi.VENDOR_ID, lsi.DEVICE_ID))
+        self.lsi = lsi_dma.GuestLsi(find_device(self.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID))
         self.lsi.enable_bus_master()
         self.ram = proxyram.boot_ram(vm.qemu.pid, vm.memory_mb * MIB)
         self.addCleanup(self.ram.close)

@@ -17,7 +17,8 @@ import signal
 import time
 
 from harness.base import bytecheck
-from harness.devices import lsi, pci
+from harness.devices import pci
+from harness.devices.lsi import driver as lsi, registers as lsi_regs
 from harness.devices import lsi_scenarios as scenarios
 from harness.mpqemu import fake_remote, protocol
 from harness.testing import MIB, MultiprocessTest
@@ -118,17 +119,17 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         remote's log) and clears its registers; being a device reset, not
         a bus reset, it leaves the BARs where the proxy put them."""
         resets = self.remote.process.count_log_lines(RESET_TRACE_EVENT)
-        for register in (lsi.SCRATCHA, lsi.SCRATCHB, lsi.DSA):
+        for register in (lsi_regs.SCRATCHA, lsi_regs.SCRATCHB, lsi_regs.DSA):
             self.lsi.write_reg(register, 0xdead_beef, 4)
-        self.lsi.write_reg(lsi.DIEN, lsi.DSTAT_SIR)
+        self.lsi.write_reg(lsi_regs.DIEN, lsi_regs.DSTAT_SIR)
 
         self.proxy.device_reset()
 
-        for register in (lsi.SCRATCHA, lsi.SCRATCHB, lsi.DSA):
-            self.assertEqual(self.lsi.read_reg(register, 4), 0, lsi.REGISTER_NAMES[register])
-        self.assertEqual(self.lsi.read_reg(lsi.DIEN), 0)
+        for register in (lsi_regs.SCRATCHA, lsi_regs.SCRATCHB, lsi_regs.DSA):
+            self.assertEqual(self.lsi.read_reg(register, 4), 0, lsi_regs.REGISTER_NAMES[register])
+        self.assertEqual(self.lsi.read_reg(lsi_regs.DIEN), 0)
         self.assertEqual(self.remote.process.count_log_lines(RESET_TRACE_EVENT), resets + 1)
-        mmio = self.lsi.function.bar(lsi.MMIO_BAR)
+        mmio = self.lsi.function.bar(lsi_regs.MMIO_BAR)
         self.assertEqual(self.proxy.config_read(pci.BASE_ADDRESS_0 + 4 * mmio.index, 4)
                          & pci.BAR_MEM_MASK, mmio.address)
 
@@ -137,11 +138,11 @@ class RemoteLsiOverProtocol(MultiprocessTest):
     def test_killed_remote_is_a_bounded_remote_gone(self):
         """A remote killed by SIGKILL turns the next access into
         RemoteGone at once, not into a wait."""
-        self.lsi.write_reg(lsi.SCRATCHA, 1, 4)
+        self.lsi.write_reg(lsi_regs.SCRATCHA, 1, 4)
         killed = time.monotonic()
         self.remote.faults.kill()
         with self.assertRaisesRegex(protocol.RemoteGone, 'exited or was killed'):
-            self.lsi.read_reg(lsi.SCRATCHA, 4)
+            self.lsi.read_reg(lsi_regs.SCRATCHA, 4)
         detected = time.monotonic() - killed
         self.assertLess(detected, REPLY_TIMEOUT_S)
         self.assertTrue(self.remote.process.wait_exit(REPLY_TIMEOUT_S))
@@ -152,8 +153,8 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         """A SIGSTOPped remote (alive, silent) is a RemoteTimeout after the
         deadline; once continued, its late reply is drained and the link
         is usable again."""
-        self.lsi.write_reg(lsi.SCRATCHA, 0x5a5a_5a5a, 4)
-        scratcha = self.lsi.function.bar(lsi.MMIO_BAR).address + lsi.SCRATCHA
+        self.lsi.write_reg(lsi_regs.SCRATCHA, 0x5a5a_5a5a, 4)
+        scratcha = self.lsi.function.bar(lsi_regs.MMIO_BAR).address + lsi_regs.SCRATCHA
         self.remote.process.send_signal(signal.SIGSTOP)
         try:
             started = time.monotonic()
@@ -163,5 +164,5 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         finally:
             self.remote.process.send_signal(signal.SIGCONT)
         self.assertLess(waited, STOPPED_REPLY_TIMEOUT_S + 1.0)
-        self.assertEqual(self.lsi.read_reg(lsi.SCRATCHA, 4), 0x5a5a_5a5a)
+        self.assertEqual(self.lsi.read_reg(lsi_regs.SCRATCHA, 4), 0x5a5a_5a5a)
         self.record(stop_timeout_ms=round(waited * 1000, 1))

@@ -22,7 +22,8 @@ import time
 
 from harness.base import bytecheck
 from harness.qemu import qtest
-from harness.devices import lsi, pci
+from harness.devices import pci
+from harness.devices.lsi import driver as lsi, registers as lsi_regs
 from harness.devices import lsi_scenarios as scenarios
 from harness.mpqemu import topology
 from harness.testing import MIB, MultiprocessTest
@@ -114,13 +115,13 @@ class ProxiedLsiOverQtest(LsiOverQtest):
         """With the remote SIGKILLed, config space and BAR reads through
         the proxy return all-ones at once (no hang), and the proxy keeps
         running."""
-        self.lsi.write_reg(lsi.SCRATCHA, 0x1234_5678, 4)
+        self.lsi.write_reg(lsi_regs.SCRATCHA, 0x1234_5678, 4)
         remote = self.vm.remote('lsi1')
         remote.faults.kill()
         self.assertTrue(remote.process.wait_exit(KILL_DETECT_TIMEOUT_S))
         started = time.monotonic()
         self.assertEqual(self.access.config_read(pci.VENDOR_ID, 4), ALL_ONES_32)
-        self.assertEqual(self.lsi.read_reg(lsi.SCRATCHA, 4), ALL_ONES_32)
+        self.assertEqual(self.lsi.read_reg(lsi_regs.SCRATCHA, 4), ALL_ONES_32)
         detected = time.monotonic() - started
         self.assertLess(detected, KILL_DETECT_TIMEOUT_S)
         self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')

@@ -14,7 +14,7 @@ import random
 import time
 
 from harness.base import deadlines
-from harness.devices import lsi
+from harness.devices.lsi import registers as lsi_regs
 from harness.guest import lsi_dma
 from harness.guest.pci import find_device
 from harness.mpqemu import proxyram
@@ -23,7 +23,7 @@ from harness.qemu.tracelog import event_times, trace_args
 from harness.testing import MultiprocessTest
 
 RESET_TRACE = trace_args('lsi_reset')
-SCRATCHA = lsi.SCRATCHA
+SCRATCHA = lsi_regs.SCRATCHA
 QUICK_RESETS = 10
 RESET_EVENT_TIMEOUT_S = 5.0
 TRACE_TIMEOUT_S = 5.0
@@ -47,7 +47,7 @@ class ResetTest(MultiprocessTest):
     def boot(self, **kwargs):
         vm = self.launch(guest='tiny', remote_args=RESET_TRACE, **kwargs)
         session = vm.guest
-        return vm, session, find_device(session.ssh, lsi.VENDOR_ID, lsi.DEVICE_ID)
+        return vm, session, find_device(session.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
 
     def reset_and_reboot(self, vm, session):
         """system_reset on the proxy and a fresh login; returns the time the
@@ -88,14 +88,14 @@ class ResetPropagation(ResetTest):
         vm, session, device = self.boot()
         remote = vm.remote('lsi1').process
         value = random.Random(self.name.str_filesystem).getrandbits(32) | 0x01010101
-        device.bar_write32(lsi.IO_BAR, SCRATCHA, value)
-        self.assertEqual(device.bar_read32(lsi.IO_BAR, SCRATCHA), value)
+        device.bar_write32(lsi_regs.IO_BAR, SCRATCHA, value)
+        self.assertEqual(device.bar_read32(lsi_regs.IO_BAR, SCRATCHA), value)
         written_at = time.time()
 
         asked_at = self.reset_and_reboot(vm, session)
-        device = find_device(session.ssh, lsi.VENDOR_ID, lsi.DEVICE_ID)
+        device = find_device(session.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
         read_at = time.time()
-        self.assertEqual(device.bar_read32(lsi.IO_BAR, SCRATCHA), 0)
+        self.assertEqual(device.bar_read32(lsi_regs.IO_BAR, SCRATCHA), 0)
 
         # The reset reached the remote after the write, once system_reset
         # was asked for, and before the guest read the register again.
@@ -135,9 +135,9 @@ class ResetPropagation(ResetTest):
         self.assertEqual(vm.qemu.qmp('query-status')['status'], 'prelaunch')
         vm.qemu.qmp('cont')
         session.wait_rebooted(vm.qemu, since)
-        device = find_device(session.ssh, lsi.VENDOR_ID, lsi.DEVICE_ID)
-        device.bar_write32(lsi.IO_BAR, SCRATCHA, 0xa5a55a5a)
-        self.assertEqual(device.bar_read32(lsi.IO_BAR, SCRATCHA), 0xa5a55a5a)
+        device = find_device(session.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
+        device.bar_write32(lsi_regs.IO_BAR, SCRATCHA, 0xa5a55a5a)
+        self.assertEqual(device.bar_read32(lsi_regs.IO_BAR, SCRATCHA), 0xa5a55a5a)
         self.guest_dma_works(vm, session, device)
         self.assertTrue(remote.is_running())
         self.record(quick_reset_arrival_ms=latencies_ms,

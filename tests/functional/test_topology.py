@@ -7,7 +7,7 @@ the BAR layout it learnt from the remote.
 
 import os
 
-from harness.devices import lsi as lsi_regs
+from harness.devices.lsi import registers as lsi_regs
 from harness.devices.pci import qmp_pci_device as pci_device
 from harness.mpqemu.memview import wait_for_ram
 from harness.testing import MIB, MultiprocessTest

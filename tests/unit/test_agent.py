@@ -13,7 +13,7 @@ from harness.agent import mailbox
 from harness.agent.client import AgentCommandError, AgentError, AgentFault, AgentTimeout
 from harness.agent.mailbox import Op, Status
 from harness.agent.session import AgentSession
-from harness.devices import lsi
+from harness.devices.lsi import registers as lsi_regs
 from harness.mpqemu import topology
 from harness.qemu import accel as qemu_accel
 
@@ -73,14 +73,14 @@ def agent_vm(caps, tmp_path):
 
 def test_refused_command_and_absent_device_are_named(agent_vm):
     _, agent = agent_vm
-    bdf = agent.find_device(lsi.VENDOR_ID, lsi.DEVICE_ID)
+    bdf = agent.find_device(lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
     with pytest.raises(AgentCommandError, match=r'command #0 \(IO_READ port 0x0080/3\): BAD_SIZE'):
         agent.one(Op.IO_READ, addr=0x80, size=3)
     with pytest.raises(AgentCommandError, match=r'\(op 99\): BAD_OP'):
         agent.one(99)
     with pytest.raises(AgentError, match='no PCI device 1234:5678'):
         agent.find_device(0x1234, 0x5678)
-    assert agent.cfg_read(bdf, 0, 2) == lsi.VENDOR_ID
+    assert agent.cfg_read(bdf, 0, 2) == lsi_regs.VENDOR_ID
 
 
 def test_a_stuck_guest_is_a_timeout_naming_the_command(agent_vm):

@@ -14,7 +14,9 @@ import pytest
 
 from harness.tools import bench
 from harness.base.bytecheck import assert_same_bytes, read_image, write_random_image
-from harness.devices import lsi, pci
+from harness.devices import pci
+from harness.devices.lsi import driver as lsi, registers as lsi_regs, scsi
+from harness.devices.lsi.errors import SelectionTimeout
 from harness.mpqemu import fake_remote, protocol
 from harness.mpqemu.guestmem import GuestMemory
 from harness.mpqemu.faults import FaultInjector
@@ -70,8 +72,8 @@ def lsi_resets_logged(remote: Remote) -> int:
 
 def test_identity_through_config_space(remote):
     proxy = remote.proxy
-    assert proxy.config_read(pci.VENDOR_ID, 2) == lsi.VENDOR_ID == 0x1000
-    assert proxy.config_read(pci.DEVICE_ID, 2) == lsi.DEVICE_ID == 0x0012
+    assert proxy.config_read(pci.VENDOR_ID, 2) == lsi_regs.VENDOR_ID == 0x1000
+    assert proxy.config_read(pci.DEVICE_ID, 2) == lsi_regs.DEVICE_ID == 0x0012
     assert proxy.config_read(pci.VENDOR_ID, 4) == 0x0012_1000
     assert proxy.config_read(pci.CLASS_DEVICE, 2) == 0x0100        # SCSI storage
     assert proxy.config_read(pci.INTERRUPT_PIN, 1) == 1            # INTA
@@ -79,7 +81,7 @@ def test_identity_through_config_space(remote):
 
 def test_bars_are_sized_and_programmed(remote):
     bars = {bar.index: bar for bar in remote.device.function.bars}
-    assert sorted(bars) == [lsi.IO_BAR, lsi.MMIO_BAR, lsi.SCRIPT_RAM_BAR]
+    assert sorted(bars) == [lsi_regs.IO_BAR, lsi_regs.MMIO_BAR, lsi_regs.SCRIPT_RAM_BAR]
     assert (bars[0].io, bars[0].size) == (True, 0x100)
     assert (bars[1].io, bars[1].size) == (False, 0x400)
     assert (bars[2].io, bars[2].size) == (False, 0x2000)
@@ -93,15 +95,15 @@ def test_bars_are_sized_and_programmed(remote):
 
 # ---------------------------------------------------------------- registers
 
-@pytest.mark.parametrize('regs_bar', [lsi.IO_BAR, lsi.MMIO_BAR], ids=['io', 'mmio'])
+@pytest.mark.parametrize('regs_bar', [lsi_regs.IO_BAR, lsi_regs.MMIO_BAR], ids=['io', 'mmio'])
 def test_scratcha_round_trip(remote, regs_bar):
     device = remote.device
     device.regs_bar = regs_bar
     for value in (0x12345678, 0xa5a5a5a5, 0):
-        device.write_reg(lsi.SCRATCHA, value, 4)
-        assert device.read_reg(lsi.SCRATCHA, 4) == value
-    device.write_reg(lsi.SCRATCHA + 2, 0xee, 1)
-    assert device.read_reg(lsi.SCRATCHA, 4) == 0x00ee0000
+        device.write_reg(lsi_regs.SCRATCHA, value, 4)
+        assert device.read_reg(lsi_regs.SCRATCHA, 4) == value
+    device.write_reg(lsi_regs.SCRATCHA + 2, 0xee, 1)
+    assert device.read_reg(lsi_regs.SCRATCHA, 4) == 0x00ee0000
 
 
 def test_script_ram_round_trip(remote):
@@ -112,9 +114,9 @@ def test_script_ram_round_trip(remote):
 def test_device_reset_clears_scratcha(remote):
     device = remote.device
     resets_before = lsi_resets_logged(remote)
-    device.write_reg(lsi.SCRATCHA, 0xdeadbeef, 4)
+    device.write_reg(lsi_regs.SCRATCHA, 0xdeadbeef, 4)
     remote.proxy.device_reset()
-    assert device.read_reg(lsi.SCRATCHA, 4) == 0
+    assert device.read_reg(lsi_regs.SCRATCHA, 4) == 0
     assert lsi_resets_logged(remote) == resets_before + 1
 
 
@@ -129,15 +131,15 @@ def test_inquiry_and_capacity(remote):
 
 
 def test_first_command_after_reset_reports_unit_attention(remote):
-    assert remote.device.test_unit_ready() == lsi.STATUS_CHECK_CONDITION
+    assert remote.device.test_unit_ready() == scsi.STATUS_CHECK_CONDITION
     sense = remote.device.request_sense()
     assert (sense[2] & 0xf, sense[12]) == (0x6, 0x29)     # UNIT ATTENTION, power on/reset
-    assert remote.device.test_unit_ready() == lsi.STATUS_GOOD
+    assert remote.device.test_unit_ready() == scsi.STATUS_GOOD
 
 
 def test_absent_target_is_a_selection_timeout(remote):
     remote.device.target = 5
-    with pytest.raises(lsi.SelectionTimeout, match='scsi-id=5'):
+    with pytest.raises(SelectionTimeout, match='scsi-id=5'):
         remote.device.inquiry()
 
 
@@ -237,23 +239,23 @@ def test_killed_remote_is_a_bounded_remote_gone(remote):
     remote.faults.kill()
     started = time.monotonic()
     with pytest.raises(protocol.RemoteGone, match='exited or was killed'):
-        remote.device.read_reg(lsi.SCRATCHA, 4)
+        remote.device.read_reg(lsi_regs.SCRATCHA, 4)
     assert time.monotonic() - started < REPLY_TIMEOUT_S
 
 
 def test_stopped_remote_is_a_bounded_timeout_and_recovers(remote):
-    remote.device.write_reg(lsi.SCRATCHA, 0x5a5a5a5a, 4)
+    remote.device.write_reg(lsi_regs.SCRATCHA, 0x5a5a5a5a, 4)
     remote.faults.hang()
     try:
         started = time.monotonic()
         with pytest.raises(protocol.RemoteTimeout, match='SIGSTOP'):
-            remote.proxy.bar_read(remote.device.function.bar(lsi.MMIO_BAR).address
-                                  + lsi.SCRATCHA, 4, timeout_s=STOPPED_TIMEOUT_S)
+            remote.proxy.bar_read(remote.device.function.bar(lsi_regs.MMIO_BAR).address
+                                  + lsi_regs.SCRATCHA, 4, timeout_s=STOPPED_TIMEOUT_S)
         assert time.monotonic() - started < STOPPED_TIMEOUT_S + REPLY_TIMEOUT_S
     finally:
         remote.faults.resume()
     # The late reply is drained; the link is in step again.
-    assert remote.device.read_reg(lsi.SCRATCHA, 4) == 0x5a5a5a5a
+    assert remote.device.read_reg(lsi_regs.SCRATCHA, 4) == 0x5a5a5a5a
 
 
 def test_remote_exits_when_the_proxy_side_closes(remote):
@@ -268,8 +270,8 @@ def test_round_trip_latency_is_recorded(remote, record_property):
     """Figures, not asserts: benchmarks compare them across runs."""
     proxy, device = remote.proxy, remote.device
     samples = {'config_read_us': lambda: proxy.config_read(pci.VENDOR_ID, 4),
-               'bar_read_us': lambda: device.read_reg(lsi.SCRATCHA, 4),
-               'bar_write_us': lambda: device.write_reg(lsi.SCRATCHA, 1, 4)}
+               'bar_read_us': lambda: device.read_reg(lsi_regs.SCRATCHA, 4),
+               'bar_write_us': lambda: device.write_reg(lsi_regs.SCRATCHA, 1, 4)}
     for name, access in samples.items():
         times = bench.time_calls(access, LATENCY_SAMPLES)
         record_property(name, bench.spread(times, 1e6)['median'])

@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from harness.devices import lsi
+from harness.devices.lsi import driver as lsi
 from harness.mpqemu import fake_remote, memview, protocol
 
 from conftest import pid_alive

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from harness.devices import lsi
+from harness.devices.lsi import registers as lsi_regs, scripts as lsi_scripts
 from harness.mpqemu import protocol as p
 from harness.mpqemu.guestmem import GuestMemory, GuestMemoryError, SysmemRegion
 
@@ -230,9 +230,9 @@ def test_guest_memory_is_shared_through_its_fd():
 
 def test_scripts_encodings_match_seabios():
     # src/hw/lsi-scsi.c hand-assembles these.
-    script = lsi.Script()
+    script = lsi_scripts.Script()
     script.select(3)
-    script.jump(0x18, when=lsi.PHASE_MSG_IN, if_not=True)
+    script.jump(0x18, when=lsi_regs.PHASE_MSG_IN, if_not=True)
     script.wait_reselect(0)
     script.int_(0)
     words = struct.unpack('<8I', script.assemble(0))
@@ -243,14 +243,14 @@ def test_scripts_encodings_match_seabios():
 
 
 def test_scripts_block_move_and_labels():
-    script = lsi.Script()
+    script = lsi_scripts.Script()
     script.label('top')
-    script.move(lsi.PHASE_DATA_IN, 512, 0x2000)
+    script.move(lsi_regs.PHASE_DATA_IN, 512, 0x2000)
     script.jump(script.ref('top'))
     words = struct.unpack('<4I', script.assemble(0x1000))
     assert words[0] == 0x09000200 and words[1] == 0x2000
     assert words[2] == 0x80080000 and words[3] == 0x1000
     with pytest.raises(ValueError, match='24 bits'):
-        script.move(lsi.PHASE_DATA_IN, 1 << 24, 0)
+        script.move(lsi_regs.PHASE_DATA_IN, 1 << 24, 0)
     with pytest.raises(ValueError, match='NOP'):
-        lsi.Script().jump(0, if_not=True)
+        lsi_scripts.Script().jump(0, if_not=True)

@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from harness.qemu import qtest
-from harness.devices import lsi, pci
+from harness.devices import pci
+from harness.devices.lsi import driver as lsi
 from harness.mpqemu import topology
 
 
