@@ -19,7 +19,7 @@ data is ready.
 
 import struct
 import time
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from .. import pci
 from .errors import LsiError, LsiTimeout, ScsiError, SelectionTimeout
@@ -31,7 +31,7 @@ from .registers import (DEVICE_ID, DIEN, DSP, DSPS, DSTAT, DSTAT_ABRT, DSTAT_DFE
 from .scripts import (INT_ALREADY_CONNECTED, INT_BAD_PHASE, INT_DONE, INT_RESELECT_ABORTED,
                       MAX_BLOCK_MOVE_BYTES, Script, Stop)
 from .scsi import (CDB_FUA, INQUIRY_STANDARD_LEN, MSG_IDENTIFY, SCSI_INQUIRY,
-                   SCSI_READ_10, SCSI_READ_CAPACITY_10, SCSI_REQUEST_SENSE,
+                   SCSI_READ_10, SCSI_REQUEST_SENSE,
                    SCSI_TEST_UNIT_READY, SCSI_WRITE_10, SENSE_FIXED_LEN,
                    STATUS_CHECK_CONDITION, STATUS_GOOD, Inquiry)
 
@@ -80,11 +80,6 @@ class Lsi53c895a:
             self._cb = self.access.dma_alloc(_CB_SIZE, 256)
         self.soft_reset()
         return bars
-
-    def close(self) -> None:
-        if self._cb is not None:
-            self.access.dma_free(self._cb)
-            self._cb = None
 
     def soft_reset(self) -> None:
         """ISTAT0.SRST: resets the chip and its SCSI bus (the target then
@@ -287,13 +282,6 @@ class Lsi53c895a:
                                INQUIRY_STANDARD_LEN, 'INQUIRY')
         text = lambda b: b.decode('ascii', 'replace').strip()   # noqa: E731
         return Inquiry(raw[0] & 0x1f, text(raw[8:16]), text(raw[16:32]), text(raw[32:36]), raw)
-
-    def read_capacity(self) -> Tuple[int, int]:
-        """(number of blocks, block size); remembers the block size."""
-        raw = self._command_in(bytes([SCSI_READ_CAPACITY_10] + [0] * 9), 8, 'READ CAPACITY(10)')
-        last_lba, block_size = struct.unpack('>II', raw)
-        self.block_size = block_size
-        return last_lba + 1, block_size
 
     def _chunks(self, lba: int, blocks: int):
         per_command = min(MAX_TRANSFER_BYTES // self.block_size, 0xffff)

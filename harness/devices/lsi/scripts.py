@@ -9,7 +9,7 @@ at a stop, and what they mean.
 
 import struct
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Union
 
 from .registers import (DSTAT_ABRT, DSTAT_IID, DSTAT_SIR, SIST0_MA, SIST0_RST,
                         SIST0_UDC)
@@ -69,18 +69,9 @@ class Script:
         """SELECT target; jump to ``alt`` if already (re)selected."""
         return self._emit(1 << 30 | 0 << 27 | (target & 0xf) << 16, alt)
 
-    def wait_disconnect(self) -> 'Script':
-        return self._emit(1 << 30 | 1 << 27, 0)
-
     def wait_reselect(self, alt: Word) -> 'Script':
         """WAIT RESELECT; jump to ``alt`` if ISTAT0.SIGP is set."""
         return self._emit(1 << 30 | 2 << 27, alt)
-
-    def set_carry(self) -> 'Script':
-        return self._emit(1 << 30 | 3 << 27 | 1 << 10, 0)
-
-    def clear_carry(self) -> 'Script':
-        return self._emit(1 << 30 | 4 << 27 | 1 << 10, 0)
 
     def load_register(self, register: int, value: int) -> 'Script':
         """MOVE value TO register (read-modify-write, operator MOVE)."""
@@ -89,53 +80,28 @@ class Script:
 
     # -- transfer control (type 2)
     def _transfer(self, opcode: int, target: Word, when: Optional[int] = None,
-                  if_not: bool = False, data: Optional[Tuple[int, int]] = None,
-                  intfly: bool = False) -> 'Script':
+                  if_not: bool = False) -> 'Script':
         insn = 2 << 30 | opcode << 27
         if not if_not:
             insn |= 1 << 19                           # "jump if true"
         if when is not None:
             insn |= (when & 7) << 24 | 1 << 17        # compare phase
-        if data is not None:
-            value, mask = data                        # compare SFBR & mask == value
-            insn |= 1 << 18 | (~mask & 0xff) << 8 | (value & 0xff)
-        if intfly:
-            insn |= 1 << 20
         if insn & 0x002e0000 == 0:
             raise ValueError("a transfer control without any condition is a NOP in QEMU")
         return self._emit(insn, target)
 
-    def jump(self, target: Word, when: Optional[int] = None, if_not: bool = False,
-             data: Optional[Tuple[int, int]] = None) -> 'Script':
-        return self._transfer(0, target, when, if_not, data)
+    def jump(self, target: Word, when: Optional[int] = None, if_not: bool = False) -> 'Script':
+        return self._transfer(0, target, when, if_not)
 
-    def call(self, target: Word, when: Optional[int] = None) -> 'Script':
-        return self._transfer(1, target, when)
-
-    def ret(self) -> 'Script':
-        return self._transfer(2, 0)
-
-    def int_(self, vector: int, when: Optional[int] = None, if_not: bool = False) -> 'Script':
+    def int_(self, vector: int) -> 'Script':
         """INT vector: stop with DSTAT.SIR, DSPS = vector."""
-        return self._transfer(3, vector, when, if_not)
+        return self._transfer(3, vector)
 
-    def intfly(self, vector: int) -> 'Script':
-        """INTFLY: raise ISTAT0.INTF and keep running."""
-        return self._transfer(3, vector, intfly=True)
-
-    # -- memory move, load/store (type 3)
+    # -- memory move (type 3)
     def memory_move(self, count: int, src: Word, dst: Word) -> 'Script':
         if not 0 <= count <= MAX_BLOCK_MOVE_BYTES:
             raise ValueError(f"memory move of {count} bytes: the count has 24 bits")
         return self._emit(3 << 30 | count, src, dst)
-
-    def load(self, register: int, count: int, addr: Word) -> 'Script':
-        """LOAD register, count, addr (1..4 bytes from memory)."""
-        return self._emit(3 << 30 | 1 << 29 | 1 << 24 | (register & 0xff) << 16 | (count & 7),
-                          addr)
-
-    def store(self, register: int, count: int, addr: Word) -> 'Script':
-        return self._emit(3 << 30 | 1 << 29 | (register & 0xff) << 16 | (count & 7), addr)
 
     def ref(self, label: str, add: int = 0) -> _Ref:
         return _Ref(label, add)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 SCSI_TEST_UNIT_READY = 0x00
 SCSI_REQUEST_SENSE = 0x03
 SCSI_INQUIRY = 0x12
-SCSI_READ_CAPACITY_10 = 0x25
 SCSI_READ_10 = 0x28
 SCSI_WRITE_10 = 0x2a
 CDB_FUA = 0x08               # WRITE(10) byte 1: write through to the medium
