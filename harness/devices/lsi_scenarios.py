@@ -10,14 +10,19 @@ thing in both, and a difference between tiers points at the proxy.
 Each check takes the running ``unittest.TestCase`` (for its asserts), the
 driver and whatever else it needs, asserts exact values, and returns the
 figures it measured for the test to record.
+
+The benchmarks (harness/tools/bench.py through the fake proxy,
+harness/tools/qtest_bench.py through qtest) measure the same accesses and
+DMA over many runs, with :func:`measure_latency` and :func:`measure_dma`.
 """
 
 import os
+import statistics
 import time
 from typing import Callable, Dict
 
-from ..tools import bench
 from ..base import bytecheck
+from ..base.figures import spread, time_calls
 from . import pci
 from .lsi import driver as lsi, registers as lsi_regs
 
@@ -27,11 +32,12 @@ LSI_ID_DWORD = lsi_regs.DEVICE_ID << 16 | lsi_regs.VENDOR_ID
 EXPECTED_BARS = [(0, True, 0x100), (1, False, 0x400), (2, False, 0x2000)]
 LATENCY_SAMPLES = 200
 BAR_MOVE_BYTES = 0x10_0000
+WARMUP_CALLS = 50                       # calls of a probe before it is measured
 
 
 def latency_us(call: Callable[[], object], samples: int = LATENCY_SAMPLES) -> Dict[str, float]:
     """Median and spread, in microseconds, of ``samples`` calls."""
-    return bench.spread(bench.time_calls(call, samples), 1e6)
+    return spread(time_calls(call, samples), 1e6)
 
 
 def identity_and_bar_programming(test, device: lsi.Lsi53c895a) -> Dict[str, dict]:
@@ -140,3 +146,68 @@ def interrupt_ends_command(test, device: lsi.Lsi53c895a, irq) -> Dict[str, float
     finally:
         device.use_irq = False
     return {'irq_command_ms': round(device.last_stop.elapsed_s * 1000, 3)}
+
+
+# ---------------------------------------------------------------- benchmarks
+
+def latency_probes(device: lsi.Lsi53c895a) -> Dict[str, Callable[[], object]]:
+    """The proxied accesses whose round trip is measured, by name.  They go
+    through ``device.access`` (the fake proxy's in harness/tools/bench.py,
+    qtest's in harness/tools/qtest_bench.py)."""
+    proxy = device.access
+    mmio = device.function.bar(lsi_regs.MMIO_BAR).address
+    io = device.function.bar(lsi_regs.IO_BAR).address
+    return {
+        'config_read': lambda: proxy.config_read(pci.VENDOR_ID, 4),
+        'config_write': lambda: proxy.config_write(pci.INTERRUPT_LINE, 0x0b, 1),
+        'bar_read_mmio': lambda: proxy.bar_read(mmio + lsi_regs.SCRATCHA, 4, True),
+        'bar_write_mmio': lambda: proxy.bar_write(mmio + lsi_regs.SCRATCHA, 0x5a5a5a5a, 4, True),
+        'bar_read_io': lambda: proxy.bar_read(io + lsi_regs.SCRATCHA, 4, False),
+    }
+
+
+def measure_latency(device: lsi.Lsi53c895a, runs: int, samples: int) -> Dict[str, dict]:
+    """Round-trip latency in microseconds of each probe: the spread over
+    all samples of all runs, plus each run's median."""
+    results = {}
+    for name, probe in latency_probes(device).items():
+        time_calls(probe, WARMUP_CALLS)
+        all_times, run_medians = [], []
+        for _ in range(runs):
+            times = time_calls(probe, samples)
+            all_times += times
+            run_medians.append(round(statistics.median(times) * 1e6, 1))
+        results[name] = dict(spread(all_times, 1e6), unit='us', run_medians=run_medians)
+    return results
+
+
+def measure_dma(device: lsi.Lsi53c895a, image: str, runs: int,
+                length: int) -> Dict[str, dict]:
+    """READ(10) and WRITE(10) throughput in MB/s (10^6 bytes per second),
+    one figure per run; every run's data is checked byte for byte."""
+    blocks = length // BLOCK_SIZE
+    memory = device.access
+    buf = memory.dma_alloc(length, 4096)
+    reads, writes = [], []
+    try:
+        device.wait_ready()
+        expected = bytecheck.read_image(image, 0, length)
+        for run in range(runs):
+            memory.mem_write(buf, b'\0' * length)
+            started = time.perf_counter()
+            device.read10_to(buf, 0, blocks)
+            reads.append(length / (time.perf_counter() - started) / 1e6)
+            bytecheck.assert_same_bytes(memory.mem_read(buf, length), expected,
+                                        f'READ(10) run {run}')
+        for run in range(runs):
+            payload = os.urandom(length)
+            memory.mem_write(buf, payload)
+            started = time.perf_counter()
+            device.write10_from(buf, 0, blocks)
+            writes.append(length / (time.perf_counter() - started) / 1e6)
+            bytecheck.assert_same_bytes(bytecheck.read_image(image, 0, length), payload,
+                                        f'image after WRITE(10) run {run}')
+    finally:
+        memory.dma_free(buf)
+    return {'dma_read': dict(spread(reads), unit='MB/s', bytes=length),
+            'dma_write': dict(spread(writes), unit='MB/s', bytes=length)}

@@ -34,6 +34,7 @@ import time
 from typing import Dict, List, Optional
 
 from ..base.errors import HarnessError
+from ..base.figures import write_report
 from ..base.hosttools import run_tool
 from .ssh import CommandTimeout, GuestSSH
 
@@ -441,7 +442,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     b.add_argument('--accel', default=None, help='auto (default), kvm or tcg')
     args = parser.parse_args(argv)
     from ..base import params
-    from ..tools.bench import write_report
     os.makedirs(args.out, exist_ok=True)
     try:
         report = bench(args.out, args.qemu_bin, args.accel or params.get_accel())

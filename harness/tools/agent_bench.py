@@ -22,8 +22,8 @@ import tempfile
 import time
 from typing import Dict, List
 
-from . import bench
 from ..base import params
+from ..base.figures import spread, time_calls, write_report
 from ..devices.lsi import driver as lsi, registers as lsi_regs
 from ..mpqemu import topology
 from ..qemu import accel as qemu_accel
@@ -66,7 +66,7 @@ def _interrupts(access: AgentAccess, device: lsi.Lsi53c895a, count: int) -> Dict
                                  f'remote: known issue proxy-intx-needs-kvm)'}
             latencies.append(source.latency_s(start, wait))
     elapsed = time.monotonic() - started
-    return {'latency_us': bench.spread(latencies, 1e6), 'per_s': round(count / elapsed, 1)}
+    return {'latency_us': spread(latencies, 1e6), 'per_s': round(count / elapsed, 1)}
 
 
 def _io(device: lsi.Lsi53c895a, ops: int) -> Dict:
@@ -74,9 +74,9 @@ def _io(device: lsi.Lsi53c895a, ops: int) -> Dict:
     device.wait_ready()
     for mode in ('interrupt', 'polled'):
         device.use_irq = mode == 'interrupt'
-        times = bench.time_calls(lambda: device.read10(0, 8), ops)
+        times = time_calls(lambda: device.read10(0, 8), ops)
         out[f'read_4k_{mode}'] = {'ops_per_s': round(len(times) / sum(times), 1),
-                                  'ms': bench.spread(times, 1e3, 2)}
+                                  'ms': spread(times, 1e3, 2)}
     out['interrupt_over_polled'] = round(out['read_4k_interrupt']['ops_per_s']
                                          / out['read_4k_polled']['ops_per_s'], 3)
     return out
@@ -109,7 +109,7 @@ def run(caps, workdir: str, boots: int, interrupts: int, ops: int) -> Dict:
             finally:
                 session.close()
                 vm.shutdown()
-        figures['boot_to_ready_s'] = bench.spread(ready, 1, 3)
+        figures['boot_to_ready_s'] = spread(ready, 1, 3)
         report['kinds'][kind] = figures
     remote, local = report['kinds']['remote'], report['kinds']['in-process']
     ratios = {'boot_to_ready': round(remote['boot_to_ready_s']['median']
@@ -124,7 +124,7 @@ def run(caps, workdir: str, boots: int, interrupts: int, ops: int) -> Dict:
 
 
 def markdown(report: Dict) -> str:
-    def spread(d, unit):
+    def cell(d, unit):
         return (f"{d['median']} {unit} (p10 {d['p10']}, p90 {d['p90']}, p99 {d['p99']}, "
                 f"max {d['max']}, n={d['n']})")
     lines = ['# Agent tier: remote LSI vs in-process', '',
@@ -134,9 +134,9 @@ def markdown(report: Dict) -> str:
              '| figure | remote | in-process |', '|---|---|---|']
     kinds = report['kinds']
     lines.append('| boot to agent ready | ' + ' | '.join(
-        spread(kinds[k]['boot_to_ready_s'], 's') for k in KINDS) + ' |')
+        cell(kinds[k]['boot_to_ready_s'], 's') for k in KINDS) + ' |')
     lines.append('| interrupt latency (DSP write → handler) | ' + ' | '.join(
-        spread(kinds[k]['interrupts']['latency_us'], 'µs') if 'latency_us'
+        cell(kinds[k]['interrupts']['latency_us'], 'µs') if 'latency_us'
         in kinds[k]['interrupts'] else kinds[k]['interrupts']['error'] for k in KINDS) + ' |')
     lines.append('| interrupts per second (cycle of 6 commands) | ' + ' | '.join(
         str(kinds[k]['interrupts'].get('per_s', '-')) for k in KINDS) + ' |')
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='agent-bench-', dir=args.out) as workdir:
         report = run(caps, workdir, args.boots, args.interrupts, args.ops)
-    bench.write_report(args.out, 'agent-bench', report, markdown(report))
+    write_report(args.out, 'agent-bench', report, markdown(report))
     return 0
 
 

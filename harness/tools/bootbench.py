@@ -17,7 +17,7 @@ import time
 from typing import Sequence
 
 from ..base import params
-from .bench import spread, write_report
+from ..base.figures import spread, write_report
 from ..images.image import resolve_image
 from ..guest.session import GuestSession, boot_drive
 from ..mpqemu import topology

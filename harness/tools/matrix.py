@@ -41,7 +41,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from ..base import known_issues, paths
-from .bench import write_report
+from ..base.figures import write_report
 from ..qemu import build as qemu_build
 from ..qemu.buildcache import BuildError
 from ..qemu.source import GIT_URL_RE

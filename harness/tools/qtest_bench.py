@@ -18,8 +18,9 @@ import sys
 import tempfile
 from typing import Dict
 
-from . import bench
 from ..base import bytecheck, params
+from ..base.figures import write_report
+from ..devices import lsi_scenarios
 from ..devices.lsi import driver as lsi
 from ..mpqemu import topology
 from ..qemu import binary as qemu_binary
@@ -45,8 +46,8 @@ def measure_one(caps, workdir: str, control: bool, runs: int, samples: int,
         try:
             device = lsi.Lsi53c895a(access)
             device.setup()
-            figures = bench.measure_latency(None, device, runs, samples)
-            figures.update(bench.measure_dma(device, image, runs, dma_bytes))
+            figures = lsi_scenarios.measure_latency(device, runs, samples)
+            figures.update(lsi_scenarios.measure_dma(device, image, runs, dma_bytes))
         finally:
             client.close()
     return figures
@@ -96,7 +97,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix='qtest-bench-', dir=args.out) as workdir:
         report = compare(caps, workdir, args.runs, args.samples, args.dma_mib)
-    bench.write_report(args.out, 'qtest-bench', report, markdown(report))
+    write_report(args.out, 'qtest-bench', report, markdown(report))
     return 0
 
 

@@ -21,8 +21,8 @@ import os
 import threading
 import time
 
-from harness.tools import bench
 from harness.base import bytecheck, deadlines
+from harness.base.figures import spread, time_calls
 from harness.agent.access import AgentAccess
 from harness.agent.client import AgentCommandError, AgentError, AgentFault, AgentTimeout
 from harness.agent.lsi_intx import VECTOR, IntxSource
@@ -117,10 +117,10 @@ class ProxiedAgent(AgentTest):
         samples = [Command(Op.CFG_READ, arg=self.bdf, addr=0, size=4) for _ in range(200)]
         agent.run(samples)
         self.assertTrue(all(c.value == LSI_ID_DWORD for c in samples))
-        self.record(config_read_in_guest_us=bench.spread(
+        self.record(config_read_in_guest_us=spread(
                         [agent.tsc_to_s(c.tsc_end - c.tsc_start) for c in samples], 1e6),
-                    config_read_round_trip_us=bench.spread(
-                        bench.time_calls(lambda: access.config_read(0, 4), 100), 1e6))
+                    config_read_round_trip_us=spread(
+                        time_calls(lambda: access.config_read(0, 4), 100), 1e6))
 
     def test_bad_input_is_a_bounded_error_naming_the_step(self):
         self.boot()
@@ -209,7 +209,7 @@ class ProxiedIntx(AgentTest):
         self.assert_no_interrupt(f'after {INTERRUPTS} acknowledged interrupts')
         self.assertEqual(self.agent.header('irq_count'), INTERRUPTS)
         self.record(interrupts=INTERRUPTS,
-                    interrupt_latency_us=bench.spread(latencies, 1e6),
+                    interrupt_latency_us=spread(latencies, 1e6),
                     interrupts_per_s=round((INTERRUPTS - 1) / elapsed, 1))
 
 
@@ -251,7 +251,7 @@ class ProxiedScsi(AgentTest):
         figures = {}
         for mode in ('interrupt', 'polled'):
             device.use_irq = mode == 'interrupt'
-            times = bench.time_calls(lambda: device.read10(0, 8), OPS_SAMPLES)
+            times = time_calls(lambda: device.read10(0, 8), OPS_SAMPLES)
             figures[f'read_4k_{mode}_ops_per_s'] = round(len(times) / sum(times), 1)
         figures['interrupt_over_polled'] = round(figures['read_4k_interrupt_ops_per_s']
                                                  / figures['read_4k_polled_ops_per_s'], 3)

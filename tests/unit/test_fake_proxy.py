@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from harness.tools import bench
 from harness.base.bytecheck import assert_same_bytes, read_image, write_random_image
+from harness.base.figures import spread, time_calls
 from harness.devices import pci
 from harness.devices.lsi import driver as lsi, registers as lsi_regs, scsi
 from harness.devices.lsi.errors import SelectionTimeout
@@ -271,5 +271,5 @@ def test_round_trip_latency_is_recorded(remote, record_property):
                'bar_read_us': lambda: device.read_reg(lsi_regs.SCRATCHA, 4),
                'bar_write_us': lambda: device.write_reg(lsi_regs.SCRATCHA, 1, 4)}
     for name, access in samples.items():
-        times = bench.time_calls(access, LATENCY_SAMPLES)
-        record_property(name, bench.spread(times, 1e6)['median'])
+        times = time_calls(access, LATENCY_SAMPLES)
+        record_property(name, spread(times, 1e6)['median'])
