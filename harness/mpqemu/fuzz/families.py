@@ -16,7 +16,7 @@ import random
 import struct
 from typing import Optional, Sequence, Tuple
 
-from ...devices import lsi
+from ...devices.lsi import registers as lsi_regs
 from .. import protocol as p
 from ..guestmem import PAGE_SIZE
 from .cases import FD_KINDS, FD_WRONG_KINDS, MMIO_BASE, Case, Layout, Step
@@ -325,7 +325,7 @@ def fam_out_of_order(b: _Builder) -> None:
             b.step(_bar(p.Cmd.BAR_READ, b.layout.ram_gpa, 0, 4, True),
                    'RAM read before any SYNC_SYSMEM', reply=True)
         elif choice < 0.5:
-            b.step(_bar(p.Cmd.BAR_WRITE, MMIO_BASE + lsi.SCRATCHA, 1, 4, True),
+            b.step(_bar(p.Cmd.BAR_WRITE, MMIO_BASE + lsi_regs.SCRATCHA, 1, 4, True),
                    'register write before the BARs are programmed', reply=True)
         elif choice < 0.7:
             b.step(_msg(p.Cmd.SET_IRQFD), 'SET_IRQFD first', [b.fd('eventfd'), b.fd('eventfd')])
