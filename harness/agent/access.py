@@ -10,6 +10,7 @@ buffers come from a window of guest RAM the agent never uses.
 
 from typing import List, Optional
 
+from ..base.errors import Timeout
 from ..devices import pci
 from ..mpqemu.guestmem import FirstFit
 from ..mpqemu.proxyram import MappedRam
@@ -22,7 +23,7 @@ DMA_TOP_RESERVE = 2 * MIB       # SeaBIOS keeps the top of RAM (ACPI tables)
 NO_LINE = (0, 2, 0xff)          # unassigned (0xff), or lines the agent keeps
 
 
-class AgentIrqTimeout(AgentError, AssertionError):
+class AgentIrqTimeout(AgentError, Timeout, AssertionError):
     """The device's interrupt did not reach the guest in time."""
 
 

@@ -15,7 +15,7 @@ socket).  A guest that takes a CPU exception, or whose QEMU exits, ends in
 import time
 from typing import List, Optional
 
-from ..base.errors import HarnessError
+from ..base.errors import HarnessError, Timeout
 from ..mpqemu.proxyram import MappedRam
 from ..qemu import waits
 from ..qemu.process import QEMUProcess
@@ -34,7 +34,7 @@ class AgentError(HarnessError):
     """The agent could not do what it was asked."""
 
 
-class AgentTimeout(AgentError):
+class AgentTimeout(AgentError, Timeout):
     """A batch did not finish in time."""
 
 

@@ -6,6 +6,11 @@ class HarnessError(Exception):
     """Base class of every error the harness raises on purpose."""
 
 
+class Timeout(HarnessError):
+    """A bounded wait ran out.  Every deadline in the harness raises a
+    subclass."""
+
+
 class ParameterError(HarnessError):
     """A test or environment parameter has a value the harness cannot use."""
 

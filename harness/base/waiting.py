@@ -4,13 +4,13 @@ import time
 from typing import Callable, TypeVar
 
 from . import deadlines
-from .errors import HarnessError
+from .errors import Timeout
 
 T = TypeVar('T')
 POLL_INTERVAL_S = 0.05
 
 
-class WaitTimeout(HarnessError, AssertionError):
+class WaitTimeout(Timeout, AssertionError):
     """The condition did not hold in time.  An AssertionError too, so that
     a test waiting for the property it checks reports FAIL, not ERROR."""
 

@@ -13,7 +13,7 @@ import time
 from typing import Callable, Iterable, List, Optional, Pattern, Sequence, Tuple, Union
 
 from ..base import deadlines
-from ..base.errors import HarnessError
+from ..base.errors import HarnessError, Timeout
 
 # Lines that mean the boot is lost whatever happens next.
 DEFAULT_FAILURE_PATTERNS = (
@@ -42,8 +42,8 @@ class ConsoleError(HarnessError):
         self.console = console
 
 
-class ConsoleTimeout(ConsoleError):
-    pass
+class ConsoleTimeout(ConsoleError, Timeout):
+    """The console did not show what was awaited before the deadline."""
 
 
 class ConsoleFailure(ConsoleError):

@@ -24,7 +24,7 @@ from typing import Callable, Optional, Union
 import paramiko
 
 from ..base import deadlines
-from ..base.errors import HarnessError
+from ..base.errors import HarnessError, Timeout
 
 DEFAULT_CONNECT_TIMEOUT_S = 60.0
 # One attempt's budget for TCP, banner and auth: slirp accepts the host-side
@@ -55,7 +55,7 @@ class _NotStarted(Exception):
     """exec_command() did not get the guest's reply before the deadline."""
 
 
-class CommandTimeout(SSHError):
+class CommandTimeout(SSHError, Timeout):
     """A guest command outlived its timeout; partial output is attached."""
 
     def __init__(self, message: str, stdout: str, stderr: str):

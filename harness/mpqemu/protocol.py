@@ -50,7 +50,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from ..base.errors import HarnessError
+from ..base.errors import HarnessError, Timeout
 from .guestmem import GuestMemory, SysmemRegion
 
 REMOTE_MAX_FDS = 8
@@ -89,7 +89,7 @@ class RemoteError(HarnessError):
     """The remote process did not answer as the protocol says it must."""
 
 
-class RemoteTimeout(RemoteError):
+class RemoteTimeout(RemoteError, Timeout):
     """No reply within the deadline: the remote is stopped, hung or busy."""
 
 

@@ -33,7 +33,7 @@ import tempfile
 import time
 from typing import Callable, List, Optional
 
-from ..base.errors import HarnessError
+from ..base.errors import HarnessError, Timeout
 from ..mpqemu.guestmem import FirstFit
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -56,7 +56,7 @@ class QTestError(HarnessError):
     """qtest refused a command, or QEMU went away."""
 
 
-class QTestTimeout(QTestError):
+class QTestTimeout(QTestError, Timeout):
     """QEMU did not answer a qtest command before the deadline."""
 
 
