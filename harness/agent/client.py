@@ -16,6 +16,7 @@ import time
 from typing import List, Optional
 
 from ..base.errors import HarnessError, Timeout
+from ..base.waiting import wait_until
 from ..mpqemu.proxyram import MappedRam
 from ..qemu import waits
 from ..qemu.process import QEMUProcess
@@ -119,9 +120,11 @@ class Agent:
         self._set('count', len(batch))
         self._set('request_seq', seq)        # last: the agent starts on it
         timeout_s = batch_timeout(batch) if timeout_s is None else timeout_s
-        if not self._wait_done(batch, seq, timeout_s):
+        try:
+            self._wait_done(batch, seq, timeout_s)
+        except AgentTimeout:
             self._late = (batch, seq)
-            raise self._timeout(batch, timeout_s)
+            raise
         self._collect(batch)
 
     def finish_late(self, timeout_s: Optional[float] = None) -> List[Command]:
@@ -131,23 +134,22 @@ class Agent:
             raise AgentError("no batch is running late")
         batch, seq = self._late
         timeout_s = batch_timeout(batch) if timeout_s is None else timeout_s
-        if not self._wait_done(batch, seq, timeout_s):
-            raise self._timeout(batch, timeout_s)
+        self._wait_done(batch, seq, timeout_s)
         self._late = None
         self._collect(batch)
         return batch
 
-    def _wait_done(self, batch: List[Command], seq: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        interval = POLL_MIN_S
-        while self.header('done_seq') != seq:
+    def _wait_done(self, batch: List[Command], seq: int, timeout_s: float) -> None:
+        """Until the agent has done batch ``seq``: AgentFault if the guest
+        dies first, AgentTimeout past ``timeout_s``."""
+        def done() -> bool:
+            if self.header('done_seq') == seq:
+                return True
             if not self.proxy.is_running():
                 raise self._fault(batch)
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(interval)
-            interval = min(POLL_MAX_S, interval * 2)
-        return True
+            return False
+        wait_until(done, timeout_s, f'the agent to finish {len(batch)} commands', POLL_MIN_S,
+                   max_interval_s=POLL_MAX_S, error=lambda s: self._timeout(batch, s))
 
     def _collect(self, batch: List[Command]) -> None:
         base = mailbox.MAILBOX_GPA

@@ -19,6 +19,7 @@ import time
 from typing import List
 
 from . import procfs
+from .waiting import WaitTimeout, wait_until
 
 TOKEN_VARIABLE = 'MPQEMU_SUITE_TOKEN'
 POLL_S = 0.05
@@ -35,12 +36,11 @@ def find(token: str) -> List[int]:
 def wait_none(token: str, timeout_s: float) -> List[int]:
     """Wait up to ``timeout_s`` for every process of ``token`` to end;
     returns those still there."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = find(token)
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(POLL_S)
+    try:
+        wait_until(lambda: not find(token), timeout_s, f'the processes of {token} to end', POLL_S)
+        return []
+    except WaitTimeout:
+        return find(token)
 
 
 def describe(pids: List[int]) -> str:

@@ -46,6 +46,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import paths, procfs
+from .waiting import WaitTimeout, wait_until
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -56,6 +57,7 @@ WATCH_INTERVAL_S = 1.0
 # SIGKILL everything: a tree cannot grow while it is being killed.
 FREEZE_ROUNDS = 5
 GONE_TIMEOUT_S = 5.0
+GONE_POLL_S = 0.01
 RUNNER_MARKERS = ('avocado.plugins.runners.', 'avocado-runner-')
 
 
@@ -189,12 +191,13 @@ def kill_trees(roots: Sequence[int]) -> Processes:
 def wait_gone(pids: Processes, timeout_s: float = GONE_TIMEOUT_S) -> List[int]:
     """Wait for processes we cannot reap (not our children) to finish;
     returns those still there at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = [p for p, started in pids.items() if _alive(p, started)]
-        if not left or time.monotonic() >= deadline:
-            return left
-        time.sleep(0.01)
+    def left() -> List[int]:
+        return [p for p, started in pids.items() if _alive(p, started)]
+    try:
+        wait_until(lambda: not left(), timeout_s, 'the killed processes to end', GONE_POLL_S)
+        return []
+    except WaitTimeout:
+        return left()
 
 
 def _pidfd(pid: int) -> Optional[int]:

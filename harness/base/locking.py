@@ -6,10 +6,10 @@ import contextlib
 import fcntl
 import logging
 import os
-import time
 from typing import Iterator, Type
 
 from .errors import HarnessError
+from .waiting import wait_until
 
 LOG = logging.getLogger(__name__)
 POLL_S = 0.5
@@ -22,20 +22,17 @@ def exclusive(path: str, timeout_s: float, error: Type[HarnessError],
     ``timeout_s`` naming ``holder``, what the other process should be."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, 'a', encoding='utf-8') as lock:
-        deadline = time.monotonic() + timeout_s
-        announced = False
-        while True:
+        def taken() -> bool:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return True
             except BlockingIOError:
-                if not announced:
-                    LOG.info("waiting for %s holding %s", holder, path)
-                    announced = True
-                if time.monotonic() > deadline:
-                    raise error(f"{path} stayed locked for {timeout_s:.0f} s: {holder} "
-                                f"is stuck; if none is running, delete the file") from None
-                time.sleep(POLL_S)
+                return False
+        if not taken():
+            LOG.info("waiting for %s holding %s", holder, path)
+            wait_until(taken, timeout_s, f'the lock {path}', POLL_S,
+                       error=lambda s: error(f"{path} stayed locked for {s:.0f} s: {holder} "
+                                             f"is stuck; if none is running, delete the file"))
         try:
             yield
         finally:

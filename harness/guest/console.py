@@ -12,8 +12,8 @@ import re
 import time
 from typing import Callable, Iterable, List, Optional, Pattern, Sequence, Tuple, Union
 
-from ..base import deadlines
 from ..base.errors import HarnessError, Timeout
+from ..base.waiting import wait_until
 
 # Lines that mean the boot is lost whatever happens next.
 DEFAULT_FAILURE_PATTERNS = (
@@ -127,11 +127,11 @@ class Console:
         """
         wanted = _compile(pattern)
         failures = [_compile(p) for p in failure_patterns]
-        timeout_s = deadlines.cap(timeout_s, f'console wait for {wanted.pattern!r}')
         started = time.monotonic()
-        deadline = started + timeout_s
         data = b''
-        while True:
+
+        def seen() -> Optional[ConsoleMatch]:
+            nonlocal data
             gone = alive is not None and not alive()
             # Read after the liveness check: output written just before the
             # exit is still seen.
@@ -156,10 +156,11 @@ class Console:
             if gone:
                 raise GuestGone(f"the guest's QEMU exited while waiting for "
                                 f"{wanted.pattern!r} on the console", self)
-            if time.monotonic() >= deadline:
-                raise ConsoleTimeout(f"{wanted.pattern!r} did not appear on the console "
-                                     f"within {timeout_s:.0f} s", self)
-            time.sleep(POLL_INTERVAL_S)
+            return None
+
+        return wait_until(seen, timeout_s, f'console wait for {wanted.pattern!r}', POLL_INTERVAL_S,
+                          error=lambda s: ConsoleTimeout(f"{wanted.pattern!r} did not appear on "
+                                                         f"the console within {s:.0f} s", self))
 
 
 class FirmwareLog(Console):

@@ -33,9 +33,10 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from ..base.errors import HarnessError
+from ..base.errors import HarnessError, Timeout
 from ..base.figures import write_report
 from ..base.hosttools import run_tool
+from ..base.waiting import wait_until
 from .ssh import CommandTimeout, GuestSSH
 
 SECTOR_BYTES = 512
@@ -49,12 +50,17 @@ MCOPY_TIMEOUT_S = 60.0
 # Host margin over the tool's own deadline before the SSH command is given up.
 SSH_MARGIN_S = 15.0
 BACKGROUND_POLL_S = 0.2
+SCSI_DISK_POLL_S = 1.0
 RESULT_DIR = '/tmp/lsi-dio'
 U64 = (1 << 64) - 1
 
 
 class DiskIOError(HarnessError):
     """A disk IO workload could not be run or its result not read."""
+
+
+class DiskIOTimeout(DiskIOError, Timeout):
+    """The guest's disk, or a background workload's result, did not come in time."""
 
 
 # ---------------------------------------------------------------- pattern
@@ -295,19 +301,18 @@ class BackgroundRun:
         return self.ssh.run(f'test -e {self.base}.rc', timeout_s=timeout_s).ok
 
     def wait(self, timeout_s: float) -> Result:
-        """The result once the tool has exited; DiskIOError past
+        """The result once the tool has exited; DiskIOTimeout past
         ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
-        while True:
+
+        def exited() -> bool:
             try:
-                if self.done(timeout_s=max(5.0, deadline - time.monotonic())):
-                    break
+                return self.done(timeout_s=max(5.0, deadline - time.monotonic()))
             except CommandTimeout:
-                pass
-            if time.monotonic() > deadline:
-                raise DiskIOError(f"background lsi-dio ({self.base}) still running after "
-                                  f"{timeout_s:.0f} s")
-            time.sleep(BACKGROUND_POLL_S)
+                return False
+        wait_until(exited, timeout_s, f'background lsi-dio ({self.base})', BACKGROUND_POLL_S,
+                   error=lambda s: DiskIOTimeout(f"background lsi-dio ({self.base}) still "
+                                                 f"running after {s:.0f} s"))
         out = self.ssh.run(f'cat {self.base}.rc; echo ---; cat {self.base}.json; echo ---; '
                            f'cat {self.base}.err', check=True).stdout
         rc, stdout, stderr = (out.split('---\n') + ['', ''])[:3]
@@ -320,18 +325,17 @@ class BackgroundRun:
 def find_scsi_disk(ssh: GuestSSH, bdf: str, timeout_s: float = 60) -> str:
     """/dev/sdX of the SCSI disk behind the PCI function ``bdf`` (the
     LSI), once sym53c8xx has found it."""
-    deadline = time.monotonic() + timeout_s
     script = (f'for b in /sys/block/sd*; do [ -e "$b" ] || continue; '
               f'readlink -f "$b/device" | grep -q "/{bdf}/" && echo "${{b##*/}}"; done')
-    while True:
+
+    def disk() -> Optional[str]:
         names = ssh.run(script, check=True).stdout.split()
-        if names:
-            return f'/dev/{names[0]}'
-        if time.monotonic() > deadline:
-            raise DiskIOError(f"no SCSI disk under {bdf} within {timeout_s:.0f} s: is "
-                              f"sym53c8xx loaded (mpqemu.sym53c8xx=1), and does the "
-                              f"accelerator deliver the LSI's interrupts?")
-        time.sleep(1.0)
+        return f'/dev/{names[0]}' if names else None
+    return wait_until(disk, timeout_s, f'a SCSI disk under {bdf}', SCSI_DISK_POLL_S,
+                      error=lambda s: DiskIOTimeout(
+                          f"no SCSI disk under {bdf} within {s:.0f} s: is sym53c8xx loaded "
+                          f"(mpqemu.sym53c8xx=1), and does the accelerator deliver the "
+                          f"LSI's interrupts?"))
 
 
 def make_vfat(ssh: GuestSSH, dev: str, mountpoint: str = '/mnt/dio') -> str:

@@ -7,10 +7,10 @@ tree (HMP ``info mtree -f``) is the remote's own account of that map.
 
 import dataclasses
 import re
-import time
 from typing import Callable, List
 
-from ..base.errors import HarnessError
+from ..base.errors import Timeout
+from ..base.waiting import wait_until
 from ..qemu.process import QEMUProcess
 
 _REGION_RE = re.compile(r'^\s*([0-9a-f]+)-([0-9a-f]+) \(prio \d+, ram\): (remote-mem-\d+)',
@@ -42,16 +42,16 @@ def wait_remote_view(remote: QEMUProcess, predicate: Callable[[List[RamRegion]],
                      timeout_s: float = VIEW_TIMEOUT_S,
                      what: str = 'the expected RAM') -> List[RamRegion]:
     """Poll the remote's flat view until ``predicate(regions)`` holds."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        regions = remote_ram_regions(remote)
-        if predicate(regions):
-            return regions
-        if time.monotonic() > deadline:
-            raise HarnessError(f"{remote.name} did not show {what} within {timeout_s} s; "
-                               f"its RAM regions: "
-                               f"{[(hex(r.start), hex(r.size)) for r in regions]}")
-        time.sleep(POLL_INTERVAL_S)
+    regions: List[RamRegion] = []
+
+    def shown() -> bool:
+        regions[:] = remote_ram_regions(remote)
+        return predicate(regions)
+    wait_until(shown, timeout_s, f'{remote.name} to show {what}', POLL_INTERVAL_S,
+               error=lambda s: Timeout(f"{remote.name} did not show {what} within {s} s; "
+                                       f"its RAM regions: "
+                                       f"{[(hex(r.start), hex(r.size)) for r in regions]}"))
+    return regions
 
 
 def wait_for_ram(remote: QEMUProcess, total_bytes: int, timeout_s: float) -> List[RamRegion]:

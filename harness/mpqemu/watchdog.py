@@ -26,8 +26,8 @@ import threading
 import time
 from typing import List, Optional
 
-from ..base import procfs
-from ..base.errors import HarnessError, QMPError
+from ..base import deadlines, procfs
+from ..base.errors import HarnessError, QMPError, Timeout
 from ..qemu.process import QEMUProcess
 from ..qemu.qmp import QMPChannel
 
@@ -120,19 +120,17 @@ class RemoteWatchdog:
 
     def wait_for(self, kind: str, timeout_s: float) -> WatchdogEvent:
         """The first ``kind`` event after the last injected fault."""
-        deadline = time.monotonic() + timeout_s
+        def seen() -> Optional[WatchdogEvent]:
+            since = self._fault_at or 0.0
+            return next((event for event in self._events
+                         if event.kind == kind and event.detected_at >= since), None)
+        timeout_s = deadlines.cap(timeout_s, f'watchdog wait for {kind!r}')
         with self._cond:
-            while True:
-                since = self._fault_at or 0.0
-                for event in self._events:
-                    if event.kind == kind and event.detected_at >= since:
-                        return event
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise HarnessError(f"watchdog saw no {kind!r} event for "
-                                       f"{self.process.name} within {timeout_s} s "
-                                       f"(events: {self._events})")
-                self._cond.wait(left)
+            event = self._cond.wait_for(seen, timeout_s)
+            if event is None:
+                raise Timeout(f"watchdog saw no {kind!r} event for {self.process.name} "
+                              f"within {timeout_s} s (events: {self._events})")
+            return event
 
     def _emit(self, kind: str, detail: str) -> None:
         now = time.monotonic()
