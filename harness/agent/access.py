@@ -11,13 +11,13 @@ buffers come from a window of guest RAM the agent never uses.
 from typing import List, Optional
 
 from ..base.errors import Timeout
+from ..base.units import MIB
 from ..devices import pci
 from ..mpqemu.guestmem import FirstFit
 from ..mpqemu.proxyram import MappedRam
 from .client import Agent, AgentError
 from .mailbox import Command, Op, Status
 
-MIB = 1024 * 1024
 DMA_BASE = 4 * MIB              # above the agent (1 MiB) and its mailbox (2 MiB)
 DMA_TOP_RESERVE = 2 * MIB       # SeaBIOS keeps the top of RAM (ACPI tables)
 NO_LINE = (0, 2, 0xff)          # unassigned (0xff), or lines the agent keeps

@@ -12,6 +12,7 @@ import time
 from typing import Callable, Optional
 
 from ..base import deadlines
+from ..base.units import MIB
 from ..guest.console import FirmwareLog
 from ..guest import diagnosis
 from ..guest.session import diagnosed
@@ -23,7 +24,6 @@ from .client import Agent, AgentError
 READY_MARKER = 'agent: ready'
 FAILURE_PATTERNS = (r'agent: exception[^\n]*', r'No bootable device')
 DEBUG_EXIT_PORT = 0xf4
-MIB = 1024 * 1024
 
 
 class AgentSession:

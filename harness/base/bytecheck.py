@@ -10,7 +10,9 @@ import os
 import random
 from typing import Optional
 
-IMAGE_CHUNK_BYTES = 1 << 20
+from .units import MIB
+
+IMAGE_CHUNK_BYTES = MIB
 
 
 def write_random_image(path: str, size: int, seed: Optional[int] = None) -> str:

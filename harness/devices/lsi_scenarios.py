@@ -25,6 +25,7 @@ from ..base import bytecheck
 from ..base.figures import spread, time_calls
 from . import pci
 from .lsi import driver as lsi, registers as lsi_regs
+from ..base.units import ms
 
 BLOCK_SIZE = 512
 SCSI_CLASS_STORAGE = 0x0100
@@ -145,7 +146,7 @@ def interrupt_ends_command(test, device: lsi.Lsi53c895a, irq) -> Dict[str, float
         test.assertFalse(irq.wait(0.05), 'INTx raised again after DSTAT was read')
     finally:
         device.use_irq = False
-    return {'irq_command_ms': round(device.last_stop.elapsed_s * 1000, 3)}
+    return {'irq_command_ms': ms(device.last_stop.elapsed_s, 3)}
 
 
 # ---------------------------------------------------------------- benchmarks

@@ -36,6 +36,7 @@ from typing import Dict, List, Optional
 from ..base.errors import HarnessError, Timeout
 from ..base.figures import write_report
 from ..base.hosttools import run_tool
+from ..base.units import KIB, MIB
 from ..base.waiting import wait_until
 from .ssh import CommandTimeout, GuestSSH
 
@@ -159,7 +160,7 @@ class Workload:
         return self.blocks * SECTOR_BYTES
 
     def name(self) -> str:
-        return f'{self.op}-{self.order}-{self.bs // 1024}k'
+        return f'{self.op}-{self.order}-{self.bs // KIB}k'
 
 
 @dataclasses.dataclass
@@ -388,7 +389,7 @@ def bench(out_dir: str, qemu_bin: Optional[str] = None, accel_request: str = 'au
         os.makedirs(log_dir, exist_ok=True)
         disk = os.path.join(log_dir, 'disk.raw')
         with open(disk, 'wb') as f:
-            f.truncate(BENCH_DISK_MIB << 20)
+            f.truncate(BENCH_DISK_MIB * MIB)
         load = accel.name == 'kvm'
         vm = topology.Machine(caps, log_dir, placement=placement, accel=accel.name,
                               smp=BENCH_GUEST_CPUS)

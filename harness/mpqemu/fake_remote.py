@@ -16,12 +16,13 @@ import socket
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from ..base.units import MIB
 from ..qemu.binary import Capabilities
 from .guestmem import GuestMemory
 from .protocol import DEFAULT_REPLY_TIMEOUT_S, FakeProxy, FakeProxyAccess
 from .remote import Remote
 
-DEFAULT_RAM_SIZE = 32 << 20
+DEFAULT_RAM_SIZE = 32 * MIB
 DEFAULT_RAM_GPA = 0
 
 

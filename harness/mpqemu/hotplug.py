@@ -21,7 +21,6 @@ from ..base.errors import HarnessError, QMPError
 from ..qemu.process import QEMUProcess
 from . import memview
 
-MIB = 1024 * 1024
 UNPLUG_TIMEOUT_S = 20.0
 BACKENDS = ('file', 'memfd', 'ram')
 

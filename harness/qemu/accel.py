@@ -30,6 +30,7 @@ from typing import Optional
 from ..base import lifeline, paths
 from ..images import agent as agent_build
 from ..base.errors import AccelError
+from ..base.units import KIB
 from . import binary as qemu_binary
 
 LOG = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ DEBUG_EXIT_VALUE = 0x31
 # isa-debug-exit makes QEMU exit with (value << 1) | 1.
 PROBE_VM_EXIT_STATUS = (DEBUG_EXIT_VALUE << 1) | 1
 AGENT_PROBE_ARG = 'agent.probe'        # the agent exits with DEBUG_EXIT_VALUE once ready
-BIOS_SIZE = 64 * 1024
+BIOS_SIZE = 64 * KIB
 RESET_VECTOR_OFFSET = BIOS_SIZE - 16
 
 

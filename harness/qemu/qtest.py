@@ -34,6 +34,7 @@ import time
 from typing import Callable, List, Optional
 
 from ..base.errors import HarnessError, Timeout
+from ..base.units import MIB
 from ..mpqemu.guestmem import FirstFit
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -124,7 +125,7 @@ class QTestClient:
                 return None
             self.sock.settimeout(remaining)
             try:
-                chunk = self.sock.recv(1 << 20)
+                chunk = self.sock.recv(MIB)
             except socket.timeout:
                 return None
             except OSError as err:

@@ -26,6 +26,7 @@ from ..base import params
 from ..base.figures import spread, time_calls, write_report
 from ..devices.lsi import driver as lsi, registers as lsi_regs
 from ..mpqemu import topology
+from ..base.units import MIB
 from ..qemu import accel as qemu_accel
 from ..qemu import binary as qemu_binary
 from ..agent.access import AgentAccess
@@ -33,7 +34,6 @@ from ..agent.lsi_intx import IntxSource
 from ..agent.mailbox import Status
 from ..agent.session import AgentSession
 
-MIB = 1024 * 1024
 DEFAULT_BOOTS = 3
 DEFAULT_INTERRUPTS = 1000
 DEFAULT_OPS = 50

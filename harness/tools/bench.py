@@ -30,6 +30,7 @@ from ..base import bytecheck, params
 from ..base.figures import write_report
 from ..devices import lsi_scenarios
 from ..devices.lsi import driver as lsi
+from ..base.units import MIB
 from ..mpqemu import fake_remote
 from ..qemu import binary as qemu_binary
 
@@ -43,9 +44,9 @@ IN_PROCESS_NOTE = 'in-process comparison: needs a QEMU with qtest (issue 7)'
 def run(caps: qemu_binary.Capabilities, workdir: str, runs: int = DEFAULT_RUNS,
         samples: int = DEFAULT_SAMPLES, dma_mib: int = DEFAULT_DMA_MIB) -> dict:
     """All benchmarks against one remote; returns the report."""
-    dma_bytes = dma_mib << 20
+    dma_bytes = dma_mib * MIB
     image = bytecheck.write_random_image(os.path.join(workdir, 'bench-disk.raw'),
-                                         dma_bytes + (IMAGE_SLACK_MIB << 20))
+                                         dma_bytes + IMAGE_SLACK_MIB * MIB)
     with fake_remote.launch(caps, log_dir=workdir, drive=image,
                             ram_size=max(fake_remote.DEFAULT_RAM_SIZE, 2 * dma_bytes)) as remote:
         device = lsi.Lsi53c895a(remote.access)

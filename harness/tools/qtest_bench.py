@@ -23,6 +23,7 @@ from ..base.figures import write_report
 from ..devices import lsi_scenarios
 from ..devices.lsi import driver as lsi
 from ..mpqemu import topology
+from ..base.units import MIB
 from ..qemu import binary as qemu_binary
 from ..qemu.qtest import launch_lsi
 
@@ -34,15 +35,15 @@ IMAGE_SLACK_MIB = 8
 def measure_one(caps, workdir: str, control: bool, runs: int, samples: int,
                 dma_mib: int) -> Dict[str, dict]:
     """Latency and DMA figures of one tier (proxied or in-process)."""
-    dma_bytes = dma_mib << 20
+    dma_bytes = dma_mib * MIB
     name = 'in-process' if control else 'proxied'
     log_dir = os.path.join(workdir, name)
     image = bytecheck.write_random_image(os.path.join(workdir, f'{name}.raw'),
-                                         dma_bytes + (IMAGE_SLACK_MIB << 20))
+                                         dma_bytes + IMAGE_SLACK_MIB * MIB)
     placement = topology.IN_PROCESS if control else topology.PROXY
     with topology.Machine(caps, log_dir, placement=placement, accel='qtest', machine='pc',
                           memory_mb=RAM_MB) as vm:
-        client, access = launch_lsi(vm, drive=image, slot=SLOT, ram_bytes=RAM_MB << 20)
+        client, access = launch_lsi(vm, drive=image, slot=SLOT, ram_bytes=RAM_MB * MIB)
         try:
             device = lsi.Lsi53c895a(access)
             device.setup()
