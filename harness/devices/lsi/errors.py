@@ -6,18 +6,18 @@ device access, harness.guest.lsi_dma from inside the guest, the agent's
 interrupt source).
 """
 
-from ...base.errors import HarnessError
+from ...base.errors import HarnessError, Timeout
 
 
 class LsiError(HarnessError):
     """The controller stopped somewhere other than where SCRIPTS said."""
 
 
-class LsiTimeout(LsiError):
+class LsiTimeout(LsiError, Timeout):
     """SCRIPTS did not finish within the deadline."""
 
 
-class SelectionTimeout(LsiError):
+class SelectionTimeout(LsiError, Timeout):
     """No target answered the selection (SIST1.STO)."""
 
 
