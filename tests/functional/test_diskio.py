@@ -18,10 +18,12 @@ import os
 import time
 
 from harness.base import deadlines
+from harness.base.waiting import wait_until
 from harness.guest import diskio, memory
 from harness.guest.diskio import Workload
 from harness.mpqemu import hotplug, memview, topology
-from harness.testing import MIB, MultiprocessTest
+from harness.base.units import MIB
+from harness.testing import MultiprocessTest
 
 DATA_DISK_MIB = 64
 # A vCPU blocked on the hung device blocks only that vCPU: a second one
@@ -77,15 +79,10 @@ class DiskIOTest(MultiprocessTest):
     def wait_for_writes(self, vm, at_least: int) -> int:
         """Until the emulating process has written ``at_least`` bytes to
         the disk: the workload is under way."""
-        deadline = time.monotonic() + PROGRESS_TIMEOUT_S
-        while True:
-            written = self.written_bytes(vm)
-            if written >= at_least:
-                return written
-            if time.monotonic() > deadline:
-                self.fail(f'the workload wrote only {written} bytes in '
-                          f'{PROGRESS_TIMEOUT_S:.0f} s')
-            time.sleep(0.05)
+        def written():
+            n = self.written_bytes(vm)
+            return n if n >= at_least else None
+        return wait_until(written, PROGRESS_TIMEOUT_S, f'the workload to write {at_least} bytes')
 
 
 class DiskIOWorkloads(DiskIOTest):

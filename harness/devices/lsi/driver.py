@@ -21,6 +21,7 @@ import struct
 import time
 from typing import List, Optional
 
+from ...base.waiting import wait_until
 from .. import pci
 from .errors import LsiError, LsiTimeout, ScsiError, SelectionTimeout
 from .registers import (DEVICE_ID, DIEN, DSP, DSPS, DSTAT, DSTAT_ABRT, DSTAT_DFE, DSTAT_IID,
@@ -36,6 +37,7 @@ from .scsi import (CDB_FUA, INQUIRY_STANDARD_LEN, MSG_IDENTIFY, SCSI_INQUIRY,
                    STATUS_CHECK_CONDITION, STATUS_GOOD, Inquiry)
 
 DEFAULT_TIMEOUT_S = 10.0
+POLL_MIN_INTERVAL_S = 0.00005       # polled SCRIPTS: the first polls are quick
 POLL_MAX_INTERVAL_S = 0.001
 MAX_TRANSFER_BYTES = 8 << 20            # per SCSI command; < 2^24 and a multiple of 4 KiB
 
@@ -153,18 +155,16 @@ class Lsi53c895a:
                                  f"DSP={self.read_reg(DSP, 4):#x}): was SET_IRQFD sent, "
                                  f"and is INTx enabled in COMMAND?")
         else:
-            interval = 0.0
-            while True:
+            def stopped():
                 istat0 = self.read_reg(ISTAT0)
-                if istat0 & (ISTAT0_DIP | ISTAT0_SIP):
-                    break
-                if time.monotonic() > deadline:
-                    raise LsiTimeout(f"SCRIPTS still running after {timeout_s} s "
-                                     f"(ISTAT0={istat0:#04x} ISTAT1={self.read_reg(ISTAT1):#04x}"
-                                     f" DSP={self.read_reg(DSP, 4):#x}); see the remote's log")
-                if interval:
-                    time.sleep(interval)
-                interval = min(POLL_MAX_INTERVAL_S, interval * 2 or 0.00005)
+                return istat0 if istat0 & (ISTAT0_DIP | ISTAT0_SIP) else None
+            istat0 = wait_until(
+                stopped, max(0.0, deadline - time.monotonic()), 'SCRIPTS to stop',
+                POLL_MIN_INTERVAL_S, max_interval_s=POLL_MAX_INTERVAL_S,
+                error=lambda _: LsiTimeout(
+                    f"SCRIPTS still running after {timeout_s} s "
+                    f"(ISTAT0={self.read_reg(ISTAT0):#04x} ISTAT1={self.read_reg(ISTAT1):#04x}"
+                    f" DSP={self.read_reg(DSP, 4):#x}); see the remote's log"))
         elapsed = time.monotonic() - started
         dstat = self.read_reg(DSTAT) & ~DSTAT_DFE
         sist0 = self.read_reg(SIST0)

@@ -11,9 +11,9 @@ on each other.
 
 import os
 import socket
-import time
 from typing import Optional, Sequence
 
+from ...base.waiting import wait_until
 from ...devices import pci
 from ...qemu.binary import Capabilities
 from ...qemu.process import QEMUProcess
@@ -60,15 +60,18 @@ class FuzzRemote:
         RESET_TRACE_EVENT): messages before it would be undone."""
         if self.started:
             return
-        deadline = time.monotonic() + timeout_s
-        while not self.process.count_log_lines(RESET_TRACE_EVENT):
+        def reset_traced():
+            if self.process.count_log_lines(RESET_TRACE_EVENT):
+                return True
             if not self.process.is_running():
                 raise p.RemoteGone(f"the remote exited while starting (status "
                                    f"{self.process.exitcode}): {self.process.log_tail()}")
-            if time.monotonic() > deadline:
-                raise p.RemoteTimeout(f"the remote did not reach its machine reset within "
-                                      f"{timeout_s} s; see {self.process.log_path}")
-            time.sleep(STARTED_POLL_S)      # polling a file for a condition, with a deadline
+            return False
+        wait_until(reset_traced, timeout_s, 'the remote to reach its machine reset',
+                   STARTED_POLL_S,
+                   error=lambda s: p.RemoteTimeout(
+                       f"the remote did not reach its machine reset within {s} s; "
+                       f"see {self.process.log_path}"))
         self.started = True
 
     def setup(self, memory: GuestMemory) -> None:
