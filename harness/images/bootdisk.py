@@ -17,9 +17,9 @@ from typing import Dict, List
 
 from ..base.errors import HarnessError
 from ..base.hosttools import run_tool
+from ..base.units import MIB
 
 SECTOR_BYTES = 512
-MIB = 1024 * 1024
 # A geometry any BIOS accepts; syslinux patches it into the boot sector.
 HEADS = 64
 SECTORS_PER_TRACK = 32

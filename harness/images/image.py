@@ -25,10 +25,9 @@ from typing import Dict, List, Optional
 
 from ..base import locking, paths
 from ..base.errors import HarnessError
-
 from ..base.hosttools import run_tool
+from ..base.units import MIB
 from . import bootdisk, debs, guesttools, initramfs
-from .bootdisk import data_area_sector  # noqa: F401  (re-exported for IO tests)
 from .elf import ElfFile
 
 try:
@@ -202,7 +201,7 @@ class Plan:
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
+        for chunk in iter(lambda: f.read(MIB), b''):
             h.update(chunk)
     return h.hexdigest()
 

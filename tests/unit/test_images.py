@@ -290,7 +290,7 @@ def test_lsi_boot_disk_layout(built):
         assert f.read(512)[510:] == b'\x55\xaa'                  # boot signature
         last_lba = (area.offset_bytes + area.size_bytes) // 512 - 1
         f.seek(last_lba * 512)
-        assert f.read(512) == image.data_area_sector(last_lba)
+        assert f.read(512) == bootdisk.data_area_sector(last_lba)
     files = subprocess.run(['mdir', '-a', '-b', '-i', guest.disk, '::'], capture_output=True,
                            text=True, check=True).stdout.lower()
     for name in ('ldlinux.sys', 'ldlinux.c32', 'syslinux.cfg', 'vmlinuz', 'initrd.img'):
@@ -319,7 +319,7 @@ def test_modified_output_is_rebuilt(built):
     rebuilt = image.build_recipe('lsi-boot')
     with open(rebuilt.disk, 'rb') as f:
         f.seek(rebuilt.data_area.offset_bytes)
-        assert f.read(512) == image.data_area_sector(rebuilt.data_area.offset_bytes // 512)
+        assert f.read(512) == bootdisk.data_area_sector(rebuilt.data_area.offset_bytes // 512)
     assert image.read_manifest(os.path.dirname(rebuilt.manifest))['built_at'] >= \
         manifest_before['built_at']
 
