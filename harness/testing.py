@@ -19,6 +19,7 @@ from avocado.core.exceptions import TestSkipError
 
 from .base import deadlines, known_issues, lifeline, params
 from .base.errors import HarnessError, QMPError
+from .base.units import MIB, ms
 from .images.image import GuestImage, resolve_image
 from .agent.session import AgentSession
 from .guest.session import GuestSession, boot_drive
@@ -29,7 +30,6 @@ from .qemu import accel as qemu_accel
 from .qemu import binary as qemu_binary
 from .qemu import vcpus
 
-MIB = 1024 * 1024
 AGENT = 'agent'        # launch(guest=AGENT): the bare-metal agent (harness/agent)
 
 
@@ -191,7 +191,7 @@ class MultiprocessTest(avocado.Test):
         with self.known_issue_guard(*self.launch_guard_issues(vm)):
             if session is None:
                 vm.launch()
-                self.record(topology_up_ms=round((time.monotonic() - start) * 1000, 1))
+                self.record(topology_up_ms=ms(time.monotonic() - start))
             elif isinstance(session, AgentSession):
                 agent = session.boot(vm)
                 self.record(agent_ready_s=round(session.ready_s, 3),

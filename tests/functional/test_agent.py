@@ -32,7 +32,8 @@ from harness.devices.lsi import driver as lsi, registers as lsi_regs, scripts as
 from harness.guest import lsi_dma
 from harness.mpqemu import hotplug, memview, topology
 from harness.mpqemu.proxyram import MappedRam
-from harness.testing import AGENT, MIB, MultiprocessTest
+from harness.base.units import MIB
+from harness.testing import AGENT, MultiprocessTest
 from harness.base.waiting import wait_until
 
 INTX_ISSUE = 'proxy-intx-needs-kvm'

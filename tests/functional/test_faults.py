@@ -23,7 +23,8 @@ from harness.guest.pci import find_device
 from harness.guest.ssh import CommandTimeout
 from harness.mpqemu import fake_remote
 from harness.qemu import vcpus
-from harness.testing import MIB, MultiprocessTest
+from harness.base.units import MIB, ms
+from harness.testing import MultiprocessTest
 from harness.base.waiting import wait_until
 
 DETECT_TIMEOUT_S = 5.0          # only keeps a broken watchdog from hanging the test
@@ -43,10 +44,6 @@ GUEST_ANSWER_S = 10.0           # a guest command while the device hangs; longer
 STALL_PROBE_S = 3.0             # a guest command that must not answer
 STALL_MODULE = 'crc64.ko'       # in the image, never loaded by it: insmod'ed to need every CPU
 INSMOD_DONE = '/tmp/insmod.done'
-
-
-def ms(seconds):
-    return round(seconds * 1000, 2)
 
 
 class FaultTest(MultiprocessTest):
@@ -93,8 +90,8 @@ class RemoteDetection(FaultTest):
         for kind, event_kind in (('kill', 'dead'), ('crash', 'dead'), ('hang', 'hung')):
             latencies = self.measure(kind, event_kind)
             self.assertEqual(len(latencies), LATENCY_INJECTIONS)
-            figures[f'detect_{kind}_ms'] = {'median': ms(statistics.median(latencies)),
-                                            'max': ms(max(latencies)),
+            figures[f'detect_{kind}_ms'] = {'median': ms(statistics.median(latencies), 2),
+                                            'max': ms(max(latencies), 2),
                                             'n': len(latencies)}
         self.record(**figures)
 
@@ -109,7 +106,7 @@ class RemoteDetection(FaultTest):
         self.assertGreaterEqual(event.detected_at, fault.injected_at)
         remote.faults.resume()
         remote.watchdog.wait_for('resumed', DETECT_TIMEOUT_S)
-        self.record(detect_ping_hang_ms=ms(event.latency_s))
+        self.record(detect_ping_hang_ms=ms(event.latency_s, 2))
 
     def test_proxy_death_makes_the_remote_exit(self):
         """No orphan: a remote whose proxy died exits by itself."""
@@ -120,7 +117,7 @@ class RemoteDetection(FaultTest):
         event = remote.watchdog.wait_for('dead', REMOTE_EXIT_TIMEOUT_S)
         self.assertTrue(remote.process.wait_exit(REMOTE_EXIT_TIMEOUT_S))
         self.assertEqual(remote.process.exitcode, 0)
-        self.record(remote_exit_after_proxy_death_ms=ms(event.latency_s))
+        self.record(remote_exit_after_proxy_death_ms=ms(event.latency_s, 2))
 
     def test_qemu_heartbeat(self):
         """The v8 series' own heartbeat made QEMU exit with "Lost contact
@@ -172,7 +169,7 @@ class ProxyWithStoppedRemote(FaultTest):
         status, status_s = self.time_qmp('query-status')
         self.assertTrue(self.vm.qemu.is_running(), 'the proxy died')
         self.record(system_reset_with_stopped_remote=str(reset_reply),
-                    system_reset_with_stopped_remote_ms=ms(reset_s),
+                    system_reset_with_stopped_remote_ms=ms(reset_s, 2),
                     query_status_during_reset=str(status))
 
         remote.faults.resume()
@@ -182,7 +179,7 @@ class ProxyWithStoppedRemote(FaultTest):
         self.assertEqual(status, 'prelaunch')        # -S: the reset did not start the VM
         wait_until(lambda: remote.process.count_log_lines(RESET_TRACE) > resets_before,
                    COMPLETE_TIMEOUT_S, 'the remote saw no reset')
-        self.record(monitor_back_after_resume_ms=ms(time.monotonic() - started))
+        self.record(monitor_back_after_resume_ms=ms(time.monotonic() - started, 2))
 
         with self.known_issue_guard('proxy-reset-blocks-on-stopped-remote'):
             self.assertIsInstance(status, dict, 'the proxy monitor did not answer while a '
@@ -219,7 +216,7 @@ class GuestFaults(FaultTest):
         log = wait_until(lambda: 'Broken pipe' in proxy_log() and proxy_log(),
                          DETECT_TIMEOUT_S, 'the proxy logged no error')
         self.assertIn('Unable to write to socket', log)
-        self.record(detect_kill_ms=ms(event.latency_s))
+        self.record(detect_kill_ms=ms(event.latency_s, 2))
 
     def start_blocked_access(self, value):
         """Hang the remote, then start (on the last vCPU) a guest write of
@@ -274,11 +271,11 @@ class GuestFaults(FaultTest):
             self.assertEqual(self.guest_alive(), 'Linux\n')
             started = time.monotonic()
             self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
-            qmp_ms.append(ms(time.monotonic() - started))
+            qmp_ms.append(ms(time.monotonic() - started, 2))
             time.sleep(POLL_S)
         self.resume_remote()
         self.check_access_completed(value)
-        self.record(detect_hang_ms=ms(event.latency_s), proxy_qmp_while_hung_ms=max(qmp_ms))
+        self.record(detect_hang_ms=ms(event.latency_s, 2), proxy_qmp_while_hung_ms=max(qmp_ms))
 
     def test_guest_kernel_needing_the_blocked_vcpu_stalls(self):
         """The limit of "only the device access blocks": the vCPU waiting

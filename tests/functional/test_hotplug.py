@@ -18,9 +18,9 @@ from harness.base import bytecheck, deadlines
 from harness.guest import lsi_dma, memory
 from harness.guest.pci import find_device
 from harness.mpqemu import hotplug, memview, proxyram
+from harness.base.units import MIB, ms
 from harness.testing import MultiprocessTest
 
-MIB = 1 << 20
 BLOCK = 512
 DIMM_SIZE = 128 * MIB          # one Linux memory block on x86_64
 DISK_MB = 64
@@ -87,7 +87,7 @@ class HotplugTest(MultiprocessTest):
                                  lambda r: hotplug.maps_range(r, dimm.addr, dimm.size),
                                  what=f'{dimm_id} at {dimm.addr:#x}')
         self.record(**{f'{dimm_id}_plug_to_remote_visible_ms':
-                       round((time.monotonic() - started) * 1000, 3)})
+                       ms(time.monotonic() - started, 3)})
         return dimm
 
 
@@ -133,8 +133,8 @@ class DimmResync(HotplugTest):
         self.assertTrue(self.remote.is_running())
         self.assertEqual(sum(r.size for r in memview.remote_ram_regions(self.remote)),
                          self.vm.memory_mb * MIB)
-        self.record(unplug_guest_ack_ms=round(unplug_s * 1000, 3),
-                    unplug_to_remote_gone_ms=round((time.monotonic() - started) * 1000, 3))
+        self.record(unplug_guest_ack_ms=ms(unplug_s, 3),
+                    unplug_to_remote_gone_ms=ms(time.monotonic() - started, 3))
 
     def test_guest_onlines_the_dimm_and_the_device_dmas_into_its_pages(self):
         self.boot()

@@ -21,7 +21,8 @@ from harness.devices import pci
 from harness.devices.lsi import driver as lsi, registers as lsi_regs
 from harness.devices import lsi_scenarios as scenarios
 from harness.mpqemu import fake_remote, protocol
-from harness.testing import MIB, MultiprocessTest
+from harness.base.units import MIB, ms
+from harness.testing import MultiprocessTest
 
 IMAGE_BYTES = 16 * MIB
 BLOCK_SIZE = 512
@@ -51,7 +52,7 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         self.remote, self.proxy = self.fake.remote, self.fake.proxy
         self.lsi = lsi.Lsi53c895a(self.fake.access)
         self.lsi.setup()
-        self.record(remote_up_ms=round((time.monotonic() - started) * 1000, 1))
+        self.record(remote_up_ms=ms(time.monotonic() - started))
 
     def tearDown(self):
         self.fake.close()
@@ -147,7 +148,7 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         self.assertLess(detected, REPLY_TIMEOUT_S)
         self.assertTrue(self.remote.process.wait_exit(REPLY_TIMEOUT_S))
         self.assertEqual(self.remote.process.exitcode, -signal.SIGKILL)
-        self.record(kill_detect_ms=round(detected * 1000, 2))
+        self.record(kill_detect_ms=ms(detected, 2))
 
     def test_stopped_remote_is_a_bounded_timeout_then_recovers(self):
         """A SIGSTOPped remote (alive, silent) is a RemoteTimeout after the
@@ -165,4 +166,4 @@ class RemoteLsiOverProtocol(MultiprocessTest):
             self.remote.process.send_signal(signal.SIGCONT)
         self.assertLess(waited, STOPPED_REPLY_TIMEOUT_S + 1.0)
         self.assertEqual(self.lsi.read_reg(lsi_regs.SCRATCHA, 4), 0x5a5a_5a5a)
-        self.record(stop_timeout_ms=round(waited * 1000, 1))
+        self.record(stop_timeout_ms=ms(waited))

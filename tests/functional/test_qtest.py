@@ -26,7 +26,8 @@ from harness.devices import pci
 from harness.devices.lsi import driver as lsi, registers as lsi_regs
 from harness.devices import lsi_scenarios as scenarios
 from harness.mpqemu import topology
-from harness.testing import MIB, MultiprocessTest
+from harness.base.units import MIB, ms
+from harness.testing import MultiprocessTest
 
 IMAGE_BYTES = 16 * MIB
 RAM_MB = 64
@@ -126,7 +127,7 @@ class ProxiedLsiOverQtest(LsiOverQtest):
         self.assertLess(detected, KILL_DETECT_TIMEOUT_S)
         self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
         self.assertEqual(remote.process.exitcode, -signal.SIGKILL)
-        self.record(dead_remote_reads_ms=round(detected * 1000, 2))
+        self.record(dead_remote_reads_ms=ms(detected, 2))
 
 
 class InProcessLsiOverQtest(LsiOverQtest):

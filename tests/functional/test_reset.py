@@ -20,6 +20,7 @@ from harness.guest.pci import find_device
 from harness.mpqemu import proxyram
 from harness.base.waiting import wait_until
 from harness.qemu.tracelog import event_times, trace_args
+from harness.base.units import ms
 from harness.testing import MultiprocessTest
 
 RESET_TRACE = trace_args('lsi_reset')
@@ -103,7 +104,7 @@ class ResetPropagation(ResetTest):
         self.assertTrue(resets, f'no lsi_reset in {remote.log_path} after the write')
         self.assertGreaterEqual(resets[0], asked_at)
         self.assertLess(resets[0], read_at)
-        self.record(reset_arrival_ms=round((resets[0] - asked_at) * 1000, 3),
+        self.record(reset_arrival_ms=ms(resets[0] - asked_at, 3),
                     lsi_resets_per_system_reset=len(resets))
 
     def test_ten_resets_in_a_row_leave_the_device_working(self):
@@ -130,7 +131,7 @@ class ResetPropagation(ResetTest):
             vm.qemu.get_event('RESET', RESET_EVENT_TIMEOUT_S)
             times = wait_for_trace(remote, before)
             self.assertEqual(len(times), before + 1, f'reset {i + 1}: lsi_reset count')
-            latencies_ms.append(round((times[-1] - asked_at) * 1000, 3))
+            latencies_ms.append(ms(times[-1] - asked_at, 3))
             self.assertIn('= 0x00000000', remote.hmp(f'i /w {port:#x}'), f'reset {i + 1}')
         self.assertEqual(vm.qemu.qmp('query-status')['status'], 'prelaunch')
         vm.qemu.qmp('cont')

@@ -10,7 +10,8 @@ import os
 from harness.devices.lsi import registers as lsi_regs
 from harness.devices.pci import qmp_pci_device as pci_device
 from harness.mpqemu.memview import wait_for_ram
-from harness.testing import MIB, MultiprocessTest
+from harness.base.units import MIB
+from harness.testing import MultiprocessTest
 
 # The PC machine leaves 0xc0000-0xfffff (option ROMs and BIOS) out of RAM.
 PC_RAM_HOLE_START = 0xc0000

@@ -11,10 +11,10 @@ from harness.mpqemu import topology
 from harness.mpqemu.memview import wait_for_ram
 from harness.mpqemu.topology import Machine
 from harness.qemu import binary as qemu_binary
+from harness.base.units import MIB
 
 from conftest import pid_alive, socket_inodes
 
-MIB = 1024 * 1024
 
 
 @pytest.fixture
