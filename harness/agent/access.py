@@ -13,7 +13,7 @@ from typing import List, Optional
 from ..base.errors import Timeout
 from ..base.units import MIB
 from ..devices import pci
-from ..mpqemu.guestmem import FirstFit
+from ..qemu.guestmem import FirstFit
 from ..mpqemu.proxyram import MappedRam
 from .client import Agent, AgentError
 from .mailbox import Command, Op, Status

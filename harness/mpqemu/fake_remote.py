@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 from ..base.units import MIB
 from ..qemu.binary import Capabilities
-from .guestmem import GuestMemory
+from ..qemu.guestmem import GuestMemory
 from .protocol import DEFAULT_REPLY_TIMEOUT_S, FakeProxy, FakeProxyAccess
 from .remote import Remote
 

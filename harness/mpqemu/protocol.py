@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from ..base.errors import HarnessError, Timeout
-from .guestmem import GuestMemory, SysmemRegion
+from ..qemu.guestmem import GuestMemory, SysmemRegion
 
 REMOTE_MAX_FDS = 8
 # mpqemu_msg_valid() refuses num_fds >= REMOTE_MAX_FDS: 7 is what works.

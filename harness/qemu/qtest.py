@@ -35,7 +35,7 @@ from typing import Callable, List, Optional
 
 from ..base.errors import HarnessError, Timeout
 from ..base.units import MIB
-from ..mpqemu.guestmem import FirstFit
+from .guestmem import FirstFit
 
 DEFAULT_TIMEOUT_S = 10.0
 ACCEPT_TIMEOUT_S = 15.0

@@ -18,7 +18,7 @@ from harness.devices import pci
 from harness.devices.lsi import driver as lsi, registers as lsi_regs, scsi
 from harness.devices.lsi.errors import SelectionTimeout
 from harness.mpqemu import fake_remote, protocol
-from harness.mpqemu.guestmem import GuestMemory
+from harness.qemu.guestmem import GuestMemory
 from harness.mpqemu.faults import FaultInjector
 from harness.qemu.process import QEMUProcess
 

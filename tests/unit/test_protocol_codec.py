@@ -14,7 +14,7 @@ import pytest
 
 from harness.devices.lsi import registers as lsi_regs, scripts as lsi_scripts
 from harness.mpqemu import protocol as p
-from harness.mpqemu.guestmem import GuestMemory, GuestMemoryError, SysmemRegion
+from harness.qemu.guestmem import GuestMemory, GuestMemoryError, SysmemRegion
 
 SHORT_TIMEOUT_S = 0.2
 # A deadline overrun this large means the receive did not honour its timeout.

@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional
 
 from ...base import known_issues
 from ...qemu.binary import Capabilities
-from ..guestmem import GuestMemory
+from ...qemu.guestmem import GuestMemory
 from .cases import RAM_BYTES, RAM_GPA, Case, Layout
 from .families import generate
 from .remotes import RemotePool

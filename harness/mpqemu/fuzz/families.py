@@ -18,7 +18,7 @@ from typing import Optional, Sequence, Tuple
 
 from ...devices.lsi import registers as lsi_regs
 from .. import protocol as p
-from ..guestmem import PAGE_SIZE
+from ...qemu.guestmem import PAGE_SIZE
 from .cases import FD_KINDS, FD_WRONG_KINDS, MMIO_BASE, Case, Layout, Step
 
 

@@ -18,7 +18,7 @@ from ...devices import pci
 from ...qemu.binary import Capabilities
 from ...qemu.process import QEMUProcess
 from .. import protocol as p
-from ..guestmem import GuestMemory
+from ...qemu.guestmem import GuestMemory
 from ..remote import Remote
 from .cases import IO_BASE, MMIO_BASE, RAM_BYTES, RAM_GPA, Layout
 

@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 from ...base import procfs
 from ...devices import pci
 from .. import protocol as p
-from ..guestmem import GuestMemory
+from ...qemu.guestmem import GuestMemory
 from .cases import Case, open_fd
 from .remotes import FOLLOWUP_TIMEOUT_S, FuzzRemote, RemotePool, log_tail
 
