@@ -72,7 +72,7 @@ BENCH_OUT ?= $(BUILD)/bench
 bench: host-deps venv
 	$(VPY) -m harness.tools.bench --out $(BENCH_OUT)
 	$(VPY) -m harness.tools.agent_bench --out $(BENCH_OUT)
-	$(VPY) -m harness.guest.diskio bench --out $(BENCH_OUT)
+	$(VPY) -m harness.tools.diskio_bench bench --out $(BENCH_OUT)
 
 # Boot to console marker and to SSH, remote vs in-process LSI (minutes).
 BOOT_RUNS ?= 5

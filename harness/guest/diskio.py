@@ -16,27 +16,20 @@ Data is a pattern the host can compute (:func:`pattern`): the 512-byte
 unit at absolute LBA L depends on the seed and on L, so a byte landing in
 the wrong place, a stale block or a single flipped byte is caught, both by
 the guest when it reads back and by the host against the disk image file
-(:func:`check_image`).
-
-Command line (what ``make bench`` runs after harness.tools.bench)::
-
-    python -m harness.guest.diskio bench --out build/bench
+(:func:`check_image`).  harness/tools/diskio_bench.py runs the workloads
+through the remote and the in-process LSI for figures.
 """
 
-import argparse
 import dataclasses
 import json
-import os
 import shlex
 import struct
-import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from ..base.errors import HarnessError, Timeout
-from ..base.figures import write_report
 from ..base.hosttools import run_tool
-from ..base.units import KIB, MIB
+from ..base.units import KIB
 from ..base.waiting import wait_until
 from .ssh import CommandTimeout, GuestSSH
 
@@ -355,63 +348,6 @@ def extract_from_vfat(image: str, name: str, dest: str, image_offset: int = 0) -
     return dest
 
 
-# ---------------------------------------------------------------- bench
-
-BENCH_WORKLOADS = (
-    Workload('verify', lba=0, blocks=16384, bs=4096, order='seq', seed=11),
-    Workload('verify', lba=32768, blocks=16384, bs=65536, order='seq', seed=12),
-    Workload('verify', lba=65536, blocks=16384, bs=65536, order='rand', seed=13),
-    Workload('verify', lba=98304, blocks=16384, bs=524288, order='seq', seed=14),
-)
-BENCH_DISK_MIB = 64
-BENCH_GUEST_CPUS = 2
-
-
-def bench(out_dir: str, qemu_bin: Optional[str] = None, accel_request: str = 'auto',
-          workloads=BENCH_WORKLOADS) -> dict:
-    """The same workloads through the remote LSI and through the
-    in-process (control) LSI, each in a freshly booted ``tiny`` guest."""
-    from ..base import params
-    from ..mpqemu import topology
-    from ..qemu import accel as qemu_accel
-    from ..qemu import binary as qemu_binary
-    from ..images.image import resolve_image
-    from .session import GuestSession
-
-    caps = qemu_binary.probe(qemu_bin or params.get('qemu_bin'))
-    caps.require_multiprocess()
-    accel = qemu_accel.select_accel(caps, accel_request)
-    image = resolve_image('tiny')
-    report = {'qemu': '.'.join(map(str, caps.version)), 'accel': accel.name,
-              'path': path_for_accel(accel.name), 'workloads': {}, 'boot_s': {}}
-    for kind, placement in (('remote', topology.PROXY), ('in_process', topology.IN_PROCESS)):
-        log_dir = os.path.join(out_dir, f'diskio-{kind}')
-        os.makedirs(log_dir, exist_ok=True)
-        disk = os.path.join(log_dir, 'disk.raw')
-        with open(disk, 'wb') as f:
-            f.truncate(BENCH_DISK_MIB * MIB)
-        load = accel.name == 'kvm'
-        vm = topology.Machine(caps, log_dir, placement=placement, accel=accel.name,
-                              smp=BENCH_GUEST_CPUS)
-        vm.add_lsi('lsi1', disk)
-        session = GuestSession(image, log_dir, load_sym53c8xx=load)
-        try:
-            started = time.monotonic()
-            session.boot(vm)
-            report['boot_s'][kind] = round(time.monotonic() - started, 1)
-            dio = guest_disk_io(session.ssh, accel.name)
-            for w in workloads:
-                result = dio.run(w)
-                if not result.ok:
-                    raise DiskIOError(f"{kind} {w.name()}: {result.status}: {result.error}")
-                report['workloads'].setdefault(w.name(), {})[kind] = result.figures()
-        finally:
-            session.close()
-            vm.shutdown()
-            os.unlink(disk)
-    return report
-
-
 def guest_disk_io(ssh: GuestSSH, accel: str, direct: bool = True) -> GuestDiskIO:
     """The path the accelerator allows: polled SCRIPTS, or the driver's
     block device (found under the LSI's PCI function)."""
@@ -421,41 +357,3 @@ def guest_disk_io(ssh: GuestSSH, accel: str, direct: bool = True) -> GuestDiskIO
     from .pci import find_device
     lsi = find_device(ssh, 0x1000, 0x0012)
     return GuestDiskIO(ssh, PATH_DRIVER, dev=find_scsi_disk(ssh, lsi.address), direct=direct)
-
-
-def bench_markdown(report: dict) -> str:
-    lines = [f"# Disk IO in a guest: remote vs in-process LSI (QEMU {report['qemu']}, "
-             f"accel {report['accel']}, {report['path']} path)", '',
-             '| workload | phase | remote MB/s | in-process MB/s | remote p50 µs | '
-             'in-process p50 µs |', '|---|---|---:|---:|---:|---:|']
-    for name, kinds in report['workloads'].items():
-        remote, local = kinds.get('remote', {}), kinds.get('in_process', {})
-        for phase in remote:
-            r, c = remote[phase], local.get(phase, {})
-            lines.append(f"| {name} | {phase} | {r['mb_s']} | {c.get('mb_s', '-')} | "
-                         f"{r['lat_p50_us']} | {c.get('lat_p50_us', '-')} |")
-    return '\n'.join(lines) + '\n'
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog='python -m harness.guest.diskio',
-                                     description=__doc__.split('\n\n')[0])
-    sub = parser.add_subparsers(dest='command', required=True)
-    b = sub.add_parser('bench', help='remote vs in-process LSI, same workloads')
-    b.add_argument('--out', default=os.path.join('build', 'bench'))
-    b.add_argument('--qemu-bin', default=None)
-    b.add_argument('--accel', default=None, help='auto (default), kvm or tcg')
-    args = parser.parse_args(argv)
-    from ..base import params
-    os.makedirs(args.out, exist_ok=True)
-    try:
-        report = bench(args.out, args.qemu_bin, args.accel or params.get_accel())
-    except HarnessError as err:
-        print(f'error: {err}', file=sys.stderr)
-        return 1
-    write_report(args.out, 'diskio-bench', report, bench_markdown(report))
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
