@@ -1,8 +1,9 @@
 """Inject faults into a remote device process and remember when.
 
 Each injection returns a ``Fault`` with its kind, the signal used and the
-monotonic time it was sent, and tells the process's watchdog (if any), so
-that detection latencies are measured from the injection itself.
+monotonic time it was sent, and tells the watchdogs that look out for its
+effect (the remote's own; every remote's, for the guest's QEMU), so that
+detection latencies are measured from the injection itself.
 """
 
 import dataclasses
@@ -23,7 +24,7 @@ class Fault:
 
 
 class FaultInjector:
-    """Signals for one remote: crash it, stop it, resume it."""
+    """Signals for one QEMU process: crash it, stop it, resume it."""
 
     KINDS = {
         'kill': signal.SIGKILL,        # no chance to clean up
@@ -33,9 +34,9 @@ class FaultInjector:
         'resume': signal.SIGCONT,
     }
 
-    def __init__(self, process: QEMUProcess, watchdog: Optional[RemoteWatchdog] = None):
+    def __init__(self, process: QEMUProcess, *watchdogs: Optional[RemoteWatchdog]):
         self.process = process
-        self.watchdog = watchdog
+        self.watchdogs = [w for w in watchdogs if w]
         self.history = []
 
     def inject(self, kind: str) -> Fault:
@@ -46,9 +47,9 @@ class FaultInjector:
                                f"(exit status {self.process.exitcode})")
         sig = self.KINDS[kind]
         injected_at = time.monotonic()
-        if self.watchdog:
-            # Before the signal: the watchdog may see the effect at once.
-            self.watchdog.fault_injected(injected_at)
+        # Before the signal: a watchdog may see the effect at once.
+        for watchdog in self.watchdogs:
+            watchdog.fault_injected(injected_at)
         self.process.send_signal(sig)
         fault = Fault(kind, sig, injected_at)
         self.history.append(fault)

@@ -28,6 +28,7 @@ from ..base.errors import HarnessError, ParameterError
 from ..qemu import accel as qemu_accel
 from ..qemu.binary import Capabilities
 from ..qemu.process import LAUNCH_TIMEOUT_S, QEMUProcess
+from .faults import FaultInjector
 from .remote import Remote, check_drive, lsi_device_args
 
 IN_PROCESS = 'in-process'
@@ -120,6 +121,7 @@ class Machine:
         # The session of the guest it runs, set by whoever boots one
         # (harness/guest/session.py, harness/agent/session.py).
         self.guest = None
+        self._faults: Optional[FaultInjector] = None
         os.makedirs(log_dir, exist_ok=True)
 
     def __enter__(self) -> 'Machine':
@@ -235,6 +237,16 @@ class Machine:
             if device.proxy_sock:
                 device.proxy_sock.close()
                 device.proxy_sock = None
+
+    @property
+    def faults(self) -> FaultInjector:
+        """Faults of the guest's QEMU itself; every remote's watchdog hears
+        of each (a remote outlives its proxy only briefly)."""
+        if self.qemu is None:
+            raise HarnessError("the machine has not been launched")
+        if self._faults is None or self._faults.process is not self.qemu:
+            self._faults = FaultInjector(self.qemu, *(r.watchdog for r in self.remotes()))
+        return self._faults
 
     def processes(self) -> List[QEMUProcess]:
         procs = [self.qemu] if self.qemu else []

@@ -12,7 +12,6 @@ fresh remote.
 
 import contextlib
 import os
-import signal
 import statistics
 import time
 
@@ -111,9 +110,7 @@ class RemoteDetection(FaultTest):
     def test_proxy_death_makes_the_remote_exit(self):
         """No orphan: a remote whose proxy died exits by itself."""
         vm, remote = self.launch_topology()
-        killed_at = time.monotonic()
-        vm.qemu.send_signal(signal.SIGKILL)
-        remote.watchdog.fault_injected(killed_at)
+        vm.faults.kill()
         event = remote.watchdog.wait_for('dead', REMOTE_EXIT_TIMEOUT_S)
         self.assertTrue(remote.process.wait_exit(REMOTE_EXIT_TIMEOUT_S))
         self.assertEqual(remote.process.exitcode, 0)
@@ -277,27 +274,20 @@ class GuestFaults(FaultTest):
         self.check_access_completed(value)
         self.record(detect_hang_ms=ms(event.latency_s, 2), proxy_qmp_while_hung_ms=max(qmp_ms))
 
-    def test_guest_kernel_needing_the_blocked_vcpu_stalls(self):
-        """The limit of "only the device access blocks": the vCPU waiting
-        for the stopped remote takes no IPIs, so once the guest kernel needs
-        every CPU (here: insmod, whose page-permission changes flush every
-        CPU's TLB) the other vCPU spins in the cross-CPU call and the whole
-        guest stops answering.  The proxy's QMP still answers; after
-        SIGCONT the module load, the blocked access and SSH all complete."""
-        if not self.session.symbols:
-            self.cancel('the guest kernel symbols are unknown (a guest without nokaslr), '
-                        'so where its vCPUs wait cannot be told')
+    def start_insmod_needing_every_cpu(self) -> None:
+        """insmod on vCPU 0: its page-permission changes flush every CPU's
+        TLB.  The stall may begin before the reply to this very command
+        leaves the guest: it is confirmed from the vCPUs, not from SSH."""
         module = self.ssh.run(f'grep -h "/{STALL_MODULE}$" /etc/mpqemu/modules.*',
                               check=True).stdout.strip()
         self.assertFalse(self.ssh.run(f'grep -q "^{STALL_MODULE[:-3]} " /proc/modules').ok)
-        value = 0xdeadbea7
-        self.start_blocked_access(value)
-        spawned_at = time.monotonic()
-        # The stall may begin before the reply to this very command leaves
-        # the guest: it is confirmed below from the vCPUs, not from SSH.
         with contextlib.suppress(CommandTimeout):
             self.ssh.spawn(f'insmod {module} && touch {INSMOD_DONE}', cpu=0,
                            timeout_s=STALL_PROBE_S)
+
+    def wait_for_the_cross_cpu_stall(self):
+        """(waiting vCPU, blocked vCPU) once one waits for the other, and
+        where each is: the blocked one inside the guest's BAR write."""
         symbols = vcpus.KernelSymbols(self.session.symbols)
 
         def stalled():
@@ -305,7 +295,6 @@ class GuestFaults(FaultTest):
             return vcpus.waiting_for_a_peer(states) and states
         states = wait_until(stalled, COMPLETE_TIMEOUT_S,
                             'no vCPU waiting for the blocked one after insmod')
-        stall_s = time.monotonic() - spawned_at
         waiting, blocked = states
         self.assertEqual(waiting.index, 0, vcpus.describe(states))
         self.assertGreater(waiting.busy, blocked.busy, vcpus.describe(states))
@@ -313,6 +302,23 @@ class GuestFaults(FaultTest):
         self.assertTrue((blocked.symbol or '').startswith('pci_write_resource_io'),
                         vcpus.describe(states))               # the guest's BAR write
         self.assertNotEqual(blocked.host_state, 'R', vcpus.describe(states))
+        return states
+
+    def test_guest_kernel_needing_the_blocked_vcpu_stalls(self):
+        """The limit of "only the device access blocks": the vCPU waiting
+        for the stopped remote takes no IPIs, so once the guest kernel needs
+        every CPU (here: insmod) the other vCPU spins in the cross-CPU call
+        and the whole guest stops answering.  The proxy's QMP still answers;
+        after SIGCONT the module load, the blocked access and SSH all complete."""
+        if not self.session.symbols:
+            self.cancel('the guest kernel symbols are unknown (a guest without nokaslr), '
+                        'so where its vCPUs wait cannot be told')
+        value = 0xdeadbea7
+        self.start_blocked_access(value)
+        spawned_at = time.monotonic()
+        self.start_insmod_needing_every_cpu()
+        states = self.wait_for_the_cross_cpu_stall()
+        stall_s = time.monotonic() - spawned_at
         with self.assertRaises(CommandTimeout):
             self.ssh.run('true', timeout_s=STALL_PROBE_S)
         self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
@@ -325,8 +331,7 @@ class GuestFaults(FaultTest):
                        COMPLETE_TIMEOUT_S, 'the module load did not finish after SIGCONT')
             recovered_s = time.monotonic() - resumed_at
             self.check_access_completed(value)
-        self.record(stall_after_insmod_s=round(stall_s, 2),
-                    guest_stall=vcpus.describe(states),
+        self.record(stall_after_insmod_s=round(stall_s, 2), guest_stall=vcpus.describe(states),
                     guest_back_after_resume_s=round(recovered_s, 2))
 
     def test_pause_while_a_vcpu_waits_for_the_hung_remote(self):

@@ -156,14 +156,14 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         is usable again."""
         self.lsi.write_reg(lsi_regs.SCRATCHA, 0x5a5a_5a5a, 4)
         scratcha = self.lsi.function.bar(lsi_regs.MMIO_BAR).address + lsi_regs.SCRATCHA
-        self.remote.process.send_signal(signal.SIGSTOP)
+        self.remote.faults.hang()
         try:
             started = time.monotonic()
             with self.assertRaisesRegex(protocol.RemoteTimeout, 'SIGSTOP'):
                 self.proxy.bar_read(scratcha, 4, timeout_s=STOPPED_REPLY_TIMEOUT_S)
             waited = time.monotonic() - started
         finally:
-            self.remote.process.send_signal(signal.SIGCONT)
+            self.remote.faults.resume()
         self.assertLess(waited, STOPPED_REPLY_TIMEOUT_S + 1.0)
         self.assertEqual(self.lsi.read_reg(lsi_regs.SCRATCHA, 4), 0x5a5a_5a5a)
         self.record(stop_timeout_ms=ms(waited))

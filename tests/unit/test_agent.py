@@ -3,7 +3,6 @@ own header, the cached build, and the client's error paths against a real
 agent under TCG."""
 
 import os
-import signal
 import subprocess
 
 import pytest
@@ -85,13 +84,13 @@ def test_refused_command_and_absent_device_are_named(agent_vm):
 
 def test_a_stuck_guest_is_a_timeout_naming_the_command(agent_vm):
     vm, agent = agent_vm
-    vm.qemu.send_signal(signal.SIGSTOP)
+    vm.faults.hang()
     try:
         with pytest.raises(AgentTimeout, match=r"did not finish command #0 of 1 \(TSC\) "
                                                r"within 0.5 s: the guest's timer stopped"):
             agent.run([mailbox.Command(Op.TSC)], timeout_s=0.5)
     finally:
-        vm.qemu.send_signal(signal.SIGCONT)
+        vm.faults.resume()
     assert agent.finish_late()[0].status == Status.OK
     assert agent.one(Op.TSC).tsc_start > 0
 

@@ -91,3 +91,14 @@ def test_faults_need_a_running_process(watched):
         remote.faults.hang()
     with pytest.raises(HarnessError, match="unknown fault 'melt'"):
         remote.faults.inject('melt')
+
+
+def test_a_fault_of_the_guests_qemu_is_timed_by_the_remotes_watchdog(watched):
+    """Killing the proxy goes through the machine's injector too: the
+    remote's watchdog times the remote's own exit from that injection."""
+    vm, remote = watched
+    fault = vm.faults.kill()
+    assert vm.faults.process is vm.qemu and vm.faults.history == [fault]
+    event = remote.watchdog.wait_for('dead', DETECT_TIMEOUT_S)
+    assert event.latency_s == pytest.approx(event.detected_at - fault.injected_at)
+    assert remote.process.wait_exit(DETECT_TIMEOUT_S)
