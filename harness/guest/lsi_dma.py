@@ -20,7 +20,7 @@ phase has DBMS set, with the program and its small buffers in boot RAM.
 
 import os
 import struct
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from ..devices import pci
 from ..devices.lsi import registers as lsi_regs, scripts as lsi_scripts, scsi
@@ -31,6 +31,8 @@ from .pci import GuestPCIDevice
 from .ssh import GuestSSH
 
 RUN_TIMEOUT_S = 10
+SECTOR_BYTES = 512
+PAGE_BYTES = 4096            # one command block page
 
 # Offsets in the command block page (boot RAM) that :func:`scsi_script` uses.
 CB_SCRIPT = 0x000
@@ -154,6 +156,26 @@ def command_block(cb_page: bytes, cdb: bytes) -> bytes:
 def rw10_cdb(write: bool, lba: int, blocks: int) -> bytes:
     return struct.pack('>BBIBHB', scsi.SCSI_WRITE_10 if write else scsi.SCSI_READ_10,
                        0, lba, 0, blocks, 0)
+
+
+def rw10(mem_write: Callable[[int, bytes], object], mem_read: Callable[[int, int], bytes],
+         start: Callable[[int], object], cb: int, write: bool, lba: int, gpa: int,
+         length: int) -> int:
+    """One READ(10)/WRITE(10) of ``length`` bytes between the disk and
+    ``gpa``, with its command block page at ``cb``: the block and its
+    SCRIPTS go in with ``mem_write``, ``start(cb)`` runs them to their stop,
+    the status comes back with ``mem_read``.  A CHECK CONDITION (the UNIT
+    ATTENTION a reset leaves, reported once) is retried once.  Returns the
+    SCSI status byte."""
+    cdb = rw10_cdb(write, lba, length // SECTOR_BYTES)
+    for _ in range(2):
+        mem_write(cb, command_block(bytes(PAGE_BYTES), cdb))
+        mem_write(cb, scsi_script(cb, cdb, gpa, length, data_in=not write))
+        start(cb)
+        status = mem_read(cb + CB_STATUS, 1)[0]
+        if status != scsi.STATUS_CHECK_CONDITION:
+            break
+    return status
 
 
 def memory_move_script(base: int, moves, vector: int = lsi_scripts.INT_DONE) -> bytes:

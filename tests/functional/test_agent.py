@@ -377,21 +377,16 @@ class ProxiedDimmDma(AgentTest):
     """
 
     def scsi(self, source: IntxSource, write: bool, lba: int, gpa: int, length: int) -> None:
-        cb = self.access.dma_alloc(4096, 4096)
-        cdb = lsi_dma.rw10_cdb(write, lba, length // BLOCK)
-        for _ in range(2):          # a UNIT ATTENTION left by the reset comes once
-            self.access.mem_write(cb, lsi_dma.command_block(bytes(4096), cdb))
-            self.access.mem_write(cb, lsi_dma.scsi_script(cb, cdb, gpa, length,
-                                                          data_in=not write))
+        def run_to_its_interrupt(cb):
             start = Command(Op.MEM_WRITE, addr=source.dsp, size=4, value=cb)
             _, wait, _, dstat, dsps, _ = self.agent.run(
                 [start, source.wait(IRQ_TIMEOUT_MS), *source.read_status(), source.ack()])
             source.check(wait, f'{"WRITE" if write else "READ"}(10) of {length} bytes')
             self.assertTrue(dstat.value & lsi_regs.DSTAT_SIR)
             self.assertEqual(dsps.value, lsi_scripts.INT_DONE)
-            status = self.access.mem_read(cb + lsi_dma.CB_STATUS, 1)[0]
-            if status != scsi.STATUS_CHECK_CONDITION:
-                break
+        cb = self.access.dma_alloc(lsi_dma.PAGE_BYTES, lsi_dma.PAGE_BYTES)
+        status = lsi_dma.rw10(self.access.mem_write, self.access.mem_read, run_to_its_interrupt,
+                              cb, write, lba, gpa, length)
         self.access.dma_free(cb)
         self.assertEqual(status, scsi.STATUS_GOOD)
 

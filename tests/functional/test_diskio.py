@@ -170,6 +170,20 @@ class DiskIORemoteFaults(DiskIOTest):
                     passes=2, cpu=GUEST_CPUS - 1, cmd_timeout_s=60.0,
                     deadline_s=WORKLOAD_DEADLINE_S)
 
+    def hold_the_remote_stopped(self, vm, remote):
+        """Stop the remote for HANG_HOLD_S, checking all along that the
+        proxy's QMP answers; returns the time held and each QMP latency (ms)."""
+        remote.faults.hang()
+        stopped_at = time.monotonic()
+        qmp_ms = []
+        while time.monotonic() - stopped_at < HANG_HOLD_S:
+            started = time.monotonic()
+            self.assertEqual(vm.qemu.qmp('query-status')['status'], 'running')
+            qmp_ms.append((time.monotonic() - started) * 1000)
+            time.sleep(HANG_POLL_S)
+        remote.faults.resume()
+        return time.monotonic() - stopped_at, qmp_ms
+
     def test_io_completes_after_remote_hang(self):
         """SIGSTOP the remote mid-workload: the IO waits (the vCPU that
         touched the device waits with it, the proxy's QMP keeps working);
@@ -185,17 +199,7 @@ class DiskIORemoteFaults(DiskIOTest):
         run = dio.start(self.LONG, 'hang')
         self.wait_for_writes(vm, 64 * 1024)
 
-        remote.faults.hang()
-        stopped_at = time.monotonic()
-        qmp_ms, checks = [], 0
-        while time.monotonic() - stopped_at < HANG_HOLD_S:
-            started = time.monotonic()
-            self.assertEqual(vm.qemu.qmp('query-status')['status'], 'running')
-            qmp_ms.append((time.monotonic() - started) * 1000)
-            checks += 1
-            time.sleep(HANG_POLL_S)
-        remote.faults.resume()
-        held_s = time.monotonic() - stopped_at
+        held_s, qmp_ms = self.hold_the_remote_stopped(vm, remote)
 
         result = run.wait(self.LONG.deadline_s)
         self.assertTrue(result.ok, f'{result.status}: {result.error}')
@@ -205,7 +209,7 @@ class DiskIORemoteFaults(DiskIOTest):
         # the tool's next register access).
         slowest_s = max(p['lat_us']['max'] for p in result.report['phases']) / 1e6
         self.assertGreater(slowest_s, 0.8 * held_s)
-        self.record(hang_held_s=round(held_s, 2), checks_during_hang=checks,
+        self.record(hang_held_s=round(held_s, 2), checks_during_hang=len(qmp_ms),
                     proxy_qmp_during_hang_ms_max=round(max(qmp_ms), 1),
                     workload_s=round(result.report['elapsed_s'], 2),
                     slowest_command_s=round(slowest_s, 2),
@@ -303,9 +307,21 @@ class DiskIOHotpluggedMemory(DiskIOTest):
                                     f'{name}').ok)
         return time.monotonic() - started
 
+    def assert_dimm_holds_the_last_read(self, dimm, w: Workload, pages) -> None:
+        """The last READ(10) left the final chunk in the buffer, i.e. in the
+        DIMM's backing file at the pages' offsets."""
+        last_lba = w.lba + w.blocks - w.bs // diskio.SECTOR_BYTES
+        sectors_per_page = PAGE_BYTES // diskio.SECTOR_BYTES
+        with open(dimm.path, 'rb') as f:
+            for i, pa in enumerate(pages):
+                f.seek(pa - dimm.addr)
+                expected = diskio.pattern(w.seed, last_lba + i * sectors_per_page,
+                                          sectors_per_page)
+                mismatch = diskio.compare(f.read(PAGE_BYTES), expected)
+                self.assertIsNone(mismatch, f'DIMM page {pa:#x}: {mismatch}')
+
     def test_dma_lands_in_hotplugged_dimm(self):
-        memory_mb = self.memory_mb
-        vm, session, dio = self.boot(memory_slots=1, maxmem_mb=memory_mb + 2 * DIMM_MIB)
+        vm, session, dio = self.boot(memory_slots=1, maxmem_mb=self.memory_mb + 2 * DIMM_MIB)
         dimm = self.plug_dimm(vm)
         if vm.multiprocess:
             self.wait_remote_maps(vm, dimm)
@@ -322,17 +338,7 @@ class DiskIOHotpluggedMemory(DiskIOTest):
                             f'buffer page {pa:#x} outside the DIMM')
         if dio.path == diskio.PATH_POLLED:
             self.assertTrue(report['dma64'])
-        # The last READ(10) left the final chunk in the buffer, i.e. in the
-        # DIMM's backing file at the pages' offsets.
-        last_lba = w.lba + w.blocks - w.bs // diskio.SECTOR_BYTES
-        sectors_per_page = PAGE_BYTES // diskio.SECTOR_BYTES
-        with open(dimm.path, 'rb') as f:
-            for i, pa in enumerate(pages):
-                f.seek(pa - dimm.addr)
-                expected = diskio.pattern(w.seed, last_lba + i * sectors_per_page,
-                                          sectors_per_page)
-                mismatch = diskio.compare(f.read(PAGE_BYTES), expected)
-                self.assertIsNone(mismatch, f'DIMM page {pa:#x}: {mismatch}')
+        self.assert_dimm_holds_the_last_read(dimm, w, pages)
         self.record(dimm_addr=hex(dimm.addr), dimm_online_s=round(online_s, 2),
                     diskio=result.figures())
 

@@ -107,6 +107,22 @@ class ResetPropagation(ResetTest):
         self.record(reset_arrival_ms=ms(resets[0] - asked_at, 3),
                     lsi_resets_per_system_reset=len(resets))
 
+    def reset_clears_scratcha(self, vm, remote, port: int, i: int) -> float:
+        """Set SCRATCHA through the remote's monitor, system_reset the
+        stopped VM: the remote traces one reset and SCRATCHA reads 0.
+        Returns how long the reset took to arrive (ms)."""
+        value = random.Random(f'{self.name.str_filesystem}-{i}').getrandbits(32) | 1
+        remote.hmp(f'o /w {port:#x} {value:#x}')
+        self.assertIn(f'= {value:#010x}', remote.hmp(f'i /w {port:#x}'))
+        before = len(event_times(remote, ['lsi_reset']))
+        asked_at = time.time()
+        vm.qemu.qmp('system_reset')
+        vm.qemu.get_event('RESET', RESET_EVENT_TIMEOUT_S)
+        times = wait_for_trace(remote, before)
+        self.assertEqual(len(times), before + 1, f'reset {i + 1}: lsi_reset count')
+        self.assertIn('= 0x00000000', remote.hmp(f'i /w {port:#x}'), f'reset {i + 1}')
+        return ms(times[-1] - asked_at, 3)
+
     def test_ten_resets_in_a_row_leave_the_device_working(self):
         """Ten resets of a stopped VM, each seen by the remote and each
         clearing SCRATCHA that the harness set through the remote's own
@@ -117,22 +133,10 @@ class ResetPropagation(ResetTest):
         io_base = int(session.ssh.run(f'head -1 {device.path}/resource', check=True)
                       .stdout.split()[0], 16)
         port = io_base + SCRATCHA
-        rng = random.Random(self.name.str_filesystem)
         vm.qemu.qmp('stop')
         since = session.console.mark()
-        latencies_ms = []
-        for i in range(QUICK_RESETS):
-            value = rng.getrandbits(32) | 1
-            remote.hmp(f'o /w {port:#x} {value:#x}')
-            self.assertIn(f'= {value:#010x}', remote.hmp(f'i /w {port:#x}'))
-            before = len(event_times(remote, ['lsi_reset']))
-            asked_at = time.time()
-            vm.qemu.qmp('system_reset')
-            vm.qemu.get_event('RESET', RESET_EVENT_TIMEOUT_S)
-            times = wait_for_trace(remote, before)
-            self.assertEqual(len(times), before + 1, f'reset {i + 1}: lsi_reset count')
-            latencies_ms.append(ms(times[-1] - asked_at, 3))
-            self.assertIn('= 0x00000000', remote.hmp(f'i /w {port:#x}'), f'reset {i + 1}')
+        latencies_ms = [self.reset_clears_scratcha(vm, remote, port, i)
+                        for i in range(QUICK_RESETS)]
         self.assertEqual(vm.qemu.qmp('query-status')['status'], 'prelaunch')
         vm.qemu.qmp('cont')
         session.wait_rebooted(vm.qemu, since)

@@ -26,6 +26,17 @@ class Topology(MultiprocessTest):
     :avocado: tags=topology
     """
 
+    def assert_remote_maps_the_guest_ram(self, remote) -> None:
+        """The remote mapped all of the guest RAM the proxy shares: below
+        the ROM hole, above it, and (once SeaBIOS has made the shadow area
+        RAM through the PAM registers) possibly the hole too."""
+        ram_bytes = self.memory_mb * MIB
+        regions = wait_for_ram(remote, ram_bytes - PC_RAM_HOLE_BYTES, RAM_SYNC_TIMEOUT_S)
+        for start, end in ((0, PC_RAM_HOLE_START - 1), (PC_HIGH_RAM_START, ram_bytes - 1)):
+            self.assertTrue(any(r.start <= start and end <= r.end for r in regions),
+                            f'guest RAM {start:#x}-{end:#x} not mapped by the remote: {regions}')
+        self.assertLessEqual(regions[-1].end, ram_bytes - 1)
+
     def test_remote_serves_lsi_and_proxy_forwards_it(self):
         disk = self.scratch_disk(64)
         vm = self.launch(disks=[disk])
@@ -47,15 +58,7 @@ class Topology(MultiprocessTest):
         self.assertEqual(sizes, lsi_regs.BAR_SIZES)
         self.assertEqual(proxy.qmp('query-status')['status'], 'running')
 
-        # The remote mapped all of the guest RAM the proxy shares: below
-        # the ROM hole, above it, and (once SeaBIOS has made the shadow
-        # area RAM through the PAM registers) possibly the hole too.
-        ram_bytes = self.memory_mb * MIB
-        regions = wait_for_ram(remote, ram_bytes - PC_RAM_HOLE_BYTES, RAM_SYNC_TIMEOUT_S)
-        for start, end in ((0, PC_RAM_HOLE_START - 1), (PC_HIGH_RAM_START, ram_bytes - 1)):
-            self.assertTrue(any(r.start <= start and end <= r.end for r in regions),
-                            f'guest RAM {start:#x}-{end:#x} not mapped by the remote: {regions}')
-        self.assertLessEqual(regions[-1].end, ram_bytes - 1)
+        self.assert_remote_maps_the_guest_ram(remote)
 
         for name in ('proxy.log', 'remote-lsi1.log', 'proxy.cmdline',
                      'remote-lsi1.cmdline', 'qmp-proxy.log', 'qmp-remote-lsi1.log'):
