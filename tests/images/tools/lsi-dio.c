@@ -14,7 +14,7 @@
  *   blockdev  pread/pwrite on a block device or file (--dev), O_DIRECT or
  *             buffered: the path through Linux's sym53c8xx driver (KVM).
  *
- * The SCRIPTS sequence mirrors harness/devices/lsi.py (Lsi53c895a.command),
+ * The SCRIPTS sequence mirrors harness/devices/lsi/driver.py (Lsi53c895a.command),
  * which is checked against QEMU's hw/scsi/lsi53c895a.c: SELECT, IDENTIFY,
  * CDB, then follow the target through its disconnect/reselect, one block
  * move per physically contiguous run of the buffer, STATUS and COMMAND
@@ -55,7 +55,7 @@ enum { EXIT_OK, EXIT_MISMATCH, EXIT_DEVICE, EXIT_USAGE, EXIT_GONE, EXIT_TIMEOUT 
 static const char *exit_names[] = { "ok", "mismatch", "device", "usage", "gone", "timeout" };
 
 /* ---------------------------------------------------------- registers */
-/* Offsets as in hw/scsi/lsi53c895a.c and harness/devices/lsi.py. */
+/* Offsets as in hw/scsi/lsi53c895a.c and harness/devices/lsi/registers.py. */
 #define DSTAT 0x0c
 #define SSTAT1 0x0e
 #define ISTAT0 0x14
