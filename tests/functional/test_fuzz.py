@@ -41,14 +41,6 @@ class ProtocolFuzz(MultiprocessTest):
         self.fuzzer.close()
         super().tearDown()
 
-    def report_known(self, what, entries):
-        """Known issues met: a WARN with the evidence, never a silent pass."""
-        for entry in entries:
-            issue = next(i for i in self.issues if i.id == entry['known_issue'])
-            self.log.warning('known issue %s (%s) met by %s: %s', issue.id, issue.title, what,
-                             json.dumps(entry))
-        self.record(known_issues_met=sorted({e['known_issue'] for e in entries}))
-
     def test_random_messages(self):
         """Seeded random cases: no unknown crash or hang, no harness hang."""
         summary = self.fuzzer.run(self.messages, time_limit_s=TIME_LIMIT_S)
@@ -70,7 +62,7 @@ class ProtocolFuzz(MultiprocessTest):
         unknown = summary.unknown_findings
         self.assertFalse(unknown, 'remote crashed or hung, not a known issue; reproducers in '
                          f'{os.path.join(self.outputdir, "findings")}: {json.dumps(unknown)}')
-        self.report_known(f'seed {self.seed}',
+        self.known_issues_met(f'seed {self.seed}',
                           [f for f in summary.findings if f['known_issue']])
 
     def test_corpus_still_reproduces(self):
@@ -97,4 +89,4 @@ class ProtocolFuzz(MultiprocessTest):
             self.log.warning('reproducer %s no longer ends as recorded (%s, now %s): '
                              'fixed upstream? update tests/known_issues', entry['reproducer'],
                              entry['expected'], entry['got'])
-        self.report_known('the corpus', met)
+        self.known_issues_met('the corpus', met)
