@@ -33,24 +33,24 @@ class BootFromRemoteLsi(MultiprocessTest):
     def check_register_round_trip(self, vm, session):
         """A value written to SCRATCHA through the I/O BAR reads back, and
         the write is seen by the process that emulates the LSI."""
-        lsi = find_device(session.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
+        device = find_device(session.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
         emulator = vm.device_process('lsi1')
         emulator.qmp('trace-event-set-state', name='lsi_reg_write', enable=True)
         value = random.Random(self.name.str_filesystem).getrandbits(32) | 0x01010101
-        lsi.bar_write32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)
-        self.assertEqual(lsi.bar_read32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA), value)
+        device.bar_write32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)
+        self.assertEqual(device.bar_read32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA), value)
         emulator.qmp('trace-event-set-state', name='lsi_reg_write', enable=False)
         # hw/scsi/trace-events: lsi_reg_write "Write reg %s 0x%x = 0x%02x"
         log = open(emulator.log_path, encoding='utf-8', errors='replace').read()
         for i, byte in enumerate(value.to_bytes(4, 'little')):
             self.assertIn(f'Write reg SCRATCHA{i} 0x{lsi_regs.SCRATCHA + i:x} = 0x{byte:02x}', log)
-        return lsi
+        return device
 
-    def check_driver_binding(self, lsi):
+    def check_driver_binding(self, device):
         # sym53c8xx needs the device's interrupts, which the proxy forwards
         # only through KVM irqfds; under TCG it must stay unbound.
         expected = 'sym53c8xx' if self.accel.name == 'kvm' else None
-        self.assertEqual(lsi.driver(), expected)
+        self.assertEqual(device.driver(), expected)
 
     def test_lsi_boot_disk_to_ssh(self):
         vm = self.launch(guest='lsi-boot')
@@ -66,8 +66,8 @@ class BootFromRemoteLsi(MultiprocessTest):
         boot_files = os.path.getsize(tiny.kernel) + os.path.getsize(tiny.initrd)
         reads = self.lsi_drive_reads(vm)
         self.assertGreaterEqual(reads, boot_files)
-        lsi = self.check_register_round_trip(vm, session)
-        self.check_driver_binding(lsi)
+        device = self.check_register_round_trip(vm, session)
+        self.check_driver_binding(device)
         self.record(lsi_disk_read_bytes=reads)
 
     def test_tiny_kernel_boot_with_lsi_data_disk(self):
@@ -78,8 +78,8 @@ class BootFromRemoteLsi(MultiprocessTest):
                  if 'inserted' in b]
         self.assertIn(disk, files)
         self.assertIn('MPQEMU-GUEST-READY', session.console.text())
-        lsi = self.check_register_round_trip(vm, session)
-        self.check_driver_binding(lsi)
+        device = self.check_register_round_trip(vm, session)
+        self.check_driver_binding(device)
 
 
 class BootFromInProcessLsi(BootFromRemoteLsi):

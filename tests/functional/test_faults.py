@@ -373,12 +373,12 @@ class GuestFaults(FaultTest):
         old_pid = self.remote.process.pid
         started = time.monotonic()
         self.vm.restart_remote('lsi1')
-        lsi = wait_until(lambda: self._lsi_if_present(), DEVICE_BACK_TIMEOUT_S,
-                         'the guest did not see the re-plugged LSI')
+        device = wait_until(lambda: self._lsi_if_present(), DEVICE_BACK_TIMEOUT_S,
+                            'the guest did not see the re-plugged LSI')
         self.assertNotEqual(self.vm.remote('lsi1').pid, old_pid)
         value = 0x0badf00d
-        lsi.bar_write32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)
-        self.assertEqual(lsi.bar_read32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA), value)
+        device.bar_write32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)
+        self.assertEqual(device.bar_read32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA), value)
         self.assertEqual(self.vm.remote('lsi1').watchdog.events(), [])
         self.record(restart_to_device_usable_s=round(time.monotonic() - started, 3))
 
@@ -386,9 +386,9 @@ class GuestFaults(FaultTest):
         listing = self.ssh.run('grep -l 0x0012 /sys/bus/pci/devices/*/device').stdout
         if not listing.strip():
             return None
-        lsi = find_device(self.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
-        lsi.enable()      # no driver, no firmware: nothing else turns on I/O decoding
-        return lsi
+        device = find_device(self.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
+        device.enable()      # no driver, no firmware: nothing else turns on I/O decoding
+        return device
 
 
 class RestartKeepsFlushedData(FaultTest):

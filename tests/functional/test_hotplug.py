@@ -49,7 +49,7 @@ class HotplugTest(MultiprocessTest):
         vm = self.launch(guest='tiny', disks=[self.disk], memory_slots=MEMORY_SLOTS,
                          maxmem_mb=self.memory_mb + MAXMEM_EXTRA_MB)
         self.session, self.ssh = vm.guest, vm.guest.ssh
-        self.remote = vm.remote('lsi1').process
+        self.remote = vm.remote('lsi1')
         self.lsi = lsi_dma.GuestLsi(find_device(self.ssh, lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID))
         self.lsi.enable_bus_master()
         self.ram = proxyram.boot_ram(vm.qemu.pid, vm.memory_mb * MIB)
@@ -74,7 +74,7 @@ class HotplugTest(MultiprocessTest):
     def plug_and_wait(self, dimm_id: str, **kwargs) -> hotplug.Dimm:
         started = time.monotonic()
         dimm = self.hotplug.plug(dimm_id, DIMM_SIZE, **kwargs)
-        memview.wait_remote_view(self.remote,
+        memview.wait_remote_view(self.remote.process,
                                  lambda r: hotplug.maps_range(r, dimm.addr, dimm.size),
                                  what=f'{dimm_id} at {dimm.addr:#x}')
         self.record(**{f'{dimm_id}_plug_to_remote_visible_ms':
@@ -123,11 +123,11 @@ class DimmResync(HotplugTest):
         unplug_s = self.hotplug.unplug(dimm, UNPLUG_TIMEOUT_S)
         started = time.monotonic()
         memview.wait_remote_view(
-            self.remote, lambda r: not hotplug.maps_anything_in(r, dimm.addr, dimm.size),
+            self.remote.process, lambda r: not hotplug.maps_anything_in(r, dimm.addr, dimm.size),
             what=f'no RAM at {dimm.addr:#x} after the unplug')
         self.assertFalse(self.ssh.run(f'test -e {block}').ok)
-        self.assertTrue(self.remote.is_running())
-        self.assertEqual(sum(r.size for r in memview.remote_ram_regions(self.remote)),
+        self.assertTrue(self.remote.process.is_running())
+        self.assertEqual(sum(r.size for r in memview.remote_ram_regions(self.remote.process)),
                          self.vm.memory_mb * MIB)
         self.record(unplug_guest_ack_ms=ms(unplug_s, 3),
                     unplug_to_remote_gone_ms=ms(time.monotonic() - started, 3))
@@ -176,24 +176,24 @@ class DimmBoundaries(HotplugTest):
                          args=['-S'])
         vm.add_lsi('lsi1')
         self.launch(vm)
-        remote = vm.remote('lsi1').process
-        boot_sections = len(memview.wait_remote_view(remote, bool, what='boot RAM'))
+        process = vm.remote('lsi1').process
+        boot_sections = len(memview.wait_remote_view(process, bool, what='boot RAM'))
         plug = hotplug.MemoryHotplug(vm.qemu, self.workdir)
         with self.known_issue_guard('remote-rejects-eighth-ram-section'):
             for i in range(LIMIT_SLOTS):
                 dimm = plug.plug(f'dimm{i}', LIMIT_DIMM_SIZE)
-                if remote.wait_exit(0.5):
+                if process.wait_exit(0.5):
                     self.record_remote_death(vm, plug, boot_sections + i + 1)
                 memview.wait_remote_view(
-                    remote, lambda r, d=dimm: hotplug.maps_range(r, d.addr, d.size),
+                    process, lambda r, d=dimm: hotplug.maps_range(r, d.addr, d.size),
                     what=f'DIMM {i} at {dimm.addr:#x}')
                 self.record(remote_max_ram_regions=boot_sections + i + 1)
 
     def record_remote_death(self, vm, plug, sections: int) -> None:
         """The remote died on a RAM table: what the proxy did, then fail."""
-        remote = vm.remote('lsi1').process
-        log = remote.log_tail()
-        self.record(remote_died_at_sections=sections, remote_exit_status=remote.exitcode,
+        process = vm.remote('lsi1').process
+        log = process.log_tail()
+        self.record(remote_died_at_sections=sections, remote_exit_status=process.exitcode,
                     remote_log=log)
         self.assertTrue(vm.qemu.is_running())
         self.assertEqual(vm.qemu.qmp('query-status')['status'], 'prelaunch')
@@ -210,14 +210,14 @@ class DimmBoundaries(HotplugTest):
         # A DIMM plugged after it is in the remote's view, so the table that
         # came with it is complete: whatever is missing now was left out.
         self.plug_and_wait('private', backend='file', share=False)
-        regions = memview.remote_ram_regions(self.remote)
+        regions = memview.remote_ram_regions(self.remote.process)
         anon_mapped = hotplug.maps_anything_in(regions, anon.addr, anon.size)
         # DMA into the anonymous DIMM, then back out through the disk.
         page = proxyram.PAGE_SIZE
         self.scsi(False, LBA_DISK_PATTERN, page, anon.addr)
         self.scsi(True, LBA_FROM_GUEST, page, anon.addr)
         round_trip = bytecheck.read_image(self.disk, LBA_FROM_GUEST * BLOCK, page)
-        self.assertTrue(self.remote.is_running())
+        self.assertTrue(self.remote.process.is_running())
         self.record(anon_dimm_addr=hex(anon.addr), anon_dimm_mapped_by_remote=anon_mapped,
                     anon_dma_round_trip_bytes_kept=sum(
                         a == b for a, b in zip(round_trip, self.disk_pattern[:page])),

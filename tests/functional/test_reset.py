@@ -31,12 +31,12 @@ TRACE_TIMEOUT_S = 5.0
 POLL_S = 0.01
 
 
-def wait_for_trace(remote, count: int) -> list:
-    """The remote's lsi_reset times once there are more than ``count``."""
+def wait_for_trace(process, count: int) -> list:
+    """A remote process's lsi_reset times once there are more than ``count``."""
     def more():
-        times = event_times(remote, ['lsi_reset'])
+        times = event_times(process, ['lsi_reset'])
         return times if len(times) > count else None
-    return wait_until(more, TRACE_TIMEOUT_S, f'lsi_reset number {count + 1} in {remote.log_path}',
+    return wait_until(more, TRACE_TIMEOUT_S, f'lsi_reset number {count + 1} in {process.log_path}',
                       POLL_S)
 
 
@@ -87,7 +87,7 @@ class ResetPropagation(ResetTest):
 
     def test_system_reset_clears_a_register_the_guest_wrote(self):
         vm, session, device = self.boot()
-        remote = vm.remote('lsi1').process
+        process = vm.remote('lsi1').process
         value = random.Random(self.name.str_filesystem).getrandbits(32) | 0x01010101
         device.bar_write32(lsi_regs.IO_BAR, SCRATCHA, value)
         self.assertEqual(device.bar_read32(lsi_regs.IO_BAR, SCRATCHA), value)
@@ -100,27 +100,27 @@ class ResetPropagation(ResetTest):
 
         # The reset reached the remote after the write, once system_reset
         # was asked for, and before the guest read the register again.
-        resets = [t for t in event_times(remote, ['lsi_reset']) if t > written_at]
-        self.assertTrue(resets, f'no lsi_reset in {remote.log_path} after the write')
+        resets = [t for t in event_times(process, ['lsi_reset']) if t > written_at]
+        self.assertTrue(resets, f'no lsi_reset in {process.log_path} after the write')
         self.assertGreaterEqual(resets[0], asked_at)
         self.assertLess(resets[0], read_at)
         self.record(reset_arrival_ms=ms(resets[0] - asked_at, 3),
                     lsi_resets_per_system_reset=len(resets))
 
-    def reset_clears_scratcha(self, vm, remote, port: int, i: int) -> float:
+    def reset_clears_scratcha(self, vm, process, port: int, i: int) -> float:
         """Set SCRATCHA through the remote's monitor, system_reset the
         stopped VM: the remote traces one reset and SCRATCHA reads 0.
         Returns how long the reset took to arrive (ms)."""
         value = random.Random(f'{self.name.str_filesystem}-{i}').getrandbits(32) | 1
-        remote.hmp(f'o /w {port:#x} {value:#x}')
-        self.assertIn(f'= {value:#010x}', remote.hmp(f'i /w {port:#x}'))
-        before = len(event_times(remote, ['lsi_reset']))
+        process.hmp(f'o /w {port:#x} {value:#x}')
+        self.assertIn(f'= {value:#010x}', process.hmp(f'i /w {port:#x}'))
+        before = len(event_times(process, ['lsi_reset']))
         asked_at = time.time()
         vm.qemu.qmp('system_reset')
         vm.qemu.get_event('RESET', RESET_EVENT_TIMEOUT_S)
-        times = wait_for_trace(remote, before)
+        times = wait_for_trace(process, before)
         self.assertEqual(len(times), before + 1, f'reset {i + 1}: lsi_reset count')
-        self.assertIn('= 0x00000000', remote.hmp(f'i /w {port:#x}'), f'reset {i + 1}')
+        self.assertIn('= 0x00000000', process.hmp(f'i /w {port:#x}'), f'reset {i + 1}')
         return ms(times[-1] - asked_at, 3)
 
     def test_ten_resets_in_a_row_leave_the_device_working(self):
@@ -129,13 +129,13 @@ class ResetPropagation(ResetTest):
         monitor (no boot between them), then one boot: the guest's register
         and DMA checks still pass."""
         vm, session, device = self.boot()
-        remote = vm.remote('lsi1').process
+        process = vm.remote('lsi1').process
         io_base = int(session.ssh.run(f'head -1 {device.path}/resource', check=True)
                       .stdout.split()[0], 16)
         port = io_base + SCRATCHA
         vm.qemu.qmp('stop')
         since = session.console.mark()
-        latencies_ms = [self.reset_clears_scratcha(vm, remote, port, i)
+        latencies_ms = [self.reset_clears_scratcha(vm, process, port, i)
                         for i in range(QUICK_RESETS)]
         self.assertEqual(vm.qemu.qmp('query-status')['status'], 'prelaunch')
         vm.qemu.qmp('cont')
@@ -144,7 +144,7 @@ class ResetPropagation(ResetTest):
         device.bar_write32(lsi_regs.IO_BAR, SCRATCHA, 0xa5a55a5a)
         self.assertEqual(device.bar_read32(lsi_regs.IO_BAR, SCRATCHA), 0xa5a55a5a)
         self.guest_dma_works(vm, session, device)
-        self.assertTrue(remote.is_running())
+        self.assertTrue(process.is_running())
         self.record(quick_reset_arrival_ms=latencies_ms,
                     quick_reset_arrival_ms_max=max(latencies_ms),
                     reset_to_ssh_s=round(session.times.ssh_s, 3))

@@ -26,12 +26,12 @@ class Topology(MultiprocessTest):
     :avocado: tags=topology
     """
 
-    def assert_remote_maps_the_guest_ram(self, remote) -> None:
+    def assert_remote_maps_the_guest_ram(self, process) -> None:
         """The remote mapped all of the guest RAM the proxy shares: below
         the ROM hole, above it, and (once SeaBIOS has made the shadow area
         RAM through the PAM registers) possibly the hole too."""
         ram_bytes = self.memory_mb * MIB
-        regions = wait_for_ram(remote, ram_bytes - PC_RAM_HOLE_BYTES, RAM_SYNC_TIMEOUT_S)
+        regions = wait_for_ram(process, ram_bytes - PC_RAM_HOLE_BYTES, RAM_SYNC_TIMEOUT_S)
         for start, end in ((0, PC_RAM_HOLE_START - 1), (PC_HIGH_RAM_START, ram_bytes - 1)):
             self.assertTrue(any(r.start <= start and end <= r.end for r in regions),
                             f'guest RAM {start:#x}-{end:#x} not mapped by the remote: {regions}')
@@ -40,12 +40,12 @@ class Topology(MultiprocessTest):
     def test_remote_serves_lsi_and_proxy_forwards_it(self):
         disk = self.scratch_disk(64)
         vm = self.launch(disks=[disk])
-        remote, proxy = vm.remote('lsi1').process, vm.qemu
+        remote, proxy = vm.remote('lsi1'), vm.qemu
 
         # The remote emulates the controller, with the disk behind it.
-        lsi = pci_device(remote.qmp('query-pci'), 'lsi1')
-        self.assertIsNotNone(lsi, 'remote has no lsi1 PCI device')
-        self.assertEqual((lsi['id']['vendor'], lsi['id']['device']),
+        served = pci_device(remote.qmp('query-pci'), 'lsi1')
+        self.assertIsNotNone(served, 'remote has no lsi1 PCI device')
+        self.assertEqual((served['id']['vendor'], served['id']['device']),
                          (lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID))
         files = [b['inserted']['file'] for b in remote.qmp('query-block') if 'inserted' in b]
         self.assertEqual(files, [disk])
@@ -58,7 +58,7 @@ class Topology(MultiprocessTest):
         self.assertEqual(sizes, lsi_regs.BAR_SIZES)
         self.assertEqual(proxy.qmp('query-status')['status'], 'running')
 
-        self.assert_remote_maps_the_guest_ram(remote)
+        self.assert_remote_maps_the_guest_ram(remote.process)
 
         for name in ('proxy.log', 'remote-lsi1.log', 'proxy.cmdline',
                      'remote-lsi1.cmdline', 'qmp-proxy.log', 'qmp-remote-lsi1.log'):

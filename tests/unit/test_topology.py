@@ -27,7 +27,7 @@ def vm(caps, tmp_path):
 def test_topology_starts_and_stops(vm, disk):
     vm.add_lsi('lsi1', disk)
     vm.launch()
-    remote, proxy = vm.remote('lsi1').process, vm.qemu
+    remote, proxy = vm.remote('lsi1'), vm.qemu
     assert remote.qmp('query-status')['status'] == 'running'
     assert proxy.qmp('query-status')['status'] == 'running'
     pids = [remote.pid, proxy.pid]
@@ -38,12 +38,12 @@ def test_topology_starts_and_stops(vm, disk):
 def test_remote_shows_lsi_and_synced_guest_ram(vm, disk):
     vm.add_lsi('lsi1', disk)
     vm.launch()
-    remote = vm.remote('lsi1').process
-    qtree = remote.hmp('info qtree')
+    process = vm.remote('lsi1').process
+    qtree = process.hmp('info qtree')
     assert 'dev: lsi53c895a, id "lsi1"' in qtree
     assert 'pci id 1000:0012' in qtree
     assert 'dev: scsi-hd, id "lsi1-hd"' in qtree
-    regions = wait_for_ram(remote, vm.memory_mb * MIB - 0x40000, timeout_s=10)
+    regions = wait_for_ram(process, vm.memory_mb * MIB - 0x40000, timeout_s=10)
     assert all(r.name.startswith('remote-mem-') for r in regions)
     assert regions[-1].end == vm.memory_mb * MIB - 1
 
