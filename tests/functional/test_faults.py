@@ -151,6 +151,18 @@ class ProxyWithStoppedRemote(FaultTest):
         result, _ = self.time_qmp('query-status')
         return None if isinstance(result, QMPError) else result['status']
 
+    def resume_and_see_the_reset_arrive(self, remote, resets_before: int) -> None:
+        """SIGCONT: the monitor answers again, the VM is still not started
+        (-S) and the remote traces the reset it was waiting to run."""
+        remote.faults.resume()
+        started = time.monotonic()
+        status = wait_until(lambda: self._status_or_none(), COMPLETE_TIMEOUT_S,
+                            'the proxy monitor coming back after SIGCONT')
+        self.assertEqual(status, 'prelaunch')        # -S: the reset did not start the VM
+        wait_until(lambda: remote.process.count_log_lines(RESET_TRACE) > resets_before,
+                   COMPLETE_TIMEOUT_S, 'the remote saw no reset')
+        self.record(monitor_back_after_resume_ms=ms(time.monotonic() - started, 2))
+
     def test_reset_with_the_remote_stopped(self):
         """A reset sends DEVICE_RESET and waits for the reply; the proxy
         must survive it, the reset must reach the remote once it runs
@@ -163,24 +175,16 @@ class ProxyWithStoppedRemote(FaultTest):
         remote.watchdog.wait_for('hung', DETECT_TIMEOUT_S)
 
         reset_reply, reset_s = self.time_qmp('system_reset')
-        status, status_s = self.time_qmp('query-status')
+        during_reset, _ = self.time_qmp('query-status')
         self.assertTrue(self.vm.qemu.is_running(), 'the proxy died')
         self.record(system_reset_with_stopped_remote=str(reset_reply),
                     system_reset_with_stopped_remote_ms=ms(reset_s, 2),
-                    query_status_during_reset=str(status))
-
-        remote.faults.resume()
-        started = time.monotonic()
-        status = wait_until(lambda: self._status_or_none(), COMPLETE_TIMEOUT_S,
-                            'the proxy monitor coming back after SIGCONT')
-        self.assertEqual(status, 'prelaunch')        # -S: the reset did not start the VM
-        wait_until(lambda: remote.process.count_log_lines(RESET_TRACE) > resets_before,
-                   COMPLETE_TIMEOUT_S, 'the remote saw no reset')
-        self.record(monitor_back_after_resume_ms=ms(time.monotonic() - started, 2))
+                    query_status_during_reset=str(during_reset))
+        self.resume_and_see_the_reset_arrive(remote, resets_before)
 
         with self.known_issue_guard('proxy-reset-blocks-on-stopped-remote'):
-            self.assertIsInstance(status, dict, 'the proxy monitor did not answer while a '
-                                                'reset waited for the stopped remote')
+            self.assertIsInstance(during_reset, dict, 'the proxy monitor did not answer while a '
+                                                      'reset waited for the stopped remote')
 
 
 class GuestFaults(FaultTest):
