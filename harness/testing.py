@@ -184,9 +184,10 @@ class MultiprocessTest(avocado.Test):
         gets an LSI per disk of ``disks`` (``lsi1``, ``lsi2`` …, one
         without a disk if there are none), with ``remote_args`` for the
         process that emulates each.  ``guest`` is None (firmware only), a
-        Linux image (a ``guest_image()`` or its spec: SSH is up on return) or ``AGENT`` (the bare-metal agent: ``vm.guest.agent``).
-        A Linux disk image boots from ``lsi1`` (a private copy) and the
-        disks follow it.  ``vm.guest`` is the guest's session.  A launch
+        Linux image (a ``guest_image()`` or its spec: SSH is up on return)
+        or ``AGENT`` (the bare-metal agent: ``vm.guest.agent``).  A Linux
+        disk image boots from ``lsi1`` (a private copy) and the disks
+        follow it, so it needs a machine made here, not a furnished one.  ``vm.guest`` is the guest's session.  A launch
         that fails as a known issue of this QEMU says so (CANCEL)."""
         if vm is None:
             vm = self.new_vm(**machine)
@@ -198,7 +199,11 @@ class MultiprocessTest(avocado.Test):
             raise HarnessError("launch(vm) takes a furnished machine: give its devices "
                                "and parameters to new_vm() and add_lsi()")
         else:
-            session = self._guest_session(guest, [])
+            boot = []
+            session = self._guest_session(guest, boot)
+            if boot:
+                raise HarnessError(f"{guest} boots from a disk on lsi1: launch it with "
+                                   f"launch(guest=..., disks=...), not into a furnished machine")
         self.vm = vm
         start = time.monotonic()
         with self.known_issue_guard(*self.launch_guard_issues(vm)):
