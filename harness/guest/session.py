@@ -16,6 +16,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from ..base import deadlines
 from ..base.errors import HarnessError
 from ..base.hosttools import run_tool
+from ..qemu.binary import Capabilities
 from ..qemu.process import QEMUProcess
 from . import diagnosis
 from .console import (DEFAULT_FAILURE_PATTERNS, FIRMWARE_FAILURE_PATTERNS, Console, ConsoleError,
@@ -94,15 +95,19 @@ class GuestSession:
     def ready_marker(self) -> Optional[str]:
         return self.image.ready_marker
 
-    def qemu_args(self) -> List[str]:
-        """Arguments for the guest-facing QEMU."""
+    def qemu_args(self, caps: Capabilities) -> List[str]:
+        """Arguments for the guest-facing QEMU ``caps``."""
         args = self.console.qemu_args() + self.firmware.qemu_args()
         # hostfwd port 0: the host picks a free port (race-free, parallel-safe);
         # `info usernet` tells which.  autonegotiation=off brings the link up
-        # at once; romfile= keeps SeaBIOS from running iPXE.
+        # at once (where the property exists: QEMU 11 dropped it); romfile=
+        # keeps SeaBIOS from running iPXE.
+        nic = f'e1000,netdev={NETDEV_ID},romfile='
+        if caps.e1000_autonegotiation:
+            nic += ',autonegotiation=off'
         args += ['-netdev', f'user,id={NETDEV_ID},'
                             f'hostfwd=tcp:127.0.0.1:0-:{GUEST_SSH_PORT}',
-                 '-device', f'e1000,netdev={NETDEV_ID},autonegotiation=off,romfile=',
+                 '-device', nic,
                  # Seeds the guest's CRNG at once: dropbear waits for it.
                  '-device', 'virtio-rng-pci']
         if self.image.kernel:
@@ -118,7 +123,7 @@ class GuestSession:
         then on, and a boot that fails says why (harness/guest/diagnosis.py)."""
         self.diagnose = lambda err: str(diagnosis.boot_failure(vm, self, err))
         vm.guest = self
-        vm.add_args(*self.qemu_args())
+        vm.add_args(*self.qemu_args(vm.caps))
         vm.launch()
         return self.wait_ready(vm.qemu)
 

@@ -30,7 +30,7 @@ LOG = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 20.0
 # Bumped whenever the shape of Capabilities changes, to invalidate caches.
-PROBE_FORMAT = 2
+PROBE_FORMAT = 4
 
 # Firmware the proxy's PC machine needs; a binary that cannot find it in
 # its own data directories gets Debian's packages' directories with -L.
@@ -47,6 +47,8 @@ class MultiprocessNames:
     remote_object: str    # binds the remote's device to its socket
 
 
+VFIO_USER_SERVER = 'x-vfio-user-server'
+VFIO_USER_CLIENT = 'vfio-user-pci'
 UPSTREAM_NAMES = MultiprocessNames('upstream', 'x-remote', 'x-pci-proxy-dev', 'x-remote-object')
 V8_NAMES = MultiprocessNames('v8', 'remote', 'pci-proxy-dev', 'remote-object')
 
@@ -60,6 +62,9 @@ class Capabilities:
     accelerators: Tuple[str, ...]       # compiled in, not necessarily usable
     data_dirs: Tuple[str, ...]          # what ``-L help`` reports
     firmware_dirs: Tuple[str, ...]      # extra -L directories this binary needs
+    vfio_user_server: bool = False      # -object x-vfio-user-server (a remote can serve)
+    vfio_user_client: bool = False      # -device vfio-user-pci (QEMU >= 10.1)
+    e1000_autonegotiation: bool = True  # the property QEMU 11 dropped
 
     @property
     def has_qtest(self) -> bool:
@@ -92,7 +97,10 @@ class Capabilities:
                    multiprocess=MultiprocessNames(**names) if names else None,
                    accelerators=tuple(data['accelerators']),
                    data_dirs=tuple(data['data_dirs']),
-                   firmware_dirs=tuple(data['firmware_dirs']))
+                   firmware_dirs=tuple(data['firmware_dirs']),
+                   vfio_user_server=data['vfio_user_server'],
+                   vfio_user_client=data['vfio_user_client'],
+                   e1000_autonegotiation=data['e1000_autonegotiation'])
 
 
 def find_binary(name_or_path: str) -> str:
@@ -192,7 +200,11 @@ def _probe_uncached(path: str) -> Capabilities:
                         version_string=banner.splitlines()[0].strip(),
                         multiprocess=_detect_multiprocess(machines, devices, objects),
                         accelerators=accelerators, data_dirs=data_dirs,
-                        firmware_dirs=_firmware_dirs(data_dirs))
+                        firmware_dirs=_firmware_dirs(data_dirs),
+                        vfio_user_server=VFIO_USER_SERVER in objects,
+                        vfio_user_client=VFIO_USER_CLIENT in devices,
+                        e1000_autonegotiation='autonegotiation' in _run(
+                            path, *common, '-device', 'e1000,help'))
 
 
 def binary_key(path: str) -> str:

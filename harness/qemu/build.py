@@ -29,7 +29,7 @@ import shutil
 import subprocess
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..base import lifeline, paths
 from ..base.errors import HarnessError
@@ -88,9 +88,33 @@ def _load_result(key_dir: str) -> Optional[BuildResult]:
     return result if os.access(result.binary, os.X_OK) else None
 
 
+FEATURE_RE = re.compile(r'\+([a-z0-9][a-z0-9-]*)$')
+# Debian packages a configure feature needs besides the usual build deps.
+FEATURE_PACKAGES = {'vfio-user-server': ('libjson-c-dev', 'libcmocka-dev')}
+
+
+def split_features(spec_text: str) -> Tuple[str, List[str]]:
+    """``debian:trixie+vfio-user-server`` -> (``debian:trixie``,
+    [``--enable-vfio-user-server``]): a qemu_src may ask for configure
+    features by name, each part of the build's cache key."""
+    features = []
+    text = spec_text.strip()
+    while not os.path.isdir(text) and FEATURE_RE.search(text):
+        features.insert(0, FEATURE_RE.search(text).group(1))
+        text = FEATURE_RE.sub('', text)
+    return text, [f'--enable-{name}' for name in features]
+
+
+def feature_packages(spec_text: str) -> List[str]:
+    _, args = split_features(spec_text)
+    return [p for a in args for p in FEATURE_PACKAGES.get(a[len('--enable-'):], ())]
+
+
 def cached_result(spec_text: str, extra_args: Sequence[str] = ()) -> Optional[BuildResult]:
     """The cached build for a spec, or None; never builds or downloads
     (a git spec is never considered cached: resolving it fetches)."""
+    spec_text, features = split_features(spec_text)
+    extra_args = features + list(extra_args)
     try:
         spec = parse_spec(spec_text)
         if spec.kind == 'git':
@@ -185,6 +209,8 @@ def build(spec_text: str, extra_args: Sequence[str] = (),
           log: Callable[[str], None] = print, force: bool = False) -> BuildResult:
     """Build (or find in the cache) QEMU from ``spec_text``."""
     started = time.monotonic()
+    spec_text, features = split_features(spec_text)
+    extra_args = features + list(extra_args)
     spec = parse_spec(spec_text)
     fingerprint, tree = resolve(spec, log)
     key = cache_key(fingerprint, extra_args)
