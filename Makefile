@@ -17,10 +17,13 @@ PYTEST_ARGS ?=
 
 # Debian packages the suite needs at run time.
 HOST_PACKAGES := qemu-system-x86 qemu-system-data seabios qemu-utils python3-venv gcc libc6-dev \
-                 kmod openssh-client mtools syslinux
+                 kmod openssh-client mtools syslinux mmdebstrap
 
 # Each TAGS word becomes one -t: 'a,b' = both tags, 'a b' = either tag.
 TAG_ARGS := $(foreach t,$(TAGS),-t $(t))
+# The vfio-user tests need a client (Debian's 11.1, from a root made with
+# mmdebstrap) and a server build: prepared first when they are selected.
+VFIO_USER_PREPARE := $(if $(or $(if $(TAGS),,all),$(findstring vfio-user,$(TAGS))),--vfio-user)
 
 .PHONY: all check functional images host-deps venv list clean distclean
 
@@ -45,7 +48,7 @@ functional: host-deps venv
 	mkdir -p $(JOB_RESULTS)
 	@# A qemu_src in AVOCADO_ARGS or $$QEMU_SRC: build it (or find it cached) here,
 	@# where its progress shows, before Avocado's tests ask for it.
-	$(VPY) -m harness.tools.qemu_build --from-avocado-args "$(AVOCADO_ARGS)"
+	$(VPY) -m harness.tools.qemu_build --from-avocado-args "$(AVOCADO_ARGS)" $(VFIO_USER_PREPARE)
 	@# Guest images and the agent too (seconds when cached), so no test's timeout
 	@# pays for a build.
 	$(VPY) -m harness.tools.images build all

@@ -20,6 +20,14 @@ PARAMETERS = {
                  'QEMU system emulator to test (path or name on $PATH)'),
     'qemu_src': ('', 'QEMU source to build and test instead of qemu_bin: debian:bookworm, '
                      'debian:trixie, a source tree or a git URL[#ref] (harness/qemu/build.py)'),
+    'qemu_deb': ('', 'Debian QEMU package to test instead of qemu_bin: trixie or '
+                     'trixie-backports (11.1), run from a cached root (harness/qemu/debroot.py)'),
+    'vfio_user_client': ('deb:trixie-backports',
+                         'guest-facing QEMU of the vfio-user tests (needs vfio-user-pci): '
+                         'deb:SUITE, src:QEMU_SRC or a binary'),
+    'vfio_user_server': ('src:debian:trixie+vfio-user-server',
+                         'remote QEMU of the vfio-user tests (needs x-vfio-user-server): '
+                         'deb:SUITE, src:QEMU_SRC or a binary'),
     'accel': ('auto', 'accelerator: auto (KVM when usable, else TCG), kvm or tcg'),
     'machine': ('pc', 'machine type of the proxy (guest-facing) QEMU'),
     'memory_mb': ('256', 'guest RAM of the proxy, in MiB'),

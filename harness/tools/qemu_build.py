@@ -20,11 +20,13 @@ import os
 import shlex
 import subprocess
 import sys
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..base import paths
 from ..base.errors import HarnessError
+from ..base import params
 from ..qemu import build as qemu_build
+from ..qemu import debroot, subject
 from ..qemu.buildcache import BuildError
 
 # What a build needs on a Debian host (besides a C compiler, which
@@ -36,27 +38,54 @@ BUILD_PACKAGES = ('build-essential', 'ninja-build', 'pkg-config', 'meson', 'libg
                   'seabios', 'qemu-system-data')
 
 
-def ensure_host_packages() -> None:
+def ensure_host_packages(extra: Sequence[str] = ()) -> None:
     """Install the build dependencies (as root) or say which to install."""
+    packages = list(BUILD_PACKAGES) + [p for p in extra if p not in BUILD_PACKAGES]
     script = os.path.join(paths.REPO_DIR, 'scripts', 'ensure-host-packages')
-    status = subprocess.run(['sh', script, *BUILD_PACKAGES], check=False).returncode
+    status = subprocess.run(['sh', script, *packages], check=False).returncode
     if status != 0:
         raise BuildError("the Debian packages needed to build QEMU are missing (see above): "
-                         f"apt-get install -y --no-install-recommends {' '.join(BUILD_PACKAGES)}")
+                         f"apt-get install -y --no-install-recommends {' '.join(packages)}")
 
 
-def specs_from_avocado_args(text: str) -> List[str]:
-    """``qemu_src`` values in an AVOCADO_ARGS string (``-p qemu_src=X``)."""
+def avocado_params(text: str) -> Dict[str, str]:
+    """The ``-p name=value`` pairs of an AVOCADO_ARGS string."""
     words = shlex.split(text or '')
-    found = []
+    found = {}
     for index, word in enumerate(words):
         value = None
         if word == '-p' and index + 1 < len(words):
             value = words[index + 1]
         elif word.startswith('-p') and '=' in word:
             value = word[2:]
-        if value and value.startswith('qemu_src='):
-            found.append(value[len('qemu_src='):])
+        if value and '=' in value:
+            name, _, setting = value.partition('=')
+            found[name] = setting
+    return found
+
+
+def specs_from_avocado_args(text: str) -> List[str]:
+    """``qemu_src`` values in an AVOCADO_ARGS string (``-p qemu_src=X``)."""
+    src = avocado_params(text).get('qemu_src')
+    return [src] if src else []
+
+
+def subjects_to_prepare(text: str, vfio_user: bool) -> List[str]:
+    """The QEMUs (harness/qemu/subject.py) a job with these AVOCADO_ARGS
+    runs: its qemu_src or qemu_deb ($QEMU_SRC, $QEMU_DEB), and with
+    ``vfio_user`` the vfio-user tests' client and server."""
+    given = avocado_params(text)
+
+    def lookup(name):
+        return given.get(name)
+    found = []
+    src, deb = params.get_optional('qemu_src', lookup), params.get_optional('qemu_deb', lookup)
+    if src:
+        found.append(subject.SRC + src)
+    if deb:
+        found.append(subject.DEB + deb)
+    if vfio_user:
+        found += [params.get('vfio_user_client', lookup), params.get('vfio_user_server', lookup)]
     return found
 
 
@@ -72,19 +101,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--from-avocado-args', metavar='ARGS',
                         help="also build the qemu_src of an AVOCADO_ARGS string and "
                              "$QEMU_SRC (used by make functional)")
+    parser.add_argument('--vfio-user', action='store_true',
+                        help="with --from-avocado-args: also prepare the vfio-user tests' "
+                             "QEMUs (vfio_user_client, vfio_user_server)")
     parser.add_argument('--no-host-packages', action='store_true',
                         help='do not check/install the Debian build dependencies')
     parser.add_argument('--json', action='store_true', help='print the results as JSON')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    specs = list(args.spec)
+    specs, debs = list(args.spec), []
     if args.from_avocado_args is not None:
-        specs += specs_from_avocado_args(args.from_avocado_args)
-        if not specs and os.environ.get('QEMU_SRC'):
-            specs.append(os.environ['QEMU_SRC'])
-        if not specs:
+        for spec in subjects_to_prepare(args.from_avocado_args, args.vfio_user):
+            if spec.startswith(subject.SRC):
+                specs.append(spec[len(subject.SRC):])
+            elif spec.startswith(subject.DEB):
+                debs.append(spec[len(subject.DEB):])
+        if not specs and not debs:
             return 0
-    if not specs:
+    if not specs and not debs:
         parser.error('name a source to build')
 
     def say(message: str) -> None:
@@ -93,7 +127,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results = []
     try:
         if not args.no_host_packages:
-            ensure_host_packages()
+            ensure_host_packages([p for spec in specs for p in qemu_build.feature_packages(spec)])
+        for suite in debs:
+            say(f"qemu_deb={suite}: {debroot.prepare(suite, log=say)}")
         for spec in specs:
             results.append(qemu_build.build(spec, args.configure_arg, log=say, force=args.force))
     except HarnessError as err:
