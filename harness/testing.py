@@ -18,7 +18,7 @@ import avocado
 from avocado.core.exceptions import TestSkipError
 
 from .base import deadlines, known_issues, lifeline, params
-from .base.errors import HarnessError, QMPError
+from .base.errors import HarnessError, ParameterError, QMPError
 from .base.units import MIB, ms
 from .images.image import GuestImage, resolve_image
 from .agent.session import AgentSession
@@ -28,6 +28,7 @@ from .mpqemu import topology
 from .mpqemu.topology import Machine
 from .qemu import accel as qemu_accel
 from .qemu import binary as qemu_binary
+from .qemu import subject
 from .qemu import vcpus
 
 AGENT = 'agent'        # launch(guest=AGENT): the bare-metal agent (harness/agent)
@@ -46,32 +47,43 @@ class MultiprocessTest(avocado.Test):
     # (harness/qemu/accel.py): 'linux' (a paging OS) or 'agent'.
     guest = 'linux'
     # Where the devices of this test's machines are emulated
-    # (harness/mpqemu/topology.py): in a remote process, or inside the
-    # guest's QEMU for the in-process controls.
+    # (harness/mpqemu/topology.py): in a remote over the proxy, in a remote
+    # over vfio-user (the vfio_user_client and _server QEMUs), or inside
+    # the guest's QEMU for the in-process controls.
     placement = topology.PROXY
-    # Added to the timeout when qemu_src names a build that is not cached
-    # yet: the first test to ask builds it (the others wait on its lock).
+    # Added to the timeout when a QEMU to test is not prepared yet (a
+    # source build, a Debian root): the first test to ask prepares it (the
+    # others wait on its lock).  make functional prepares them beforehand.
     BUILD_TIMEOUT_S = 1200
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        spec = params.get_optional('qemu_src', lambda name: self.params.get(name, default=None))
-        if spec and self.timeout:
-            from .qemu import build as qemu_build   # pylint: disable=import-outside-toplevel
-            if qemu_build.cached_result(spec) is None:
-                self.timeout = float(self.timeout) + self.BUILD_TIMEOUT_S
+        lookup = lambda name: self.params.get(name, default=None)  # noqa: E731
+        if self.timeout and not all(subject.ready(s) for s in self.subjects(lookup)):
+            self.timeout = float(self.timeout) + self.BUILD_TIMEOUT_S
 
-    def qemu_under_test(self) -> str:
-        """The binary to test: built from ``qemu_src`` (cached) when given,
-        else ``qemu_bin``."""
-        spec = params.get_optional('qemu_src', self._lookup)
-        if not spec:
-            return params.get('qemu_bin', self._lookup)
-        from .qemu import build as qemu_build       # pylint: disable=import-outside-toplevel
-        result = qemu_build.build(spec, log=self.log.info)
-        self.record(qemu_src=spec, qemu_build_key=result.key, qemu_build_cached=result.cached,
-                    qemu_build_request_s=result.request_s)
-        return result.binary
+    def subjects(self, lookup) -> Sequence[str]:
+        """The QEMUs this test runs (harness/qemu/subject.py): the one
+        under test, or over vfio-user the client and the server."""
+        if self.placement == topology.VFIO_USER:
+            return [params.get('vfio_user_client', lookup),
+                    params.get('vfio_user_server', lookup)]
+        src = params.get_optional('qemu_src', lookup)
+        deb = params.get_optional('qemu_deb', lookup)
+        if src and deb:
+            raise ParameterError(f"qemu_src={src} and qemu_deb={deb}: give one QEMU to test")
+        if src:
+            return [subject.SRC + src]
+        if deb:
+            return [subject.DEB + deb]
+        return [params.get('qemu_bin', lookup)]
+
+    def probe_subject(self, spec: str, role: str) -> qemu_binary.Capabilities:
+        started = time.monotonic()
+        caps = qemu_binary.probe(subject.binary(spec, log=self.log.info))
+        self.record(**{f'{role}_subject': spec, f'{role}_prepare_s':
+                       round(time.monotonic() - started, 3)})
+        return caps
 
     @contextlib.contextmanager
     def known_issue_guard(self, *issue_ids: str) -> Iterator[None]:
@@ -117,8 +129,9 @@ class MultiprocessTest(avocado.Test):
         self.record(known_issues_met=sorted(met))
 
     def launch_guard_issues(self, vm: Machine) -> Sequence[str]:
-        """Known issues checked at every launch of a machine with remotes."""
-        if not vm.multiprocess:
+        """Known issues checked at every launch of a machine with proxied
+        devices (x-pci-proxy-dev)."""
+        if not any(d.placement == topology.PROXY for d in vm.devices.values()):
             return []
         return [i.id for i in known_issues.load() if i.data.get('guard') == 'launch']
 
@@ -131,7 +144,10 @@ class MultiprocessTest(avocado.Test):
         self._sessions = []
         self.figures = {}
         self._lookup = lookup = lambda name: self.params.get(name, default=None)  # noqa: E731
-        self.caps = qemu_binary.probe(self.qemu_under_test())
+        probed = [self.probe_subject(spec, role)
+                  for spec, role in zip(self.subjects(lookup), ('qemu', 'remote_qemu'))]
+        self.caps = probed[0]
+        self.remote_caps = probed[-1]              # the same QEMU but over vfio-user
         self.caps.require_multiprocess()
         self.accel = qemu_accel.select_accel(self.caps, params.get_accel(lookup), self.guest)
         self.machine = params.get('machine', lookup)
@@ -168,6 +184,7 @@ class MultiprocessTest(avocado.Test):
         kwargs.setdefault('accel', self.accel.name)
         kwargs.setdefault('cpu', self.accel.cpu)
         kwargs.setdefault('machine', self.machine)
+        kwargs.setdefault('remote_caps', self.remote_caps)
         vm = Machine(self.caps, self.outputdir, placement=placement or self.placement,
                      memory_mb=memory_mb or self.memory_mb, **kwargs)
         self._vms.append(vm)

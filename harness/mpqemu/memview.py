@@ -1,8 +1,11 @@
 """What guest memory a remote process has mapped.
 
-The remote maps the proxy's RAM from the fds that SYNC_SYSMEM carries and
-names the regions ``remote-mem-N`` (hw/remote/memory.c); its flat memory
-tree (HMP ``info mtree -f``) is the remote's own account of that map.
+Over the proxy the remote maps the guest's RAM from the fds that
+SYNC_SYSMEM carries and names the regions ``remote-mem-N``
+(hw/remote/memory.c); over vfio-user it maps each DMA region the client
+announces into the device's DMA address space as ``mem-DEVID-IOVA``
+(hw/remote/vfio-user-obj.c dma_register).  Its flat memory tree (HMP
+``info mtree -f``) is the remote's own account of that map.
 """
 
 import dataclasses
@@ -13,7 +16,8 @@ from ..base.errors import Timeout
 from ..base.waiting import wait_until
 from ..qemu.process import QEMUProcess
 
-_REGION_RE = re.compile(r'^\s*([0-9a-f]+)-([0-9a-f]+) \(prio \d+, ram\): (remote-mem-\d+)',
+_REGION_RE = re.compile(r'^\s*([0-9a-f]+)-([0-9a-f]+) \(prio \d+, ram\): '
+                        r'(remote-mem-\d+|mem-[\w-]+-[0-9a-f]+)\b',
                         re.MULTILINE)
 POLL_INTERVAL_S = 0.02
 VIEW_TIMEOUT_S = 5.0
@@ -31,7 +35,7 @@ class RamRegion:
 
 
 def remote_ram_regions(remote: QEMUProcess) -> List[RamRegion]:
-    """The ``remote-mem-*`` regions in the remote's flat view, sorted by
+    """The guest RAM regions in the remote's flat view, sorted by
     address (each appears once even if several address spaces show it)."""
     text = remote.hmp('info mtree -f')
     regions = {RamRegion(int(s, 16), int(e, 16), n) for s, e, n in _REGION_RE.findall(text)}

@@ -9,23 +9,35 @@ QEMU (harness/mpqemu/topology.py), the fake proxy
 the ones restarts replaced), its monitor, its watchdog and its fault
 injector, so that every injected fault is one the watchdog knows about.
 
-The remote inherits only its own socket end, and ``start`` closes the
-harness's copy once the process has it: any other holder of a remote's end
+Two transports reach it.  ``proxy``: the mpqemu protocol over a socketpair
+whose other end an ``x-pci-proxy-dev`` holds.  ``vfio-user``: the remote
+runs with ``vfio-user=on`` and serves the device with an
+``x-vfio-user-server`` on a unix socket, which a ``vfio-user-pci`` in the
+guest's QEMU (10.1 and later) connects to (docs/interop/vfio-user.rst).
+
+Over the proxy the remote inherits only its own socket end, and ``start``
+closes the harness's copy once the process has it: any other holder of a remote's end
 would hide its death from the proxy, whose vCPU then blocks for ever
 (docs/multiprocess-qemu.md, "Socket ends").
 """
 
+import json
 import os
 import socket
+import stat
 from typing import List, Optional, Sequence
 
-from ..base.errors import HarnessError, ParameterError
-from ..qemu.binary import Capabilities
+from ..base.errors import HarnessError, LaunchError, ParameterError, QEMUBinaryError
+from ..base.waiting import wait_until
+from ..qemu.binary import VFIO_USER_SERVER, Capabilities
 from ..qemu.process import LAUNCH_TIMEOUT_S, QEMUProcess
 from .faults import FaultInjector
 from .watchdog import RemoteWatchdog
 
 DISK_FORMATS = ('raw', 'qcow2')
+PROXY = 'proxy'
+VFIO_USER = 'vfio-user'
+TRANSPORTS = (PROXY, VFIO_USER)
 
 
 def check_drive(drive: Optional[str], fmt: str) -> None:
@@ -57,14 +69,22 @@ class Remote:
     """The remote process that emulates device ``devid``.
 
     ``args`` are extra arguments for the remote (traces, say); ``name``
-    names its process and logs (``remote-DEVID`` unless given).  Until
+    names its process and logs (``remote-DEVID`` unless given).  Over
+    vfio-user, ``socket_path`` is where its server listens.  Until
     ``start()`` there is no process; after a restart ``process`` is the new
     one and ``past`` holds those it replaced.
     """
 
     def __init__(self, devid: str, drive: Optional[str] = None, fmt: str = 'raw',
-                 args: Sequence[str] = (), name: Optional[str] = None):
+                 args: Sequence[str] = (), name: Optional[str] = None,
+                 transport: str = PROXY, socket_path: Optional[str] = None):
         check_drive(drive, fmt)
+        if transport not in TRANSPORTS:
+            raise HarnessError(f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
+        if (transport == VFIO_USER) != (socket_path is not None):
+            raise HarnessError("a vfio-user remote needs a socket_path, and only it")
+        self.transport = transport
+        self.socket_path = socket_path
         self.devid = devid
         self.name = name or f'remote-{devid}'
         self.drive = drive
@@ -76,22 +96,40 @@ class Remote:
         self.faults: Optional[FaultInjector] = None
         self.generation = 0                               # restarts so far
 
-    def command_line(self, caps: Capabilities, fd: int) -> List[str]:
+    def command_line(self, caps: Capabilities, fd: Optional[int]) -> List[str]:
         names = caps.require_multiprocess()
+        if self.transport == VFIO_USER:
+            if not caps.vfio_user_server:
+                raise QEMUBinaryError(
+                    f"QEMU at {caps.path} ({caps.version_string}) has no x-vfio-user-server: "
+                    f"build it with --enable-vfio-user-server "
+                    f"(qemu_src=debian:trixie+vfio-user-server)")
+            # On 10.0 the object takes its socket only as JSON: the dotted
+            # form fails with "Parameter 'type' is missing".
+            server = {'qom-type': VFIO_USER_SERVER, 'id': f'{self.devid}-vfu',
+                      'device': self.devid,
+                      'socket': {'type': 'unix', 'path': self.socket_path}}
+            return (['-machine', f'{names.machine},vfio-user=on', '-nodefaults',
+                     '-display', 'none'] + lsi_device_args(self.devid, self.drive, self.fmt)
+                    + ['-object', json.dumps(server)] + self.args)
         return (['-machine', names.machine, '-nodefaults', '-display', 'none']
                 + lsi_device_args(self.devid, self.drive, self.fmt)
                 + ['-object',
                    f'{names.remote_object},id={self.devid}-obj,devid={self.devid},fd={fd}']
                 + self.args)
 
-    def start(self, caps: Capabilities, log_dir: str, sock: socket.socket, *,
-              watch: bool = False, qmp: bool = True,
+    def start(self, caps: Capabilities, log_dir: str, sock: Optional[socket.socket] = None,
+              *, watch: bool = False, qmp: bool = True,
               timeout_s: float = LAUNCH_TIMEOUT_S) -> QEMUProcess:
-        """Launch the remote on ``sock`` (its end of the socketpair, closed
-        here afterwards), with a watchdog if ``watch``.  Without ``qmp`` it
-        returns as soon as the process is forked: the socket buffers what
-        is sent before the remote is up (the fuzzer relaunches remotes by
-        the hundred and cannot wait for QMP)."""
+        """Launch the remote on ``sock`` (over the proxy: its end of the
+        socketpair, closed here afterwards; over vfio-user: none, and this
+        returns once the server listens), with a watchdog if ``watch``.
+        Without ``qmp`` it returns as soon as the process is forked: the
+        socket buffers what is sent before the remote is up (the fuzzer
+        relaunches remotes by the hundred and cannot wait for QMP)."""
+        if (sock is None) != (self.transport == VFIO_USER):
+            raise HarnessError(f"a {self.transport} remote is started "
+                               f"{'without' if sock is None else 'with'} a socket end")
         if self.process is not None and self.process.is_running():
             raise HarnessError(f"{self.process.name} is still running: stop it before a restart")
         if self.process is not None:
@@ -99,23 +137,43 @@ class Remote:
             self.generation += 1
         name = self.name + (f'-{self.generation}' if self.generation else '')
         watchdog = None
+        fds = [sock.fileno()] if sock else []
+        process = None
         try:
-            process = QEMUProcess(caps.path, self.command_line(caps, sock.fileno()),
-                                  name=name, log_dir=log_dir, pass_fds=[sock.fileno()],
-                                  qmp=qmp, fd_roles={sock.fileno(): 'the socket to the proxy'})
+            if self.socket_path and os.path.exists(self.socket_path):
+                os.unlink(self.socket_path)      # a dead server's
+            process = QEMUProcess(caps.path, self.command_line(caps, fds[0] if fds else None),
+                                  name=name, log_dir=log_dir, pass_fds=fds, qmp=qmp,
+                                  fd_roles={fd: 'the socket to the proxy' for fd in fds})
             watchdog = RemoteWatchdog(process) if watch else None
             process.launch(timeout_s)
+            if self.socket_path:
+                self._wait_listening(process, timeout_s)
         except BaseException:
             if watchdog:
                 watchdog.stop()        # its pipe and monitor socket
+            if process and self.socket_path:
+                process.shutdown()     # launched, but its server never listened
             raise
         finally:
-            sock.close()
+            if sock:
+                sock.close()
         self.process, self.watchdog = process, watchdog
         self.faults = FaultInjector(process, watchdog)
         if watchdog:
             watchdog.start()
         return process
+
+    def _wait_listening(self, process: QEMUProcess, timeout_s: float) -> None:
+        def listening():
+            if not process.is_running():
+                raise LaunchError(f"{process.name} exited before its vfio-user server "
+                                  f"listened ({process.state_description()}): "
+                                  f"{process.log_tail()}")
+            return stat.S_ISSOCK(os.stat(self.socket_path).st_mode) \
+                if os.path.exists(self.socket_path) else False
+        wait_until(listening, timeout_s, f'{process.name} to listen on {self.socket_path}',
+                   0.01)
 
     def qmp(self, cmd: str, **args):
         """A command on the remote's monitor."""

@@ -11,6 +11,12 @@ Each device has a placement:
     through an ``x-pci-proxy-dev`` holding the other end of a socketpair
     (the mpqemu protocol).  Guest RAM is memfd-backed and shared: the
     remote maps it from the fds that SYNC_SYSMEM sends.
+``vfio-user``
+    emulated in its own remote process serving it with
+    ``x-vfio-user-server`` on a unix socket, reached through a
+    ``vfio-user-pci`` (QEMU 10.1 and later); the remote may be another
+    QEMU binary (``remote_caps``), since Debian's newest client and a
+    server build are different binaries.
 
 See docs/system/multi-process.rst in QEMU.  Add devices and arguments,
 then ``launch()``; ``shutdown()`` (or leaving the ``with`` block) stops
@@ -19,21 +25,26 @@ socket ends once the processes have theirs (docs/multiprocess-qemu.md,
 "Socket ends").
 """
 
+import json
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from typing import Dict, List, Optional, Sequence
 
-from ..base.errors import HarnessError, ParameterError
+from ..base.errors import HarnessError, ParameterError, QEMUBinaryError
 from ..qemu import accel as qemu_accel
-from ..qemu.binary import Capabilities
+from ..qemu.binary import VFIO_USER_CLIENT, Capabilities
 from ..qemu.process import LAUNCH_TIMEOUT_S, QEMUProcess
 from .faults import FaultInjector
-from .remote import Remote, check_drive, lsi_device_args
+from .remote import PROXY, VFIO_USER, Remote, check_drive, lsi_device_args
 
 IN_PROCESS = 'in-process'
-PROXY = 'proxy'
-PLACEMENTS = (IN_PROCESS, PROXY)
+PLACEMENTS = (IN_PROCESS, PROXY, VFIO_USER)
+# vfio-user sockets live in a short directory of their own: a unix socket
+# path is at most 107 bytes, less than a test's output directory can take.
+SOCKET_DIR_PREFIX = "mpqemu-vfu-"
 # A remote exits by itself once the proxy's end of its socket closes
 # (hw/remote/mpqemu-link.c sees EOF); teardown gives it this long.
 REMOTE_SELF_EXIT_S = 2.0
@@ -58,14 +69,19 @@ class Device:
     """
 
     def __init__(self, devid: str, drive: Optional[str], fmt: str, args: Sequence[str],
-                 addr: Optional[str], placement: str):
+                 addr: Optional[str], placement: str, remote_caps: Capabilities,
+                 socket_path: Optional[str] = None):
         self.devid = devid
         self.drive = drive
         self.fmt = fmt
         self.args = list(args)
         self.addr = addr
         self.placement = check_placement(placement)
-        self.remote = Remote(devid, drive, fmt, args) if placement == PROXY else None
+        self.remote_caps = remote_caps        # the binary its remote runs
+        self.remote = None
+        if placement != IN_PROCESS:
+            self.remote = Remote(devid, drive, fmt, args, transport=placement,
+                                 socket_path=socket_path)
         self.proxy_sock: Optional[socket.socket] = None   # until the proxy has it
 
     def qemu_args(self, caps: Capabilities) -> List[str]:
@@ -73,6 +89,12 @@ class Device:
         if self.remote is None:
             check_drive(self.drive, self.fmt)
             return lsi_device_args(self.devid, self.drive, self.fmt, self.addr) + self.args
+        if self.placement == VFIO_USER:
+            client = {'driver': VFIO_USER_CLIENT, 'id': self.devid,
+                      'socket': {'type': 'unix', 'path': self.remote.socket_path}}
+            if self.addr:
+                client['addr'] = self.addr
+            return ['-device', json.dumps(client)]
         names = caps.require_multiprocess()
         arg = f'{names.proxy_device},id={self.devid},fd={self.proxy_sock.fileno()}'
         return ['-device', arg + (f',addr={self.addr}' if self.addr else '')]
@@ -82,18 +104,20 @@ class Machine:
     """The guest's QEMU and its devices' processes, owned as one unit.
 
     ``placement`` is where ``add_lsi`` puts a device unless told
-    otherwise; ``args`` are extra arguments for the guest's QEMU.  ``qemu`` is the QEMU that runs the guest (the proxy, for
-    devices placed in remotes); ``remote(devid)`` is a device's remote.
+    otherwise; ``args`` are extra arguments for the guest's QEMU;
+    ``remote_caps`` is the QEMU remotes run (``caps`` unless given).
+    ``qemu`` is the QEMU that runs the guest (the proxy, for devices
+    placed in remotes); ``remote(devid)`` is a device's remote.
     """
 
     def __init__(self, caps: Capabilities, log_dir: str, *, placement: str = PROXY,
                  accel: str = 'tcg', machine: str = 'pc', memory_mb: int = 256,
                  memory_slots: int = 0, maxmem_mb: Optional[int] = None, smp: int = 1,
                  watchdog: bool = False, cpu: Optional[str] = DEFAULT_CPU,
-                 args: Sequence[str] = ()):
-        self.placement = check_placement(placement)
-        if placement != IN_PROCESS:
-            caps.require_multiprocess()
+                 args: Sequence[str] = (), remote_caps: Optional[Capabilities] = None):
+        self.caps = caps
+        self.remote_caps = remote_caps or caps
+        self.placement = self._check_binaries(check_placement(placement))
         if accel not in caps.accelerators:
             raise ParameterError(f"accelerator {accel!r} is not built into QEMU at "
                                  f"{caps.path} (it has {', '.join(caps.accelerators)})")
@@ -103,7 +127,6 @@ class Machine:
             raise ParameterError("memory slots need maxmem_mb larger than memory_mb")
         if smp < 1:
             raise ParameterError(f"smp={smp}: the guest needs a vCPU")
-        self.caps = caps
         self.log_dir = log_dir
         self.accel = accel
         self.machine = machine
@@ -122,7 +145,31 @@ class Machine:
         # (harness/guest/session.py, harness/agent/session.py).
         self.guest = None
         self._faults: Optional[FaultInjector] = None
+        self._socket_dir: Optional[str] = None
         os.makedirs(log_dir, exist_ok=True)
+
+    def _check_binaries(self, placement: str) -> str:
+        """A clear error for a placement the binaries cannot make."""
+        if placement == PROXY:
+            self.caps.require_multiprocess()
+            self.remote_caps.require_multiprocess()
+        elif placement == VFIO_USER:
+            if not self.caps.vfio_user_client:
+                raise QEMUBinaryError(
+                    f"QEMU at {self.caps.path} ({self.caps.version_string}) has no "
+                    f"{VFIO_USER_CLIENT} (QEMU 10.1 and later; e.g. qemu_deb=trixie-backports)")
+            self.remote_caps.require_multiprocess()
+            if not self.remote_caps.vfio_user_server:
+                raise QEMUBinaryError(
+                    f"QEMU at {self.remote_caps.path} ({self.remote_caps.version_string}) has "
+                    f"no x-vfio-user-server: build it with --enable-vfio-user-server "
+                    f"(qemu_src=debian:trixie+vfio-user-server)")
+        return placement
+
+    def _socket_path(self, devid: str) -> str:
+        if self._socket_dir is None:
+            self._socket_dir = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX)
+        return os.path.join(self._socket_dir, f'{devid}.sock')
 
     def __enter__(self) -> 'Machine':
         return self
@@ -140,11 +187,10 @@ class Machine:
             raise HarnessError("add devices before launch(); hot-plug is a separate step")
         if devid in self.devices:
             raise ParameterError(f"there already is a device {devid!r}")
-        placement = check_placement(placement or self.placement)
-        if placement != IN_PROCESS:
-            self.caps.require_multiprocess()
+        placement = self._check_binaries(check_placement(placement or self.placement))
         check_drive(drive, fmt)
-        device = Device(devid, drive, fmt, args, addr, placement)
+        device = Device(devid, drive, fmt, args, addr, placement, self.remote_caps,
+                        self._socket_path(devid) if placement == VFIO_USER else None)
         self.devices[devid] = device
         return device
 
@@ -213,15 +259,19 @@ class Machine:
         before the error propagates."""
         if not self.devices:
             raise HarnessError("the machine needs at least one device")
-        proxied = [d for d in self.devices.values() if d.remote]
+        proxied = [d for d in self.devices.values() if d.placement == PROXY]
         try:
-            for device in proxied:
-                device.proxy_sock, remote_sock = socket.socketpair(socket.AF_UNIX,
-                                                                   socket.SOCK_STREAM)
-                device.remote.start(self.caps, self.log_dir, remote_sock,
-                                    watch=self.watchdog, timeout_s=timeout_s)
+            for device in self.devices.values():
+                remote_sock = None
+                if device.placement == PROXY:
+                    device.proxy_sock, remote_sock = socket.socketpair(socket.AF_UNIX,
+                                                                       socket.SOCK_STREAM)
+                if device.remote:
+                    device.remote.start(device.remote_caps, self.log_dir, remote_sock,
+                                        watch=self.watchdog, timeout_s=timeout_s)
             self.qemu = QEMUProcess(self.caps.path, self.qemu_args(),
-                                    name='proxy' if proxied else 'vm', log_dir=self.log_dir,
+                                    name='proxy' if self.multiprocess else 'vm',
+                                    log_dir=self.log_dir,
                                     pass_fds=[d.proxy_sock.fileno() for d in proxied],
                                     fd_roles={d.proxy_sock.fileno(): d.remote.socket_role
                                               for d in proxied})
@@ -258,13 +308,16 @@ class Machine:
         complete it), start a new remote, hand the proxy its socket end
         with QMP getfd and hot-plug a new proxy device with the same id."""
         device, remote = self._device(devid), self.remote(devid)
+        if device.placement != PROXY:
+            raise HarnessError(f"restart_remote re-plugs a proxy device; {devid} is "
+                               f"{device.placement}")
         names = self.caps.require_multiprocess()
         self.qemu.qmp('device_del', id=devid)
         self.qemu.get_event('DEVICE_DELETED', timeout_s)   # the guest let it go
         remote.stop()
         proxy_end, remote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            remote.start(self.caps, self.log_dir, remote_end, watch=self.watchdog)
+            remote.start(device.remote_caps, self.log_dir, remote_end, watch=self.watchdog)
             fdname = f'{devid}-sock-{remote.generation}'
             self.qemu.send_fd(proxy_end.fileno(), fdname)
         finally:
@@ -297,6 +350,9 @@ class Machine:
             except Exception as err:  # pylint: disable=broad-except
                 errors.append(err)
         self._close_proxy_socks()
+        if self._socket_dir:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
         if errors:
             raise errors[0]
         return ended

@@ -90,3 +90,13 @@ class BootFromInProcessLsi(BootFromRemoteLsi):
     """
 
     placement = topology.IN_PROCESS
+
+
+class BootFromVfioUserLsi(BootFromRemoteLsi):
+    """The same scenarios with the remote LSI reached over vfio-user.
+
+    :avocado: recursive
+    :avocado: tags=boot,ssh,vfio-user
+    """
+
+    placement = topology.VFIO_USER

@@ -9,6 +9,7 @@ import os
 
 from harness.devices.lsi import registers as lsi_regs
 from harness.devices.pci import qmp_pci_device as pci_device
+from harness.mpqemu import topology
 from harness.mpqemu.memview import wait_for_ram
 from harness.base.units import MIB
 from harness.testing import MultiprocessTest
@@ -76,3 +77,14 @@ class Topology(MultiprocessTest):
         self.assertEqual(ended['proxy'], 'quit')
         for devid in ('lsi1', 'lsi2'):
             self.assertFalse(vm.remote(devid).process.is_running())
+
+
+class TopologyOverVfioUser(Topology):
+    """The same with the remote serving the LSI over vfio-user
+    (x-vfio-user-server) to a vfio-user-pci in the guest's QEMU.
+
+    :avocado: recursive
+    :avocado: tags=topology,vfio-user
+    """
+
+    placement = topology.VFIO_USER

@@ -222,3 +222,14 @@ def test_a_running_remote_is_not_started_twice(vm, disk, caps, tmp_path):
         ours.close()
         theirs.close()
     assert remote.generation == 0 and remote.past == []
+
+
+def test_vfio_user_needs_a_client_and_a_server(caps, tmp_path):
+    """Debian 12's QEMU has neither vfio-user-pci (10.1+) nor the server:
+    both are named before anything starts."""
+    with pytest.raises(QEMUBinaryError, match='has no vfio-user-pci'):
+        Machine(caps, str(tmp_path), placement=topology.VFIO_USER)
+    client = qemu_binary.Capabilities(**{**caps.__dict__, 'vfio_user_client': True})
+    with pytest.raises(QEMUBinaryError, match='has no x-vfio-user-server: build it with '
+                                              '--enable-vfio-user-server'):
+        Machine(client, str(tmp_path), placement=topology.VFIO_USER)
