@@ -158,6 +158,16 @@ class DiskIOInProcessControl(DiskIOWorkloads):
     placement = topology.IN_PROCESS
 
 
+class DiskIOOverVfioUser(DiskIOWorkloads):
+    """The same workloads with the remote LSI reached over vfio-user.
+
+    :avocado: recursive
+    :avocado: tags=diskio,vfio-user
+    """
+
+    placement = topology.VFIO_USER
+
+
 class DiskIORemoteFaults(DiskIOTest):
     """IO while the remote is hung, killed, or reset along with the VM.
 

@@ -20,7 +20,7 @@ from harness.devices.lsi import driver as lsi, registers as lsi_regs
 from harness.base.errors import QMPError
 from harness.guest.pci import find_device
 from harness.guest.ssh import CommandTimeout
-from harness.mpqemu import fake_remote
+from harness.mpqemu import fake_remote, topology
 from harness.qemu import vcpus
 from harness.base.units import MIB, ms
 from harness.testing import MultiprocessTest
@@ -130,6 +130,18 @@ class RemoteDetection(FaultTest):
                         'QEMU did not exit after losing its remote')
         with open(vm.qemu.log_path, encoding='utf-8', errors='replace') as log:
             self.assertIn('Lost contact with device', log.read())
+
+
+class RemoteDetectionOverVfioUser(RemoteDetection):
+    """The same with the remote serving the LSI over vfio-user: the
+    watchdog watches the remote process whatever the transport, and a
+    server whose client is gone shuts its remote down (auto-shutdown).
+
+    :avocado: recursive
+    :avocado: tags=faults,heartbeat,vfio-user
+    """
+
+    placement = topology.VFIO_USER
 
 
 class ProxyWithStoppedRemote(FaultTest):
