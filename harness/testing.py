@@ -147,7 +147,8 @@ class MultiprocessTest(avocado.Test):
         probed = [self.probe_subject(spec, role)
                   for spec, role in zip(self.subjects(lookup), ('qemu', 'remote_qemu'))]
         self.caps = probed[0]
-        self.remote_caps = probed[-1]              # the same QEMU but over vfio-user
+        # The QEMU remotes run: the one under test, except over vfio-user.
+        self.remote_caps = probed[-1]
         self.caps.require_multiprocess()
         self.accel = qemu_accel.select_accel(self.caps, params.get_accel(lookup), self.guest)
         self.machine = params.get('machine', lookup)

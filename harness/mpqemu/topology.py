@@ -69,15 +69,13 @@ class Device:
     """
 
     def __init__(self, devid: str, drive: Optional[str], fmt: str, args: Sequence[str],
-                 addr: Optional[str], placement: str, remote_caps: Capabilities,
-                 socket_path: Optional[str] = None):
+                 addr: Optional[str], placement: str, socket_path: Optional[str] = None):
         self.devid = devid
         self.drive = drive
         self.fmt = fmt
         self.args = list(args)
         self.addr = addr
         self.placement = check_placement(placement)
-        self.remote_caps = remote_caps        # the binary its remote runs
         self.remote = None
         if placement != IN_PROCESS:
             self.remote = Remote(devid, drive, fmt, args, transport=placement,
@@ -189,7 +187,7 @@ class Machine:
             raise ParameterError(f"there already is a device {devid!r}")
         placement = self._check_binaries(check_placement(placement or self.placement))
         check_drive(drive, fmt)
-        device = Device(devid, drive, fmt, args, addr, placement, self.remote_caps,
+        device = Device(devid, drive, fmt, args, addr, placement,
                         self._socket_path(devid) if placement == VFIO_USER else None)
         self.devices[devid] = device
         return device
@@ -267,7 +265,7 @@ class Machine:
                     device.proxy_sock, remote_sock = socket.socketpair(socket.AF_UNIX,
                                                                        socket.SOCK_STREAM)
                 if device.remote:
-                    device.remote.start(device.remote_caps, self.log_dir, remote_sock,
+                    device.remote.start(self.remote_caps, self.log_dir, remote_sock,
                                         watch=self.watchdog, timeout_s=timeout_s)
             self.qemu = QEMUProcess(self.caps.path, self.qemu_args(),
                                     name='proxy' if self.multiprocess else 'vm',
@@ -317,7 +315,7 @@ class Machine:
         remote.stop()
         proxy_end, remote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            remote.start(device.remote_caps, self.log_dir, remote_end, watch=self.watchdog)
+            remote.start(self.remote_caps, self.log_dir, remote_end, watch=self.watchdog)
             fdname = f'{devid}-sock-{remote.generation}'
             self.qemu.send_fd(proxy_end.fileno(), fdname)
         finally:
