@@ -64,12 +64,6 @@ def avocado_params(text: str) -> Dict[str, str]:
     return found
 
 
-def specs_from_avocado_args(text: str) -> List[str]:
-    """``qemu_src`` values in an AVOCADO_ARGS string (``-p qemu_src=X``)."""
-    src = avocado_params(text).get('qemu_src')
-    return [src] if src else []
-
-
 def subjects_to_prepare(text: str, vfio_user: bool) -> List[str]:
     """The QEMUs (harness/qemu/subject.py) a job with these AVOCADO_ARGS
     runs: its qemu_src or qemu_deb ($QEMU_SRC, $QEMU_DEB), and with

@@ -176,10 +176,15 @@ def test_madison_parsing_keeps_the_suite_and_its_updates():
     assert source.parse_madison(text, 'trixie') == ['1:10.0.13+ds-0+deb13u1']
 
 
-def test_avocado_args_name_the_source():
-    assert qemu_build.specs_from_avocado_args("-p qemu_src=debian:bookworm -p accel=tcg") == \
-        ['debian:bookworm']
-    assert qemu_build.specs_from_avocado_args("-t qtest") == []
+def test_avocado_args_name_the_qemus_to_prepare(monkeypatch):
+    for name in ('QEMU_SRC', 'QEMU_DEB', 'VFIO_USER_CLIENT', 'VFIO_USER_SERVER'):
+        monkeypatch.delenv(name, raising=False)
+    assert qemu_build.subjects_to_prepare("-p qemu_src=debian:bookworm -p accel=tcg",
+                                          False) == ['src:debian:bookworm']
+    assert qemu_build.subjects_to_prepare("-t qtest", False) == []
+    assert qemu_build.subjects_to_prepare("-p qemu_deb=trixie -p vfio_user_client=/q",
+                                          True) == ['deb:trixie', '/q',
+                                                    'src:debian:trixie+vfio-user-server']
 
 
 def test_python_args_follow_the_configure_generation(tmp_path):
