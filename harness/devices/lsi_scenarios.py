@@ -25,6 +25,8 @@ from ..base import bytecheck
 from ..base.figures import spread, time_calls
 from . import pci
 from .lsi import driver as lsi, registers as lsi_regs
+from .lsi.errors import LsiTimeout
+from .lsi.scripts import INT_DONE, Script
 from ..base.units import ms
 
 BLOCK_SIZE = 512
@@ -34,6 +36,8 @@ EXPECTED_BARS = [(0, True, 0x100), (1, False, 0x400), (2, False, 0x2000)]
 LATENCY_SAMPLES = 200
 BAR_MOVE_BYTES = 0x10_0000
 WARMUP_CALLS = 50                       # calls of a probe before it is measured
+SCRIPT_RAM_MARKER = 0x1000              # past the code, inside the 8 KiB SCRIPTS RAM
+SCRIPT_RAM_TIMEOUT_S = 2.0              # three instructions: milliseconds when they run
 
 
 def latency_us(call: Callable[[], object], samples: int = LATENCY_SAMPLES) -> Dict[str, float]:
@@ -147,6 +151,38 @@ def interrupt_ends_command(test, device: lsi.Lsi53c895a, irq) -> Dict[str, float
     finally:
         device.use_irq = False
     return {'irq_command_ms': ms(device.last_stop.elapsed_s, 3)}
+
+
+def scripts_run_from_script_ram(test, device: lsi.Lsi53c895a) -> Dict[str, float]:
+    """SCRIPTS loaded into the chip's own SCRIPTS RAM run there, and MEMORY
+    MOVEs reach that RAM in both directions, as with Linux's sym53c8xx
+    (which runs its SCRIPTS from on-chip RAM).  The chip fetches those
+    instructions by DMA from its own BAR 2, so the address space the
+    device DMAs into must hold its BARs, not only guest RAM."""
+    base = device.function.bar(lsi_regs.SCRIPT_RAM_BAR).address
+    marker = int.from_bytes(os.urandom(4), 'little') | 1
+    device.script_ram_write(SCRIPT_RAM_MARKER, marker)
+    device.script_ram_write(SCRIPT_RAM_MARKER + 4, 0)
+    buf = device.access.dma_alloc(4)
+    try:
+        device.access.mem_write(buf, bytes(4))
+        script = Script() \
+            .memory_move(4, base + SCRIPT_RAM_MARKER, buf) \
+            .memory_move(4, buf, base + SCRIPT_RAM_MARKER + 4) \
+            .int_(INT_DONE)
+        try:
+            stop = device.run_in_script_ram(script, timeout_s=SCRIPT_RAM_TIMEOUT_S)
+        except LsiTimeout as err:
+            device.soft_reset()         # the chip runs on; stop it before the next check
+            test.fail(f"SCRIPTS loaded into the chip's SCRIPTS RAM at {base:#x} did not "
+                      f"stop at their INT: {err}")
+        test.assertEqual(int.from_bytes(device.access.mem_read(buf, 4), 'little'), marker,
+                         'MEMORY MOVE out of the SCRIPTS RAM into guest RAM')
+    finally:
+        device.access.dma_free(buf)
+    test.assertEqual(device.script_ram_read(SCRIPT_RAM_MARKER + 4), marker,
+                     'MEMORY MOVE from guest RAM into the SCRIPTS RAM')
+    return {'script_ram_run_ms': ms(stop.elapsed_s, 3)}
 
 
 # ---------------------------------------------------------------- benchmarks

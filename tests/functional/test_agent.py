@@ -27,7 +27,7 @@ from harness.agent.access import AgentAccess
 from harness.agent.client import AgentCommandError, AgentError, AgentFault, AgentTimeout
 from harness.agent.lsi_intx import VECTOR, IntxSource
 from harness.agent.mailbox import FAULT_EXIT_STATUS, Command, Op, Status
-from harness.devices import pci
+from harness.devices import lsi_scenarios as scenarios, pci
 from harness.devices.lsi import driver as lsi, registers as lsi_regs, scripts as lsi_scripts, scsi
 from harness.guest import lsi_dma
 from harness.mpqemu import hotplug, memview, topology
@@ -95,6 +95,9 @@ class ProxiedAgent(AgentTest):
     :avocado: tags=agent
     """
 
+    # Known issues running SCRIPTS from the chip's own RAM may meet.
+    script_ram_issues = ()
+
     def test_agent_drives_the_lsi(self):
         self.boot()
         access, agent = self.access, self.agent
@@ -122,6 +125,13 @@ class ProxiedAgent(AgentTest):
                         [agent.tsc_to_s(c.tsc_end - c.tsc_start) for c in samples], 1e6),
                     config_read_round_trip_us=spread(
                         time_calls(lambda: access.config_read(0, 4), 100), 1e6))
+
+    def test_scripts_run_from_the_on_chip_ram(self):
+        """The LSI runs SCRIPTS from its own SCRIPTS RAM, as sym53c8xx has
+        it do: the chip fetches them by DMA from its BAR 2."""
+        self.boot()
+        with self.known_issue_guard(*self.script_ram_issues):
+            self.record(**scenarios.scripts_run_from_script_ram(self, self.lsi))
 
     def test_bad_input_is_a_bounded_error_naming_the_step(self):
         self.boot()
@@ -158,6 +168,7 @@ class VfioUserAgent(ProxiedAgent):
     """
 
     placement = topology.VFIO_USER
+    script_ram_issues = ('vfio-user-device-dma-misses-its-own-bar',)
 
 
 class ProxiedIntx(AgentTest):

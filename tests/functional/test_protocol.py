@@ -72,6 +72,11 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         file; SCRIPTS RAM keeps what is written at both ends."""
         self.record(**scenarios.register_round_trips(self, self.lsi))
 
+    def test_scripts_run_from_the_on_chip_ram(self):
+        """SCRIPTS written into the chip's SCRIPTS RAM run there, fetched by
+        the chip from its own BAR (Linux's sym53c8xx works this way)."""
+        self.record(**scenarios.scripts_run_from_script_ram(self, self.lsi))
+
     # ------------------------------------------------------------ DMA
 
     def test_dma_read_is_byte_exact(self):

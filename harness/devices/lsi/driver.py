@@ -27,8 +27,9 @@ from .errors import LsiError, LsiTimeout, ScsiError, SelectionTimeout
 from .registers import (DEVICE_ID, DIEN, DSP, DSPS, DSTAT, DSTAT_ABRT, DSTAT_DFE, DSTAT_IID,
                         DSTAT_SIR, ISTAT0, ISTAT0_DIP, ISTAT0_SIP, ISTAT0_SRST, ISTAT1,
                         MMIO_BAR, PHASE_COMMAND, PHASE_DATA_IN, PHASE_DATA_OUT, PHASE_MSG_IN,
-                        PHASE_MSG_OUT, PHASE_STATUS, SCRIPT_RAM_BAR, SIEN0, SIEN1, SIST0,
-                        SIST0_MA, SIST0_SGE, SIST0_UDC, SIST1, SIST1_STO, VENDOR_ID)
+                        PHASE_MSG_OUT, PHASE_STATUS, SCRIPT_RAM_BAR, SCRIPT_RAM_SIZE, SIEN0,
+                        SIEN1, SIST0, SIST0_MA, SIST0_SGE, SIST0_UDC, SIST1, SIST1_STO,
+                        VENDOR_ID)
 from .scripts import (INT_ALREADY_CONNECTED, INT_BAD_PHASE, INT_DONE, INT_RESELECT_ABORTED,
                       MAX_BLOCK_MOVE_BYTES, Script, Stop)
 from .scsi import (CDB_FUA, INQUIRY_STANDARD_LEN, MSG_IDENTIFY, SCSI_INQUIRY,
@@ -113,6 +114,19 @@ class Lsi53c895a:
             raise ValueError(f"script of {len(code)} bytes does not fit {_CB_SCRIPT_MAX}")
         self.access.mem_write(self._cb + _CB_SCRIPT, code)
         return self.start(self._cb + _CB_SCRIPT, timeout_s)
+
+    def run_in_script_ram(self, script: Script, timeout_s: Optional[float] = None) -> Stop:
+        """Load ``script`` into the chip's on-chip SCRIPTS RAM (BAR 2), start
+        it there and wait for the stop, as Linux's sym53c8xx runs its
+        SCRIPTS: the chip then fetches its instructions from its own BAR."""
+        base = self.function.bar(SCRIPT_RAM_BAR).address
+        code = script.assemble(base)
+        if len(code) > SCRIPT_RAM_SIZE:
+            raise ValueError(f"script of {len(code)} bytes does not fit the "
+                             f"{SCRIPT_RAM_SIZE}-byte SCRIPTS RAM")
+        for offset in range(0, len(code), 4):
+            self.script_ram_write(offset, struct.unpack_from('<I', code, offset)[0])
+        return self.start(base, timeout_s)
 
     def start(self, dsp: int, timeout_s: Optional[float] = None) -> Stop:
         """Start SCRIPTS at ``dsp`` and wait for the stop."""
