@@ -22,6 +22,7 @@ from .base.errors import HarnessError, ParameterError, QMPError
 from .base.units import MIB, ms
 from .images.image import GuestImage, resolve_image
 from .agent.session import AgentSession
+from .guest import diskio
 from .guest.session import GuestSession, boot_drive
 from .guest.ssh import CommandTimeout
 from .mpqemu import topology
@@ -51,6 +52,10 @@ class MultiprocessTest(avocado.Test):
     # over vfio-user (the vfio_user_client and _server QEMUs), or inside
     # the guest's QEMU for the in-process controls.
     placement = topology.PROXY
+    # How Linux guests do disk IO (harness/guest/diskio.py): None takes the
+    # path this placement and accelerator can run (diskio.path_for);
+    # diskio.PATH_DRIVER loads sym53c8xx whatever they are.
+    diskio_path: Optional[str] = None
     # Added to the timeout when a QEMU to test is not prepared yet (a
     # source build, a Debian root): the first test to ask prepares it (the
     # others wait on its lock).  make functional prepares them beforehand.
@@ -155,6 +160,7 @@ class MultiprocessTest(avocado.Test):
         self.memory_mb = params.get_int('memory_mb', lookup)
         self.log.info('QEMU %s at %s, accel %s (%s)', '.'.join(map(str, self.caps.version)),
                       self.caps.path, self.accel.name, self.accel.reason)
+        self.diskio_path = self.diskio_path or diskio.path_for(self.accel.name, self.placement)
         self.record(qemu=self.caps.version_string, qemu_bin=self.caps.path,
                     accel=self.accel.name, accel_reason=self.accel.reason)
 
@@ -246,7 +252,7 @@ class MultiprocessTest(avocado.Test):
             session = AgentSession(self.outputdir)
         else:
             image = guest if isinstance(guest, GuestImage) else self.guest_image(guest)
-            load_sym53c8xx = self.accel.name == 'kvm'
+            load_sym53c8xx = self.diskio_path == diskio.PATH_DRIVER
             drive, fmt = boot_drive(image, self.workdir, load_sym53c8xx)
             if drive:
                 drives.insert(0, (drive, fmt))

@@ -22,6 +22,9 @@ DEFAULT_FAILURE_PATTERNS = (
     r'No bootable device',
     r'Boot failed: [^\n]*',
     r'Could not find kernel image[^\n]*',
+    # The SCSI layer gave up on a command (30 s without completion): the
+    # disk's driver cannot drive the controller, and the boot would drag on.
+    r'scsi \d+:\d+:\d+:\d+: (?:tag#\d+ )?ABORT operation started',
 )
 # SeaBIOS gives up on every boot device (it then retries after 60 s).
 FIRMWARE_FAILURE_PATTERNS = (r'No bootable device',)

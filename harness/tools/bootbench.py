@@ -19,6 +19,7 @@ from typing import Sequence
 from ..base import params
 from ..base.figures import spread, write_report
 from ..images.image import resolve_image
+from ..guest.diskio import PATH_DRIVER, path_for
 from ..guest.session import GuestSession, boot_drive
 from ..mpqemu import topology
 from ..qemu import accel as qemu_accel
@@ -29,11 +30,12 @@ DEFAULT_RUNS = 5
 
 def boot_once(caps, accel: str, image, workdir: str, control: bool) -> dict:
     log_dir = tempfile.mkdtemp(prefix='boot-', dir=workdir)
-    drive, fmt = boot_drive(image, log_dir, load_sym53c8xx=accel == 'kvm')
     placement = topology.IN_PROCESS if control else topology.PROXY
+    load_sym53c8xx = path_for(accel, placement) == PATH_DRIVER
+    drive, fmt = boot_drive(image, log_dir, load_sym53c8xx=load_sym53c8xx)
     vm = topology.Machine(caps, log_dir, placement=placement, accel=accel)
     vm.add_lsi('lsi1', drive, fmt=fmt)
-    session = GuestSession(image, log_dir, load_sym53c8xx=accel == 'kvm')
+    session = GuestSession(image, log_dir, load_sym53c8xx=load_sym53c8xx)
     try:
         session.boot(vm)
         return session.figures()

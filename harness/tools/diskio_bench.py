@@ -14,7 +14,7 @@ from ..base import params
 from ..base.errors import HarnessError
 from ..base.figures import write_report
 from ..base.units import MIB
-from ..guest.diskio import DiskIOError, Workload, guest_disk_io, path_for_accel
+from ..guest.diskio import PATH_DRIVER, DiskIOError, Workload, guest_disk_io, path_for
 from ..guest.session import GuestSession
 from ..images.image import resolve_image
 from ..mpqemu import topology
@@ -40,14 +40,15 @@ def bench(out_dir: str, qemu_bin: Optional[str] = None, accel_request: str = 'au
     accel = qemu_accel.select_accel(caps, accel_request)
     image = resolve_image('tiny')
     report = {'qemu': '.'.join(map(str, caps.version)), 'accel': accel.name,
-              'path': path_for_accel(accel.name), 'workloads': {}, 'boot_s': {}}
+              'path': path_for(accel.name, topology.PROXY), 'workloads': {}, 'boot_s': {}}
     for kind, placement in (('remote', topology.PROXY), ('in_process', topology.IN_PROCESS)):
         log_dir = os.path.join(out_dir, f'diskio-{kind}')
         os.makedirs(log_dir, exist_ok=True)
         disk = os.path.join(log_dir, 'disk.raw')
         with open(disk, 'wb') as f:
             f.truncate(BENCH_DISK_MIB * MIB)
-        load = accel.name == 'kvm'
+        path = path_for(accel.name, placement)
+        load = path == PATH_DRIVER
         vm = topology.Machine(caps, log_dir, placement=placement, accel=accel.name,
                               smp=BENCH_GUEST_CPUS)
         vm.add_lsi('lsi1', disk)
@@ -56,7 +57,7 @@ def bench(out_dir: str, qemu_bin: Optional[str] = None, accel_request: str = 'au
             started = time.monotonic()
             session.boot(vm)
             report['boot_s'][kind] = round(time.monotonic() - started, 1)
-            dio = guest_disk_io(session.ssh, accel.name)
+            dio = guest_disk_io(session.ssh, path)
             for w in workloads:
                 result = dio.run(w)
                 if not result.ok:

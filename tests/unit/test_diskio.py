@@ -13,6 +13,7 @@ import pytest
 from harness.guest import diskio
 from harness.images import guesttools, image
 from harness.guest.diskio import Workload
+from harness.mpqemu import topology
 
 TOOL_SOURCE = os.path.join(image.RECIPES_DIR, 'tools', 'lsi-dio.c')
 RUN_TIMEOUT_S = 60
@@ -135,8 +136,10 @@ def test_commands_for_both_paths():
         diskio.GuestDiskIO(None, diskio.PATH_DRIVER)
     with pytest.raises(diskio.DiskIOError, match='deadline'):
         polled.start(Workload())
-    assert diskio.path_for_accel('kvm') == diskio.PATH_DRIVER
-    assert diskio.path_for_accel('tcg') == diskio.PATH_POLLED
+    assert diskio.path_for('kvm', topology.PROXY) == diskio.PATH_DRIVER
+    assert diskio.path_for('tcg', topology.PROXY) == diskio.PATH_POLLED
+    assert diskio.path_for('tcg', topology.IN_PROCESS) == diskio.PATH_POLLED
+    assert diskio.path_for('kvm', topology.VFIO_USER) == diskio.PATH_POLLED
 
 
 def test_parse_output_needs_the_json_line():
