@@ -305,6 +305,16 @@ class InProcessScsi(ProxiedScsi):
     placement = topology.IN_PROCESS
 
 
+class VfioUserScsi(ProxiedScsi):
+    """The same with the LSI's remote reached over vfio-user.
+
+    :avocado: recursive
+    :avocado: tags=agent,diskio,vfio-user
+    """
+
+    placement = topology.VFIO_USER
+
+
 class ProxiedAgentFaults(AgentTest):
     """What the guest sees when the remote dies or hangs while it waits.
 
@@ -423,6 +433,16 @@ class InProcessResetWithInterruptPending(ProxiedResetWithInterruptPending):
     placement = topology.IN_PROCESS
 
 
+class VfioUserResetWithInterruptPending(ProxiedResetWithInterruptPending):
+    """The same with the LSI's remote reached over vfio-user.
+
+    :avocado: recursive
+    :avocado: tags=agent,reset,vfio-user
+    """
+
+    placement = topology.VFIO_USER
+
+
 class ProxiedDimmDma(AgentTest):
     """DMA between the disk and a hot-plugged DIMM (above 4 GiB), each
     command completed by its interrupt: the remote maps the DIMM once the
@@ -483,3 +503,14 @@ class InProcessDimmDma(ProxiedDimmDma):
     """
 
     placement = topology.IN_PROCESS
+
+
+class VfioUserDimmDma(ProxiedDimmDma):
+    """The same over vfio-user: the client DMA-maps the DIMM (DMA_MAP with
+    its fd), which the server adds to the device's address space.
+
+    :avocado: recursive
+    :avocado: tags=agent,hotplug,vfio-user
+    """
+
+    placement = topology.VFIO_USER
