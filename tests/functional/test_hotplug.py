@@ -1,5 +1,6 @@
 """Memory hot-plug must reach the remote: every change of the guest's memory
-map is resent to it (SYNC_SYSMEM), or its device DMAs into stale RAM.
+map is resent to it (SYNC_SYSMEM over the proxy, DMA_MAP and DMA_UNMAP over
+vfio-user), or its device DMAs into stale RAM.
 
 The checks use the remote's own account of its memory (``info mtree -f`` on
 its QMP), and DMA the guest starts itself: the guest writes the LSI's DSP
@@ -17,7 +18,7 @@ from harness.devices.lsi import registers as lsi_regs
 from harness.base import bytecheck, deadlines
 from harness.guest import lsi_dma, memory
 from harness.guest.pci import find_device
-from harness.mpqemu import hotplug, memview, proxyram
+from harness.mpqemu import hotplug, memview, proxyram, topology
 from harness.base.units import MIB, ms
 from harness.testing import MultiprocessTest
 
@@ -157,12 +158,39 @@ class DimmResync(HotplugTest):
         return int(line.split()[1])
 
 
+class DimmResyncOverVfioUser(DimmResync):
+    """The same over vfio-user: the client DMA-maps the DIMM with its fd
+    (DMA_MAP) and unmaps it at unplug (DMA_UNMAP).
+
+    :avocado: recursive
+    :avocado: tags=hotplug,vfio-user
+    """
+
+    placement = topology.VFIO_USER
+
+
+class DimmResyncOverVfioUser(DimmResync):
+    """The same over vfio-user: the client DMA-maps the DIMM with its fd
+    (DMA_MAP) and unmaps it at unplug (DMA_UNMAP).
+
+    :avocado: recursive
+    :avocado: tags=hotplug,vfio-user
+    """
+
+    placement = topology.VFIO_USER
+
+
 class DimmBoundaries(HotplugTest):
     """What the remote does with RAM it cannot map, or cannot map all of.
 
     :avocado: enable
     :avocado: tags=hotplug
     """
+
+    # The known issues each boundary meets on this transport.
+    region_limit_issues = ('remote-rejects-eighth-ram-section',)
+    non_fd_ram_issues = ('proxy-omits-non-fd-ram',)
+    private_file_issues = ('proxy-syncs-private-file-ram',)
 
     def test_how_many_ram_regions_the_remote_takes(self):
         """Each fd-backed RAM section is one fd of SYNC_SYSMEM.  Correct: a
@@ -179,7 +207,7 @@ class DimmBoundaries(HotplugTest):
         process = vm.remote('lsi1').process
         boot_sections = len(memview.wait_remote_view(process, bool, what='boot RAM'))
         plug = hotplug.MemoryHotplug(vm.qemu, self.workdir)
-        with self.known_issue_guard('remote-rejects-eighth-ram-section'):
+        with self.known_issue_guard(*self.region_limit_issues):
             for i in range(LIMIT_SLOTS):
                 dimm = plug.plug(f'dimm{i}', LIMIT_DIMM_SIZE)
                 if process.wait_exit(0.5):
@@ -222,7 +250,7 @@ class DimmBoundaries(HotplugTest):
                     anon_dma_round_trip_bytes_kept=sum(
                         a == b for a, b in zip(round_trip, self.disk_pattern[:page])),
                     anon_dma_round_trip_all_zero=round_trip == bytes(page))
-        with self.known_issue_guard('proxy-omits-non-fd-ram'):
+        with self.known_issue_guard(*self.non_fd_ram_issues):
             self.assertTrue(anon_mapped and round_trip == self.disk_pattern[:page],
                             "a memory-backend-ram DIMM is not in the remote's map: "
                             "device DMA there is lost")
@@ -247,6 +275,20 @@ class DimmBoundaries(HotplugTest):
         self.record(private_dimm_mapped_by_remote=True,
                     private_device_read_guest_store=device_read == stored,
                     private_cpu_sees_device_write=cpu_sees == self.disk_pattern[:page])
-        with self.known_issue_guard('proxy-syncs-private-file-ram'):
+        with self.known_issue_guard(*self.private_file_issues):
             self.assertTrue(device_read == stored and cpu_sees == self.disk_pattern[:page],
                             'a share=off DIMM: the device and the guest see different memory')
+
+
+class DimmBoundariesOverVfioUser(DimmBoundaries):
+    """The same over vfio-user, where the client announces each RAM section
+    with DMA_MAP: one message each, with its fd where it has one.
+
+    :avocado: recursive
+    :avocado: tags=hotplug,vfio-user
+    """
+
+    placement = topology.VFIO_USER
+    region_limit_issues = ()
+    non_fd_ram_issues = ('vfio-user-server-drops-dma-without-fd',)
+    private_file_issues = ('vfio-user-maps-private-file-ram',)
