@@ -280,7 +280,7 @@ class MultiprocessTest(avocado.Test):
         (harness/qemu/vcpus.py): a CANCEL when the guest kernel waits in a
         cross-CPU call for the vCPU blocked on the device (inherent to a
         device that blocks a vCPU, shown on purpose by test_faults.py's
-        GuestFaults.test_guest_kernel_needing_the_blocked_vcpu_stalls), a
+        GuestHangs.test_guest_kernel_needing_the_blocked_vcpu_stalls), a
         failure otherwise (QEMU itself wedged, or a guest we cannot read)."""
         try:
             yield

@@ -82,17 +82,21 @@ class Device:
                                  socket_path=socket_path)
         self.proxy_sock: Optional[socket.socket] = None   # until the proxy has it
 
+    def client_args(self) -> dict:
+        """The vfio-user-pci that reaches this device's server."""
+        client = {'driver': VFIO_USER_CLIENT, 'id': self.devid,
+                  'socket': {'type': 'unix', 'path': self.remote.socket_path}}
+        if self.addr:
+            client['addr'] = self.addr
+        return client
+
     def qemu_args(self, caps: Capabilities) -> List[str]:
         """What the guest's QEMU needs for this device."""
         if self.remote is None:
             check_drive(self.drive, self.fmt)
             return lsi_device_args(self.devid, self.drive, self.fmt, self.addr) + self.args
         if self.placement == VFIO_USER:
-            client = {'driver': VFIO_USER_CLIENT, 'id': self.devid,
-                      'socket': {'type': 'unix', 'path': self.remote.socket_path}}
-            if self.addr:
-                client['addr'] = self.addr
-            return ['-device', json.dumps(client)]
+            return ['-device', json.dumps(self.client_args())]
         names = caps.require_multiprocess()
         arg = f'{names.proxy_device},id={self.devid},fd={self.proxy_sock.fileno()}'
         return ['-device', arg + (f',addr={self.addr}' if self.addr else '')]
@@ -302,17 +306,20 @@ class Machine:
 
     def restart_remote(self, devid: str, timeout_s: float = HOTPLUG_TIMEOUT_S) -> Remote:
         """Replace a (dead or alive) remote with a fresh one on the same
-        disk: unplug its proxy device (the guest's ACPI hot-plug must
-        complete it), start a new remote, hand the proxy its socket end
-        with QMP getfd and hot-plug a new proxy device with the same id."""
+        disk: unplug its client device (the guest's ACPI hot-plug must
+        complete it), start a new remote and hot-plug a new client device
+        with the same id.  Over the proxy the new remote's socket end goes
+        to the proxy with QMP getfd; over vfio-user the new server listens
+        on the same socket path."""
         device, remote = self._device(devid), self.remote(devid)
-        if device.placement != PROXY:
-            raise HarnessError(f"restart_remote re-plugs a proxy device; {devid} is "
-                               f"{device.placement}")
-        names = self.caps.require_multiprocess()
         self.qemu.qmp('device_del', id=devid)
         self.qemu.get_event('DEVICE_DELETED', timeout_s)   # the guest let it go
         remote.stop()
+        if device.placement == VFIO_USER:
+            remote.start(self.remote_caps, self.log_dir, watch=self.watchdog)
+            self.qemu.qmp('device_add', **device.client_args())
+            return remote
+        names = self.caps.require_multiprocess()
         proxy_end, remote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             remote.start(self.remote_caps, self.log_dir, remote_end, watch=self.watchdog)

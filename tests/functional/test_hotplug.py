@@ -169,17 +169,6 @@ class DimmResyncOverVfioUser(DimmResync):
     placement = topology.VFIO_USER
 
 
-class DimmResyncOverVfioUser(DimmResync):
-    """The same over vfio-user: the client DMA-maps the DIMM with its fd
-    (DMA_MAP) and unmaps it at unplug (DMA_UNMAP).
-
-    :avocado: recursive
-    :avocado: tags=hotplug,vfio-user
-    """
-
-    placement = topology.VFIO_USER
-
-
 class DimmBoundaries(HotplugTest):
     """What the remote does with RAM it cannot map, or cannot map all of.
 

@@ -14,6 +14,7 @@ import random
 import time
 
 from harness.base import deadlines
+from harness.base.errors import QMPError
 from harness.devices.lsi import registers as lsi_regs
 from harness.guest import lsi_dma
 from harness.guest.pci import find_device
@@ -29,6 +30,7 @@ QUICK_RESETS = 10
 RESET_EVENT_TIMEOUT_S = 5.0
 TRACE_TIMEOUT_S = 5.0
 POLL_S = 0.01
+DIED_LOG_LINES = 80            # a crash dump of the CPU state may follow its last words
 
 
 def wait_for_trace(process, count: int) -> list:
@@ -181,12 +183,25 @@ class ResetWithBrokenRemote(ResetTest):
     :avocado: tags=reset,faults
     """
 
+    # Known issues a reset with the remote dead meets.
+    dead_remote_issues = ()
+
     def test_reset_with_the_remote_killed(self):
         vm, session, device = self.boot()
         remote = vm.remote('lsi1')
         remote.faults.kill()
         self.assertTrue(remote.process.wait_exit(TRACE_TIMEOUT_S))
-        asked_at = self.reset_and_reboot(vm, session)
+        with self.known_issue_guard(*self.dead_remote_issues):
+            try:
+                asked_at = self.reset_and_reboot(vm, session)
+            except QMPError as err:
+                if not vm.qemu.wait_exit(TRACE_TIMEOUT_S):
+                    raise
+                # Its last messages, before any CPU state dump.
+                said = [line for line in vm.qemu.log_tail(DIED_LOG_LINES).splitlines()
+                        if line.startswith('qemu')][-3:]
+                self.fail(f"the guest's QEMU died on the reset (exit status "
+                          f"{vm.qemu.exitcode}): {err}; it said: {' / '.join(said)}")
         self.assertTrue(vm.qemu.is_running())
         self.assertEqual(vm.qemu.qmp('query-status')['status'], 'running')
         # The guest came back (its kernel is -kernel, not on the LSI's
@@ -195,3 +210,14 @@ class ResetWithBrokenRemote(ResetTest):
         self.assertNotIn('0x1000', vendors.split())
         self.assertIn('Unable to write to socket', vm.qemu.log_tail(50))
         self.record(reset_with_dead_remote_to_ssh_s=round(time.time() - asked_at, 3))
+
+
+class ResetWithDeadServer(ResetWithBrokenRemote):
+    """The same over vfio-user.
+
+    :avocado: recursive
+    :avocado: tags=reset,faults,vfio-user
+    """
+
+    placement = topology.VFIO_USER
+    dead_remote_issues = ('vfio-user-client-aborts-on-reset-with-dead-server',)
