@@ -254,3 +254,13 @@ def test_vfio_user_tests_a_column_cannot_play_are_skips_not_runs(caps, monkeypat
     assert cell.row['scenario'] == 'test_topology:Topology.test_two_remotes_one_proxy'
     assert column.vfio_user['plays'] is None
 
+
+def test_make_matrix_defaults_are_the_tools():
+    """``make matrix`` and ``python -m harness.tools.matrix`` run the same matrix."""
+    with open(os.path.join(paths.REPO_DIR, 'Makefile'), encoding='utf-8') as f:
+        text = f.read().replace('\\\n', ' ')
+    defaults = dict(line.split(' ?= ', 1) for line in text.splitlines()
+                    if line.startswith('MATRIX_') and ' ?= ' in line)
+    assert defaults['MATRIX_QEMUS'].split() == list(matrix.DEFAULT_QEMUS)
+    assert defaults['MATRIX_TAGS'].split() == matrix.DEFAULT_TAGS.split()
+    assert defaults['MATRIX_ACCELS'].strip() == matrix.DEFAULT_ACCELS
