@@ -98,11 +98,17 @@ qemu: host-deps venv
 	$(VPY) -m harness.tools.qemu_build $(QEMU_SRC)
 
 # The suite against several QEMUs: build/matrix/matrix.md and matrix.json.
-# MATRIX_QEMUS: LABEL=BINARY or LABEL=SOURCE words; MATRIX_TAGS: Avocado tags.
-MATRIX_QEMUS ?= debian-7.2=qemu-system-x86_64 src-7.2=debian:bookworm src-10.0=debian:trixie
-MATRIX_TAGS ?= topology protocol qtest build agent
+# Rows: scenario x transport (proxy, vfio-user, in-process); columns: QEMU x
+# accelerator.  MATRIX_QEMUS: LABEL=WHAT words, WHAT a binary, a source
+# (debian:SUITE[+FEATURE]) or deb:SUITE; each plays the vfio-user role it can
+# (harness/tools/matrix.py).  MATRIX_TAGS: Avocado tags, each word one filter.
+MATRIX_QEMUS ?= debian-7.2=qemu-system-x86_64 src-10.0=debian:trixie \
+                src-10.0+vfu=debian:trixie+vfio-user-server deb-11.1=deb:trixie-backports
+MATRIX_TAGS ?= topology protocol qtest build agent vfio-user
 MATRIX_ACCELS ?= tcg,kvm
 .PHONY: matrix
 matrix: host-deps venv
+	@# Guest images first (seconds when cached): no test's timeout pays for a build.
+	$(VPY) -m harness.tools.images build all
 	$(VPY) -m harness.tools.matrix --tags '$(MATRIX_TAGS)' --accel '$(MATRIX_ACCELS)' \
 	    $(foreach q,$(MATRIX_QEMUS),--qemu $(q))
