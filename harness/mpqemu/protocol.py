@@ -48,9 +48,13 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from ..base.fdstream import (EventFdEdges, FdStream, ProtocolError, RemoteError,  # noqa: F401
+from ..base.fdstream import (EventFdEdges, FdStream, ProtocolError, RemoteError,
                              RemoteGone, RemoteTimeout, close_fds)
 from ..qemu.guestmem import GuestMemory, HarnessRamAccess, SysmemRegion
+
+# The errors live in harness/base/fdstream.py (the vfio-user client raises
+# the same ones); callers of the fake proxy know them as protocol.RemoteGone.
+ERRORS = (RemoteError, RemoteTimeout, RemoteGone, ProtocolError)
 
 REMOTE_MAX_FDS = 8
 # mpqemu_msg_valid() refuses num_fds >= REMOTE_MAX_FDS: 7 is what works.

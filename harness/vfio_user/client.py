@@ -27,6 +27,10 @@ from ..qemu.guestmem import RamRegion
 from . import protocol as p
 
 DEFAULT_REPLY_TIMEOUT_S = 5.0
+# The client's msg ids are 1..MAX_CLIENT_MSG_ID; the ids above are left to
+# raw senders (the fuzzer's cases and follow-ups) so that replies to them
+# can never be taken for replies to the client's requests.
+MAX_CLIENT_MSG_ID = 0x7fff
 
 
 class ServerRejected(RemoteError):
@@ -112,7 +116,7 @@ class VfioUserClient:
         """Send ``message`` with a fresh id; its reply, or ServerRejected."""
         deadline = time.monotonic() + self._timeout(timeout_s)
         msg_id = self._next_id
-        self._next_id = (self._next_id + 1) & 0xffff or 1
+        self._next_id = self._next_id % MAX_CLIENT_MSG_ID + 1
         message = message.with_id(msg_id)
         self.link.send(message, max(0.0, deadline - time.monotonic()))
         self.requests += 1

@@ -1,24 +1,39 @@
-"""Fuzzing a real remote process through its proxy socket.
+"""The proxy transport of the fuzzer (harness/fuzz): the mpqemu protocol
+to a remote's ``x-remote-object``, through a fake proxy on its socket.
 
-The fuzzer sends *cases* (a few protocol messages, most of them well
-formed but odd, often ending in a malformed one) to real remote device
-processes, each through a fake proxy on its socket, and classifies what
-each remote did: answered, exited, stalled as expected, or -- the
-findings -- crashed by a signal or hung.  Every case is generated from
-``(seed, index)`` alone, so any case can be rebuilt and replayed; every
-finding is replayed alone, shrunk, and saved as a JSON reproducer, and
-known upstream bugs (``tests/known_issues``) are recognised as such.
-
-  cases     what a case is (steps, fds by kind, the harness's layout), as
-            JSON-round-trippable data
   families  the message families, and generating case ``index`` of a seed
-  remotes   starting remotes (a spare always starting), their setup and
-            restore between cases
-  runner    running one case and classifying its outcome
-  campaign  a run: cases in order, the summary, findings replayed,
-            minimized and saved
-  corpus    reproducer files, and replaying tests/fuzz/corpus
+  remotes   starting remotes (a spare always starting), their setup,
+            restore and follow-up
 
-The command line is ``python -m harness.tools.fuzz`` (``make fuzz``);
-tests/functional/test_fuzz.py is the CI run and the corpus replay.
+:data:`TRANSPORT` is what harness.fuzz.campaign.Fuzzer takes.
 """
+
+import os
+from typing import Sequence
+
+from ...fuzz.cases import Case, Layout
+from ...fuzz.corpus import CORPUS_ROOT
+from ...qemu.binary import Capabilities
+from ..remote import PROXY
+from . import families
+from .remotes import RemotePool
+
+
+class ProxyTransport:
+    name = PROXY
+    corpus_dir = os.path.join(CORPUS_ROOT, 'corpus')
+    # A remote keeps fds of messages that take none (fam_fds_on_request
+    # says so); not tracked until that is registered as a known issue.
+    tracks_fds = False
+
+    def pool(self, caps: Capabilities, logdir: str) -> RemotePool:
+        return RemotePool(caps, logdir)
+
+    def generate(self, seed: int, index: int, layout: Layout) -> Case:
+        return families.generate(seed, index, layout)
+
+    def families(self) -> Sequence[str]:
+        return families.names()
+
+
+TRANSPORT = ProxyTransport()
