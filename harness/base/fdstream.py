@@ -18,7 +18,7 @@ import select
 import socket
 import struct
 import time
-from typing import List, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from .errors import HarnessError, Timeout
 
@@ -103,6 +103,22 @@ class FdStream:
             got += len(data)
         return b''.join(chunks), fds
 
+    def recv_frame(self, header_size: int, body_size: Callable[[bytes], int],
+                   timeout_s: float) -> Tuple[bytes, bytes, List[int]]:
+        """One message: its header, then as many body bytes as
+        ``body_size(header)`` says (it raises ProtocolError for a size
+        the protocol forbids), and the fds that came with the header;
+        fds are closed on any error, nobody else would ever see them."""
+        deadline = time.monotonic() + timeout_s
+        header, fds = self.recv_exact(header_size, deadline, want_fds=True)
+        try:
+            size = body_size(header)
+            body, _ = self.recv_exact(size, deadline, want_fds=False) if size else (b'', [])
+        except BaseException:
+            close_fds(fds)
+            raise
+        return header, body, fds
+
     def _wait(self, event: int, deadline: float, what: str) -> None:
         poller = select.poll()
         poller.register(self.sock, event)
@@ -137,6 +153,27 @@ def close_fds(fds: Sequence[int]) -> None:
         except OSError as err:
             if err.errno != errno.EBADF:
                 raise
+
+
+class Connection:
+    """What owns a link to a remote and, once given, the eventfd of its
+    INTx line: closing it closes both (the fake proxy, the vfio-user
+    client)."""
+
+    link: FdStream
+    irq: Optional['EventFdEdges'] = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.link.close()
+        if self.irq:
+            self.irq.close()
+            self.irq = None
 
 
 class EventFdEdges:

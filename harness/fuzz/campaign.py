@@ -161,7 +161,7 @@ class Fuzzer:
 
     def run(self, messages: int, time_limit_s: Optional[float] = None) -> Summary:
         summary = Summary(self.seed, self.qemu, self.transport.name)
-        families = {name: collections.Counter() for name in self.transport.families()}
+        families = {name: collections.Counter() for name in self.transport.families.names()}
         outcomes: collections.Counter = collections.Counter()
         exits: collections.Counter = collections.Counter()
         started = time.monotonic()

@@ -1,7 +1,7 @@
 """Building a case from message families, from ``(seed, index)`` alone.
 
 A family is a function that adds its steps (and fds) to the case being
-built through a :class:`Builder`.  :func:`generate` picks a transport's
+built through a :class:`Builder`.  :class:`Families` picks a transport's
 families the same way for every transport: sometimes an out-of-order
 start on a fresh remote, then a few families a healthy remote survives,
 sometimes one that should end it.  ``random.Random`` is seeded with the
@@ -9,7 +9,7 @@ transport's name, the seed and the index, so any case can be rebuilt.
 """
 
 import random
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from .cases import Case, Layout, Step
 
@@ -52,21 +52,36 @@ def family_name(family: Family) -> str:
     return family.__name__.removeprefix('fam_').replace('_', '-')
 
 
-def generate(prefix: str, seed: int, index: int, layout: Layout,
-             survivable: Sequence[Tuple[Family, int]], ending: Sequence[Tuple[Family, int]],
-             out_of_order: Optional[Family]) -> Case:
-    """Case ``index`` of run ``seed`` from weighted families."""
-    rng = random.Random(f'{prefix}/{seed}/{index}')
-    case = Case(seed, index)
-    b = Builder(case, rng, layout)
-    families = []
-    if out_of_order and rng.random() < OUT_OF_ORDER_PROBABILITY:
-        families.append(out_of_order)
-    parts = rng.randint(1, MAX_SURVIVABLE_PARTS)
-    families += rng.choices([f for f, _ in survivable], [w for _, w in survivable], k=parts)
-    if rng.random() < ENDING_PROBABILITY:
-        families += rng.choices([f for f, _ in ending], [w for _, w in ending])
-    for family in families:
-        family(b)
-        case.families.append(family_name(family))
-    return case
+class Families:
+    """A transport's families: those a healthy remote survives and those
+    that should end it, with their weights, and the one that starts a
+    case on a fresh remote (out of order), if any."""
+
+    def __init__(self, prefix: str, survivable: Sequence[Tuple[Family, int]],
+                 ending: Sequence[Tuple[Family, int]], out_of_order: Optional[Family] = None):
+        self.prefix = prefix
+        self.survivable = list(survivable)
+        self.ending = list(ending)
+        self.out_of_order = out_of_order
+
+    def names(self) -> List[str]:
+        extra = [self.out_of_order] if self.out_of_order else []
+        return [family_name(f) for f in [f for f, _ in self.survivable + self.ending] + extra]
+
+    def generate(self, seed: int, index: int, layout: Layout) -> Case:
+        """Case ``index`` of run ``seed``: depends on nothing else."""
+        rng = random.Random(f'{self.prefix}/{seed}/{index}')
+        case = Case(seed, index)
+        b = Builder(case, rng, layout)
+        families = []
+        if self.out_of_order and rng.random() < OUT_OF_ORDER_PROBABILITY:
+            families.append(self.out_of_order)
+        parts = rng.randint(1, MAX_SURVIVABLE_PARTS)
+        families += rng.choices([f for f, _ in self.survivable],
+                                [w for _, w in self.survivable], k=parts)
+        if rng.random() < ENDING_PROBABILITY:
+            families += rng.choices([f for f, _ in self.ending], [w for _, w in self.ending])
+        for family in families:
+            family(b)
+            case.families.append(family_name(family))
+        return case

@@ -1,8 +1,8 @@
 """What a transport gives the shared fuzzer (harness/fuzz/runner.py).
 
-A :class:`Transport` names the protocol, generates its cases, starts its
-remotes (a :class:`Pool` of :class:`FuzzRemote`) and says where its
-reproducers live.  A :class:`FuzzRemote` is one remote process and the
+A :class:`Transport` names the protocol, generates its cases (its
+:class:`~harness.fuzz.generator.Families`), starts its remotes (a
+:class:`Pool` of :class:`FuzzRemote`) and says where its reproducers live.  A :class:`FuzzRemote` is one remote process and the
 harness's connection to it: raw sends for the case's steps, the set-up a
 proxy or client does at start, the restore of what a surviving case
 touched, and the follow-up (requests with known answers) that tells a
@@ -11,12 +11,14 @@ harness/base/fdstream.py: RemoteGone when the socket closed, RemoteTimeout
 when nothing came, ProtocolError for a reply the protocol does not allow.
 """
 
-from typing import Protocol, Sequence
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
 
 from ..qemu.binary import Capabilities
 from ..qemu.guestmem import GuestMemory
 from ..qemu.process import QEMUProcess
 from .cases import Case, Layout
+from .generator import Families
 
 
 class FuzzRemote(Protocol):
@@ -54,14 +56,16 @@ class Pool(Protocol):
     def close(self) -> None: ...
 
 
-class Transport(Protocol):
+@dataclass(frozen=True)
+class Transport:
+    """One wire protocol, as the fuzzer sees it."""
     name: str                   # 'proxy' or 'vfio-user' (harness/mpqemu/remote.py)
     corpus_dir: str             # its checked-in reproducers
+    families: Families
+    pool: Callable[[Capabilities, str], Pool]     # (caps, log dir) -> a pool of remotes
     # Whether a surviving case that leaves the remote holding more fds
     # than after its set-up is a finding (OUTCOME_FD_LEAK).
-    tracks_fds: bool
+    tracks_fds: bool = False
 
-    def pool(self, caps: Capabilities, logdir: str) -> Pool: ...
-    def generate(self, seed: int, index: int, layout: Layout) -> Case: ...
-    def families(self) -> Sequence[str]: ...
-
+    def generate(self, seed: int, index: int, layout: Layout) -> Case:
+        return self.families.generate(seed, index, layout)

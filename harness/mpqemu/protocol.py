@@ -48,8 +48,8 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from ..base.fdstream import (EventFdEdges, FdStream, ProtocolError, RemoteError,
-                             RemoteGone, RemoteTimeout, close_fds)
+from ..base.fdstream import (Connection, EventFdEdges, FdStream, ProtocolError, RemoteError,
+                             RemoteGone, RemoteTimeout)
 from ..qemu.guestmem import GuestMemory, HarnessRamAccess, SysmemRegion
 
 # The errors live in harness/base/fdstream.py (the vfio-user client raises
@@ -225,19 +225,16 @@ class Link(FdStream):
 
     def recv(self, timeout_s: float) -> Message:
         """Receive one message before the deadline."""
-        deadline = time.monotonic() + timeout_s
-        header, fds = self.recv_exact(HEADER_SIZE, deadline, want_fds=True)
-        cmd, size = HEADER.unpack(header)
-        if size > DATA_UNION_SIZE:
-            close_fds(fds)
-            raise ProtocolError(f"the remote sent message {cmd} with {size} data bytes "
-                                f"(at most {DATA_UNION_SIZE}): the stream is corrupt")
-        try:
-            data, _ = self.recv_exact(size, deadline, want_fds=False) if size else (b'', [])
-        except BaseException:
-            close_fds(fds)      # nobody else will ever see them
-            raise
-        return Message(cmd, data, tuple(fds))
+        header, data, fds = self.recv_frame(HEADER_SIZE, _data_size, timeout_s)
+        return Message(HEADER.unpack(header)[0], data, tuple(fds))
+
+
+def _data_size(header: bytes) -> int:
+    cmd, size = HEADER.unpack(header)
+    if size > DATA_UNION_SIZE:
+        raise ProtocolError(f"the remote sent message {cmd} with {size} data bytes "
+                            f"(at most {DATA_UNION_SIZE}): the stream is corrupt")
+    return size
 
 
 # ---------------------------------------------------------------- interrupts
@@ -273,7 +270,7 @@ class IntxEventFds(EventFdEdges):
 
 # ---------------------------------------------------------------- fake proxy
 
-class FakeProxy:
+class FakeProxy(Connection):
     """The proxy's side of the protocol, spoken by the harness.
 
     ``sock`` is the harness's end of the socketpair whose other end the
@@ -289,18 +286,6 @@ class FakeProxy:
         self.irq: Optional[IntxEventFds] = None
         self._replies_owed = 0
         self.requests = 0
-
-    def __enter__(self) -> 'FakeProxy':
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.link.close()
-        if self.irq:
-            self.irq.close()
-            self.irq = None
 
     # -- raw access, for fuzzing and for tests of the protocol itself
 

@@ -22,7 +22,7 @@ import socket
 import time
 from typing import Dict, Iterator, Optional
 
-from ..base.fdstream import EventFdEdges, ProtocolError, RemoteError, RemoteGone
+from ..base.fdstream import Connection, EventFdEdges, ProtocolError, RemoteError, RemoteGone
 from ..qemu.guestmem import RamRegion
 from . import protocol as p
 
@@ -57,7 +57,7 @@ class IntxLine(EventFdEdges):
         self.client.set_irqs(p.INTX_IRQ_INDEX, p.IRQ_SET_DATA_NONE | p.IRQ_SET_ACTION_UNMASK)
 
 
-class VfioUserClient:
+class VfioUserClient(Connection):
     """A connection to one vfio-user server (see the module docstring)."""
 
     def __init__(self, sock: socket.socket, timeout_s: float = DEFAULT_REPLY_TIMEOUT_S):
@@ -82,18 +82,6 @@ class VfioUserClient:
             raise RemoteGone(f"cannot connect to the vfio-user server at {path}: "
                              f"{err.strerror}; is the remote running and listening?") from None
         return cls(sock, timeout_s)
-
-    def __enter__(self) -> 'VfioUserClient':
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.link.close()
-        if self.irq:
-            self.irq.close()
-            self.irq = None
 
     @contextlib.contextmanager
     def reply_timeout(self, timeout_s: float) -> Iterator[None]:

@@ -34,11 +34,10 @@ SERVER_MAX_FDS (8) per message.
 import enum
 import json
 import struct
-import time
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
-from ..base.fdstream import FdStream, ProtocolError, close_fds
+from ..base.fdstream import FdStream, ProtocolError
 
 HEADER = struct.Struct('<HHIII')            # msg_id, cmd, msg_size, flags, error_no
 HEADER_SIZE = HEADER.size                   # 16
@@ -320,18 +319,15 @@ class Link(FdStream):
 
     def recv(self, timeout_s: float) -> Message:
         """Receive one message before the deadline."""
-        deadline = time.monotonic() + timeout_s
-        header, fds = self.recv_exact(HEADER_SIZE, deadline, want_fds=True)
-        msg_id, cmd, size, flags, error_no = HEADER.unpack(header)
-        if size < HEADER_SIZE or size > MAX_REPLY_SIZE:
-            close_fds(fds)
-            raise ProtocolError(f"the server sent message {cmd} (id {msg_id}) with msg_size "
-                                f"{size} (header {HEADER_SIZE}, at most {MAX_REPLY_SIZE}): "
-                                f"the stream is corrupt")
-        try:
-            data, _ = self.recv_exact(size - HEADER_SIZE, deadline, want_fds=False) \
-                if size > HEADER_SIZE else (b'', [])
-        except BaseException:
-            close_fds(fds)      # nobody else will ever see them
-            raise
+        header, data, fds = self.recv_frame(HEADER_SIZE, _payload_size, timeout_s)
+        msg_id, cmd, _, flags, error_no = HEADER.unpack(header)
         return Message(cmd, data, msg_id, flags, error_no, tuple(fds))
+
+
+def _payload_size(header: bytes) -> int:
+    msg_id, cmd, size, _, _ = HEADER.unpack(header)
+    if size < HEADER_SIZE or size > MAX_REPLY_SIZE:
+        raise ProtocolError(f"the server sent message {cmd} (id {msg_id}) with msg_size "
+                            f"{size} (header {HEADER_SIZE}, at most {MAX_REPLY_SIZE}): "
+                            f"the stream is corrupt")
+    return size - HEADER_SIZE

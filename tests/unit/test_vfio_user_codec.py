@@ -11,7 +11,6 @@ tests/functional/test_protocol.py's RemoteLsiOverVfioUser.
 import errno
 import json
 import os
-import socket
 import struct
 import threading
 import time
@@ -102,14 +101,6 @@ def test_set_irqs_argsz_counts_its_data():
 
 
 # ---------------------------------------------------------------- framing, client
-
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    yield a, b
-    a.close()
-    b.close()
-
 
 def _serve(sock, answer, count):
     """A scripted server: answer each of ``count`` requests with

@@ -13,11 +13,11 @@ one family's steps to the case being built.
 """
 
 import struct
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 from ...devices.lsi import registers as lsi_regs
 from ...fuzz import generator
-from ...fuzz.cases import FD_KINDS, FD_WRONG_KINDS, MMIO_BASE, Case, Layout
+from ...fuzz.cases import FD_KINDS, FD_WRONG_KINDS, MMIO_BASE
 from ...fuzz.generator import Builder as _Builder
 from .. import protocol as p
 from ...qemu.guestmem import PAGE_SIZE
@@ -320,12 +320,4 @@ ENDING = [(fam_unknown_cmd, 4), (fam_wrong_size, 5), (fam_oversize, 3),
           (fam_shrink_after_sync, 1), (fam_cfg_bad_len, 4), (fam_unmapped, 3),
           (fam_random_bytes, 1)]
 
-
-def generate(seed: int, index: int, layout: Layout) -> Case:
-    """Case ``index`` of run ``seed``: depends on nothing else."""
-    return generator.generate('mpqemu-fuzz', seed, index, layout, SURVIVABLE, ENDING,
-                              fam_out_of_order)
-
-
-def names() -> List[str]:
-    return [generator.family_name(f) for f, _ in SURVIVABLE + ENDING + [(fam_out_of_order, 0)]]
+FAMILIES = generator.Families('mpqemu-fuzz', SURVIVABLE, ENDING, fam_out_of_order)

@@ -19,10 +19,8 @@ fresh connection, anything before VERSION or a VERSION with garbage JSON.
 
 import json
 import struct
-from typing import List
-
 from ...fuzz import generator
-from ...fuzz.cases import FD_KINDS, FD_WRONG_KINDS, Case, Layout
+from ...fuzz.cases import FD_KINDS, FD_WRONG_KINDS
 from ...fuzz.generator import UINT64_MAX, Builder
 from ...qemu.guestmem import PAGE_SIZE
 from .. import protocol as p
@@ -349,12 +347,4 @@ SURVIVABLE = [(fam_cfg_read, 10), (fam_cfg_write, 5), (fam_cfg_odd_length, 1),
 ENDING = [(fam_truncated_header, 2), (fam_header_then_eof, 2), (fam_lying_size, 2),
           (fam_random_bytes, 1)]
 
-
-def generate(seed: int, index: int, layout: Layout) -> Case:
-    """Case ``index`` of run ``seed``: depends on nothing else."""
-    return generator.generate('vfio-user-fuzz', seed, index, layout, SURVIVABLE, ENDING,
-                              fam_before_version)
-
-
-def names() -> List[str]:
-    return [generator.family_name(f) for f, _ in SURVIVABLE + ENDING + [(fam_before_version, 0)]]
+FAMILIES = generator.Families('vfio-user-fuzz', SURVIVABLE, ENDING, fam_before_version)
