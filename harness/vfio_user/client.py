@@ -31,6 +31,7 @@ DEFAULT_REPLY_TIMEOUT_S = 5.0
 # raw senders (the fuzzer's cases and follow-ups) so that replies to them
 # can never be taken for replies to the client's requests.
 MAX_CLIENT_MSG_ID = 0x7fff
+CONNECT_RETRY_S = 0.002
 
 
 class ServerRejected(RemoteError):
@@ -73,15 +74,24 @@ class VfioUserClient(Connection):
 
     @classmethod
     def connect(cls, path: str, timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> 'VfioUserClient':
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        sock.settimeout(timeout_s)
-        try:
-            sock.connect(path)
-        except OSError as err:
-            sock.close()
-            raise RemoteGone(f"cannot connect to the vfio-user server at {path}: "
-                             f"{err.strerror}; is the remote running and listening?") from None
-        return cls(sock, timeout_s)
+        """Connect within ``timeout_s``.  The socket file appears at bind(),
+        a moment before the server's listen(): ECONNREFUSED (and ENOENT)
+        are retried until the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            sock.settimeout(timeout_s)
+            try:
+                sock.connect(path)
+                return cls(sock, timeout_s)
+            except OSError as err:
+                sock.close()
+                if err.errno not in (errno.ECONNREFUSED, errno.ENOENT) \
+                        or time.monotonic() >= deadline:
+                    raise RemoteGone(f"cannot connect to the vfio-user server at {path}: "
+                                     f"{err.strerror}; is the remote running and "
+                                     f"listening?") from None
+            time.sleep(CONNECT_RETRY_S)
 
     @contextlib.contextmanager
     def reply_timeout(self, timeout_s: float) -> Iterator[None]:

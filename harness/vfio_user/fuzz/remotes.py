@@ -47,6 +47,7 @@ class VfuFuzzRemote:
         self.socket_path = remote.socket_path
         self.client: Optional[VfioUserClient] = None
         self.access: Optional[VfioUserAccess] = None
+        self.num_irqs = p.INTX_IRQ_INDEX + 1
         self.ready = False
 
     @property
@@ -70,6 +71,7 @@ class VfuFuzzRemote:
             self.client.negotiate()
         except ServerRejected:
             pass            # a fresh case negotiated already: a second VERSION is refused
+        self.num_irqs = self.client.device_info().num_irqs
         sizes: Dict[int, int] = {}
         for index in range(NUM_BARS):
             size = self.client.region_info(index).size
@@ -86,6 +88,15 @@ class VfuFuzzRemote:
             self.client.request(p.dma_unmap(0, 0, VFIO_DMA_UNMAP_FLAG_ALL))
             self.client.dma_map(memory.regions[0])
         if 'irq' in touches:
+            # A case may have given eventfds to other indices (MSI, ERR,
+            # REQ): take them back (count 0, DATA_NONE: lib/irq.c,
+            # irqs_disable), or the server rightly keeps them open.
+            for index in range(p.MSI_IRQ_INDEX, self.num_irqs):
+                try:
+                    self.client.set_irqs(index, p.IRQ_SET_DATA_NONE | p.IRQ_SET_ACTION_TRIGGER,
+                                         0, 0)
+                except ServerRejected:
+                    pass        # an index with no vectors (MSI-X on the LSI)
             self.client.set_intx_eventfd()
         if 'config' in touches:
             pci.PciFunction(self.access).setup(IO_BASE, MMIO_BASE)
