@@ -84,12 +84,16 @@ bench-boot: host-deps venv
 	$(VPY) -m harness.tools.bootbench --runs $(BOOT_RUNS) --out $(BENCH_OUT)
 
 # The long protocol fuzzing run (the CI run is `make functional TAGS=fuzz`).
+# FUZZ_TRANSPORT: proxy (mpqemu to x-remote-object) or vfio-user (to
+# x-vfio-user-server, the vfio_user_server QEMU: a cached source build).
+FUZZ_TRANSPORT ?= proxy
 FUZZ_SEED ?= 1
 FUZZ_MESSAGES ?= 200000
-FUZZ_OUT ?= $(BUILD)/fuzz/seed-$(FUZZ_SEED)
+FUZZ_OUT ?= $(BUILD)/fuzz/$(FUZZ_TRANSPORT)-seed-$(FUZZ_SEED)
 .PHONY: fuzz
 fuzz: host-deps venv
-	$(VPY) -m harness.tools.fuzz --seed $(FUZZ_SEED) --messages $(FUZZ_MESSAGES) --out $(FUZZ_OUT)
+	$(VPY) -m harness.tools.fuzz --transport $(FUZZ_TRANSPORT) --seed $(FUZZ_SEED) \
+		--messages $(FUZZ_MESSAGES) --out $(FUZZ_OUT)
 
 # QEMU built from source with multi-process support (cached in ~/.cache/mpqemu-tests/).
 QEMU_SRC ?= debian:bookworm

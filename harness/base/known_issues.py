@@ -27,7 +27,7 @@ from .errors import HarnessError
 from .paths import REPO_DIR
 
 DEFAULT_DIR = os.path.join(REPO_DIR, 'tests', 'known_issues')
-MATCH_KEYS = ('outcome', 'signal', 'log', 'notes', 'error')
+MATCH_KEYS = ('outcome', 'signal', 'log', 'notes', 'error', 'transport')
 # Conditions besides the version under which an entry applies ("when").
 WHEN_KEYS = ('accel',)
 

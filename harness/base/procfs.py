@@ -141,3 +141,11 @@ def fd_target(pid: int, fd: int) -> str:
         return os.readlink(f'/proc/{pid}/fd/{fd}')
     except OSError as err:
         return f'({err.strerror})'
+
+
+def fd_count(pid: int) -> Optional[int]:
+    """How many fds process ``pid`` has open; None once it is gone."""
+    try:
+        return len(os.listdir(f'/proc/{pid}/fd'))
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None

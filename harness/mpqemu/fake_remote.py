@@ -12,18 +12,22 @@ versions whose proxy cannot run without KVM (10.0, see
 docs/multiprocess-qemu.md, "Proxy crash without KVM").
 """
 
+import contextlib
 import socket
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from ..base.units import MIB
 from ..qemu.binary import Capabilities
 from ..qemu.guestmem import GuestMemory
-from .protocol import DEFAULT_REPLY_TIMEOUT_S, FakeProxy, FakeProxyAccess
+from .protocol import DEFAULT_REPLY_TIMEOUT_S, FakeProxy, FakeProxyAccess, IntxEventFds
 from .remote import Remote
 
 DEFAULT_RAM_SIZE = 32 * MIB
 DEFAULT_RAM_GPA = 0
+# How the remote names each synced RAM region in its memory tree
+# (hw/remote/memory.c, remote_sysmem_reconfig: "remote-mem-N").
+MAPPED_RAM_PREFIX = 'remote-mem-'
 
 
 @dataclass
@@ -33,11 +37,34 @@ class FakeProxiedRemote:
     memory: GuestMemory
     access: FakeProxyAccess
 
+    mapped_ram_marker = MAPPED_RAM_PREFIX
+
     def __enter__(self) -> 'FakeProxiedRemote':
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def irq(self) -> Optional[IntxEventFds]:
+        return self.proxy.irq
+
+    def device_reset(self) -> None:
+        self.proxy.device_reset()
+
+    def map_new_regions(self) -> None:
+        """Send the whole memory table again (SYNC_SYSMEM replaces it),
+        as the proxy does when guest memory is plugged."""
+        self.proxy.sync_sysmem(self.memory.sysmem_table())
+
+    @contextlib.contextmanager
+    def reply_timeout(self, timeout_s: float) -> Iterator[None]:
+        """Requests in the block wait ``timeout_s`` for their reply."""
+        saved, self.proxy.timeout_s = self.proxy.timeout_s, timeout_s
+        try:
+            yield
+        finally:
+            self.proxy.timeout_s = saved
 
     def close(self) -> None:
         """Close our socket end (the remote then exits by itself), make

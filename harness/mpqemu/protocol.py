@@ -41,17 +41,20 @@ vCPU).  The fake proxy never does: every receive has a deadline and ends in
 """
 
 import enum
-import errno
 import os
-import select
 import socket
 import struct
 import time
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from ..base.errors import HarnessError, Timeout
-from ..qemu.guestmem import GuestMemory, SysmemRegion
+from ..base.fdstream import (Connection, EventFdEdges, FdStream, ProtocolError, RemoteError,
+                             RemoteGone, RemoteTimeout)
+from ..qemu.guestmem import GuestMemory, HarnessRamAccess, SysmemRegion
+
+# The errors live in harness/base/fdstream.py (the vfio-user client raises
+# the same ones); callers of the fake proxy know them as protocol.RemoteGone.
+ERRORS = (RemoteError, RemoteTimeout, RemoteGone, ProtocolError)
 
 REMOTE_MAX_FDS = 8
 # mpqemu_msg_valid() refuses num_fds >= REMOTE_MAX_FDS: 7 is what works.
@@ -69,7 +72,6 @@ UINT64_MAX = (1 << 64) - 1
 PCI_CONFIG_SPACE_SIZE = 256                     # conventional PCI, what the LSI has
 
 DEFAULT_REPLY_TIMEOUT_S = 5.0
-_CMSG_FD_SPACE = socket.CMSG_SPACE(REMOTE_MAX_FDS * 4)
 
 
 class Cmd(enum.IntEnum):
@@ -83,22 +85,6 @@ class Cmd(enum.IntEnum):
     SET_IRQFD = 6
     DEVICE_RESET = 7
     MAX = 8
-
-
-class RemoteError(HarnessError):
-    """The remote process did not answer as the protocol says it must."""
-
-
-class RemoteTimeout(RemoteError, Timeout):
-    """No reply within the deadline: the remote is stopped, hung or busy."""
-
-
-class RemoteGone(RemoteError):
-    """The remote closed its end of the socket: it exited or was killed."""
-
-
-class ProtocolError(RemoteError):
-    """A malformed message, or a reply that does not fit the request."""
 
 
 class RemoteRejected(RemoteError):
@@ -230,175 +216,61 @@ def _expect_size(what: str, data: bytes, size: int) -> None:
 
 # ---------------------------------------------------------------- link
 
-class Link:
-    """Message framing over one stream socket, with deadlines.
-
-    The socket is switched to non-blocking mode; every send and receive
-    waits with ``select`` against a deadline, so neither a stopped peer
-    nor a full socket buffer can hang the harness.
-    """
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-        sock.setblocking(False)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def close(self) -> None:
-        self.sock.close()
+class Link(FdStream):
+    """mpqemu message framing over one stream socket, with deadlines
+    (harness/base/fdstream.py)."""
 
     def send(self, message: Message, timeout_s: float) -> None:
         self.send_raw(message.encode(), message.fds, timeout_s)
 
-    def send_raw(self, payload: bytes, fds: Sequence[int], timeout_s: float) -> None:
-        """Send bytes (and fds with the first byte) before the deadline."""
-        deadline = time.monotonic() + timeout_s
-        view = memoryview(payload)
-        ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f'{len(fds)}i', *fds))] \
-            if fds else []
-        while view or ancillary:
-            self._wait(select.POLLOUT, deadline, 'send to')
-            try:
-                sent = self.sock.sendmsg([view], ancillary)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except (BrokenPipeError, ConnectionResetError) as err:
-                raise RemoteGone(f"the remote closed its socket ({err.strerror}): "
-                                 f"it has exited or was killed; see its log") from None
-            view = view[sent:]
-            ancillary = []
-
     def recv(self, timeout_s: float) -> Message:
         """Receive one message before the deadline."""
-        deadline = time.monotonic() + timeout_s
-        header, fds = self._recv_exact(HEADER_SIZE, deadline, want_fds=True)
-        cmd, size = HEADER.unpack(header)
-        if size > DATA_UNION_SIZE:
-            close_fds(fds)
-            raise ProtocolError(f"the remote sent message {cmd} with {size} data bytes "
-                                f"(at most {DATA_UNION_SIZE}): the stream is corrupt")
-        try:
-            data, _ = self._recv_exact(size, deadline, want_fds=False) if size else (b'', [])
-        except BaseException:
-            close_fds(fds)      # nobody else will ever see them
-            raise
-        return Message(cmd, data, tuple(fds))
-
-    def _recv_exact(self, length: int, deadline: float,
-                    want_fds: bool) -> Tuple[bytes, List[int]]:
-        chunks, got, fds = [], 0, []
-        while got < length:
-            self._wait(select.POLLIN, deadline, 'reply from')
-            try:
-                data, ancdata, _, _ = self.sock.recvmsg(length - got,
-                                                        _CMSG_FD_SPACE if want_fds else 0)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except ConnectionResetError:
-                data, ancdata = b'', []
-            fds += _fds_from(ancdata)
-            if not data:
-                close_fds(fds)
-                raise RemoteGone(f"the remote closed its socket after {got} of {length} "
-                                 f"bytes: it has exited or was killed; see its log")
-            chunks.append(data)
-            got += len(data)
-        return b''.join(chunks), fds
-
-    def _wait(self, event: int, deadline: float, what: str) -> None:
-        poller = select.poll()
-        poller.register(self.sock, event)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise RemoteTimeout(f"no {what} the remote within the deadline: it is stopped "
-                                    f"(SIGSTOP), hung or overloaded; check its state and log")
-            try:
-                events = poller.poll(left * 1000)
-            except InterruptedError:
-                continue
-            if events:
-                # POLLHUP/POLLERR: let sendmsg/recvmsg report what happened.
-                return
+        header, data, fds = self.recv_frame(HEADER_SIZE, _data_size, timeout_s)
+        return Message(HEADER.unpack(header)[0], data, tuple(fds))
 
 
-def _fds_from(ancdata) -> List[int]:
-    fds: List[int] = []
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % 4
-            fds += list(struct.unpack(f'{usable // 4}i', data[:usable]))
-    return fds
-
-
-def close_fds(fds: Sequence[int]) -> None:
-    """Close each fd; one already closed is not an error."""
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError as err:
-            if err.errno != errno.EBADF:
-                raise
+def _data_size(header: bytes) -> int:
+    cmd, size = HEADER.unpack(header)
+    if size > DATA_UNION_SIZE:
+        raise ProtocolError(f"the remote sent message {cmd} with {size} data bytes "
+                            f"(at most {DATA_UNION_SIZE}): the stream is corrupt")
+    return size
 
 
 # ---------------------------------------------------------------- interrupts
 
-class IntxEventFds:
+class IntxEventFds(EventFdEdges):
     """The INTx pair a proxy sends with SET_IRQFD (hw/remote/iohub.c).
 
     The remote writes ``irqfd`` when the line goes from low to high.  When
     the interrupt has been handled, writing ``resamplefd`` (KVM does it at
     EOI) makes the remote signal ``irqfd`` again if the line is still high.
     Both are created non-blocking, like the proxy's event_notifier_init(),
-    but that cannot be relied on: the remote's socket channel makes every fd
-    it receives blocking (io/channel-socket.c, qio_channel_socket_copy_fds:
-    "O_NONBLOCK is preserved across SCM_RIGHTS so reset it"), and O_NONBLOCK
-    belongs to the open file description both processes share.  So every
-    read here is preceded by a zero-timeout poll.
+    and read only after a poll (see EventFdEdges).
     """
 
     def __init__(self) -> None:
-        self.irqfd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        super().__init__()
         self.resamplefd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.count = 0          # edges seen so far
 
-    def wait(self, timeout_s: float) -> bool:
-        """True once the line has been raised (consuming the edge), False
-        if it was not within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.pending():
-                return True
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            select.select([self.irqfd], [], [], left)
-
-    def pending(self) -> bool:
-        """Consume a raised edge without waiting."""
-        if not select.select([self.irqfd], [], [], 0)[0]:
-            return False
-        try:
-            self.count += os.eventfd_read(self.irqfd)
-        except BlockingIOError:
-            return False
-        return True
+    @property
+    def irqfd(self) -> int:
+        return self.fd
 
     def ack(self) -> None:
         """End of interrupt: ask the remote to re-raise a still-high line."""
         os.eventfd_write(self.resamplefd, 1)
 
     def close(self) -> None:
-        for fd in (self.irqfd, self.resamplefd):
-            if fd >= 0:
-                os.close(fd)
-        self.irqfd = self.resamplefd = -1
+        super().close()
+        if self.resamplefd >= 0:
+            os.close(self.resamplefd)
+        self.resamplefd = -1
 
 
 # ---------------------------------------------------------------- fake proxy
 
-class FakeProxy:
+class FakeProxy(Connection):
     """The proxy's side of the protocol, spoken by the harness.
 
     ``sock`` is the harness's end of the socketpair whose other end the
@@ -414,18 +286,6 @@ class FakeProxy:
         self.irq: Optional[IntxEventFds] = None
         self._replies_owed = 0
         self.requests = 0
-
-    def __enter__(self) -> 'FakeProxy':
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.link.close()
-        if self.irq:
-            self.irq.close()
-            self.irq = None
 
     # -- raw access, for fuzzing and for tests of the protocol itself
 
@@ -536,14 +396,14 @@ def _space(memory: bool) -> str:
 
 # ---------------------------------------------------------------- device access
 
-class FakeProxyAccess:
+class FakeProxyAccess(HarnessRamAccess):
     """A :class:`harness.devices.pci.DeviceAccess` over a fake proxy and
     harness-owned guest RAM: what the LSI engine needs to drive a remote
     device with no proxy QEMU and no guest."""
 
     def __init__(self, proxy: FakeProxy, memory: GuestMemory):
+        super().__init__(memory)
         self.proxy = proxy
-        self.memory = memory
 
     @property
     def irq(self) -> Optional[IntxEventFds]:
@@ -560,15 +420,3 @@ class FakeProxyAccess:
 
     def bar_write(self, addr: int, value: int, size: int, memory: bool) -> None:
         self.proxy.bar_write(addr, value, size, memory)
-
-    def mem_read(self, gpa: int, length: int) -> bytes:
-        return self.memory.read(gpa, length)
-
-    def mem_write(self, gpa: int, data: bytes) -> None:
-        self.memory.write(gpa, data)
-
-    def dma_alloc(self, size: int, align: int = 64) -> int:
-        return self.memory.alloc(size, align)
-
-    def dma_free(self, gpa: int) -> None:
-        self.memory.free(gpa)

@@ -126,7 +126,9 @@ class Remote:
         returns once the server listens), with a watchdog if ``watch``.
         Without ``qmp`` it returns as soon as the process is forked: the
         socket buffers what is sent before the remote is up (the fuzzer
-        relaunches remotes by the hundred and cannot wait for QMP)."""
+        relaunches remotes by the hundred and cannot wait for QMP); over
+        vfio-user the caller then waits with ``wait_listening()`` before
+        it connects."""
         if (sock is None) != (self.transport == VFIO_USER):
             raise HarnessError(f"a {self.transport} remote is started "
                                f"{'without' if sock is None else 'with'} a socket end")
@@ -147,8 +149,8 @@ class Remote:
                                   fd_roles={fd: 'the socket to the proxy' for fd in fds})
             watchdog = RemoteWatchdog(process) if watch else None
             process.launch(timeout_s)
-            if self.socket_path:
-                self._wait_listening(process, timeout_s)
+            if self.socket_path and qmp:
+                self.wait_listening(process, timeout_s)
         except BaseException:
             if watchdog:
                 watchdog.stop()        # its pipe and monitor socket
@@ -164,7 +166,8 @@ class Remote:
             watchdog.start()
         return process
 
-    def _wait_listening(self, process: QEMUProcess, timeout_s: float) -> None:
+    def wait_listening(self, process: QEMUProcess, timeout_s: float = LAUNCH_TIMEOUT_S) -> None:
+        """Until the vfio-user server of ``process`` listens on its socket."""
         def listening():
             if not process.is_running():
                 raise LaunchError(f"{process.name} exited before its vfio-user server "

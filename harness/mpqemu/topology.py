@@ -54,6 +54,12 @@ DEFAULT_CPU = 'default'      # the accelerator's usual model (qemu/accel.py defa
 HOTPLUG_TIMEOUT_S = 20.0
 
 
+def short_socket_dir() -> str:
+    """A fresh directory for vfio-user sockets, short enough for any
+    socket name in it (the caller removes it)."""
+    return tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX)
+
+
 def check_placement(placement: str) -> str:
     if placement not in PLACEMENTS:
         raise ParameterError(f"device placement {placement!r} is not one of "
@@ -170,7 +176,7 @@ class Machine:
 
     def _socket_path(self, devid: str) -> str:
         if self._socket_dir is None:
-            self._socket_dir = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX)
+            self._socket_dir = short_socket_dir()
         return os.path.join(self._socket_dir, f'{devid}.sock')
 
     def __enter__(self) -> 'Machine':

@@ -223,3 +223,25 @@ class GuestMemory:
         for region in self.regions:
             region.close()
         self.regions = []
+
+
+class HarnessRamAccess:
+    """The guest-memory half of a :class:`harness.devices.pci.DeviceAccess`
+    whose "guest RAM" is a harness-owned :class:`GuestMemory`: the fake
+    proxy's (harness/mpqemu/protocol.py) and the vfio-user client's
+    (harness/vfio_user/access.py).  Subclasses add config and BAR access."""
+
+    def __init__(self, memory: GuestMemory):
+        self.memory = memory
+
+    def mem_read(self, gpa: int, length: int) -> bytes:
+        return self.memory.read(gpa, length)
+
+    def mem_write(self, gpa: int, data: bytes) -> None:
+        self.memory.write(gpa, data)
+
+    def dma_alloc(self, size: int, align: int = DEFAULT_DMA_ALIGN) -> int:
+        return self.memory.alloc(size, align)
+
+    def dma_free(self, gpa: int) -> None:
+        self.memory.free(gpa)

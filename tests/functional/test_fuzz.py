@@ -1,31 +1,39 @@
 """Malformed and out-of-order protocol messages against a real remote.
 
 The remote may refuse a message or exit cleanly; it must not die by a
-signal or stop answering, and the harness must never hang.  Crashes and
-hangs that are known upstream bugs (tests/known_issues) are reported as
-warnings with their evidence in the whiteboard, not hidden; unknown ones
-fail the test with the reproducer's path.  See harness/mpqemu/fuzz/ for
-the message families and how outcomes are classified; `make fuzz` runs
-the long version.
+signal, stop answering or keep fds it was given, and the harness must
+never hang.  Crashes and hangs that are known upstream bugs
+(tests/known_issues) are reported as warnings with their evidence in the
+whiteboard, not hidden; unknown ones fail the test with the reproducer's
+path.  ``ProtocolFuzz`` speaks the mpqemu protocol to x-remote-object
+(harness/mpqemu/fuzz), ``VfioUserFuzz`` vfio-user to x-vfio-user-server
+(harness/vfio_user/fuzz); harness/fuzz/ is how outcomes are classified;
+`make fuzz` (FUZZ_TRANSPORT=vfio-user) runs the long version.
 """
 
 import json
 import os
 
 from harness.base import deadlines, known_issues, params
-from harness.mpqemu.fuzz import campaign, corpus
+from harness.fuzz import campaign, corpus
+from harness.mpqemu import topology
+from harness.mpqemu.fuzz import TRANSPORT as PROXY_TRANSPORT
 from harness.testing import MultiprocessTest
+from harness.vfio_user.fuzz import TRANSPORT as VFIO_USER_TRANSPORT
 
-# 10,000 messages take ~20-40 s on 2 cores; the limit only bounds a slow host.
+# 10,000 messages take ~20-40 s on 2 cores over the proxy, ~70 s over
+# vfio-user; the limit only bounds a slow host.
 TIME_LIMIT_S = 150
 
 
 class ProtocolFuzz(MultiprocessTest):
-    """
+    """The mpqemu protocol, through a fake proxy, to x-remote-object.
+
     :avocado: enable
     :avocado: tags=fuzz
     """
 
+    transport = PROXY_TRANSPORT
     timeout = deadlines.test_timeout(waits_s=TIME_LIMIT_S + deadlines.COMMAND_S)
 
     def setUp(self):
@@ -34,8 +42,8 @@ class ProtocolFuzz(MultiprocessTest):
         self.seed = params.get_int('fuzz_seed', lookup, minimum=0)
         self.messages = params.get_int('fuzz_messages', lookup)
         self.issues = known_issues.load()
-        self.fuzzer = campaign.Fuzzer(self.caps, self.outputdir, self.seed, self.issues,
-                                      log=self.log.info)
+        self.fuzzer = campaign.Fuzzer(self.transport, self.remote_caps, self.outputdir,
+                                      self.seed, self.issues, log=self.log.info)
 
     def tearDown(self):
         self.fuzzer.close()
@@ -53,7 +61,8 @@ class ProtocolFuzz(MultiprocessTest):
                     fuzz_elapsed_s=round(summary.elapsed_s, 1), fuzz_outcomes=summary.outcomes,
                     fuzz_remotes_started=summary.remotes_started,
                     fuzz_slowest_case_s=round(summary.slowest_case_s, 2),
-                    fuzz_findings=summary.findings)
+                    fuzz_findings=summary.findings, fuzz_families=summary.families,
+                    fuzz_transport=summary.transport)
 
         self.assertEqual(summary.harness_hangs, 0, 'a fuzz case overran its deadline: '
                          'a harness bug (see the job log)')
@@ -66,11 +75,12 @@ class ProtocolFuzz(MultiprocessTest):
                           [f for f in summary.findings if f['known_issue']])
 
     def test_corpus_still_reproduces(self):
-        """Checked-in reproducers (tests/fuzz/corpus) replayed as regression
-        cases: each must end as recorded; one that no longer does is
-        flagged, since its known issue may be fixed."""
-        paths = corpus.corpus_files()
-        self.assertTrue(paths, f'no reproducers in {corpus.DEFAULT_CORPUS_DIR}')
+        """Checked-in reproducers (the transport's directory under
+        tests/fuzz) replayed as regression cases: each must end as
+        recorded; one that no longer does is flagged, since its known
+        issue may be fixed."""
+        paths = corpus.corpus_files(self.transport.corpus_dir)
+        self.assertTrue(paths, f'no reproducers in {self.transport.corpus_dir}')
         met, changed = [], []
         for outcome in corpus.replay_corpus(self.fuzzer, paths):
             name = os.path.basename(outcome.path)
@@ -90,3 +100,15 @@ class ProtocolFuzz(MultiprocessTest):
                              'fixed upstream? update tests/known_issues', entry['reproducer'],
                              entry['expected'], entry['got'])
         self.known_issues_met('the corpus', met)
+
+
+class VfioUserFuzz(ProtocolFuzz):
+    """vfio-user, with the harness as the client, to x-vfio-user-server
+    (vfio_user_server: a 10.0 build with --enable-vfio-user-server).
+
+    :avocado: recursive
+    :avocado: tags=fuzz,vfio-user
+    """
+
+    transport = VFIO_USER_TRANSPORT
+    placement = topology.VFIO_USER

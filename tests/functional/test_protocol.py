@@ -1,4 +1,4 @@
-"""A remote LSI 53C895A driven through the multi-process wire protocol alone.
+"""A remote LSI 53C895A driven through a wire protocol alone.
 
 No proxy QEMU and no guest: the test plays the proxy (harness.mpqemu's fake
 proxy), owns the guest RAM the remote DMAs into (a memfd sent with
@@ -7,11 +7,18 @@ milliseconds under any accelerator, on any QEMU with ``-machine x-remote``
 (also 10.0, whose proxy cannot run without KVM), and they see interrupts
 that a real proxy forwards only with KVM.
 
+The same scenarios run over vfio-user (``RemoteLsiOverVfioUser``): the
+test is then the vfio-user client (harness/vfio_user) of the remote's
+``x-vfio-user-server``, DMA-maps the memfd with DMA_MAP and takes INTx
+on the eventfd it gave with SET_IRQS.  Checks of vfio-user itself
+(version negotiation, region and IRQ info, DMA_UNMAP) are that class's.
+
 Each scenario is one property of the remote a proxy relies on; the remote's
 log (with the ``lsi_reset`` trace event) and command line are in the output
 directory, latencies and throughput in the whiteboard.
 """
 
+import errno
 import os
 import signal
 import time
@@ -20,7 +27,8 @@ from harness.base import bytecheck
 from harness.devices import pci
 from harness.devices.lsi import driver as lsi, registers as lsi_regs
 from harness.devices import lsi_scenarios as scenarios
-from harness.mpqemu import fake_remote, protocol
+from harness.mpqemu import fake_remote, protocol, topology
+from harness.vfio_user import client as vfu_client, protocol as vfu, server as vfu_server
 from harness.base.units import MIB, ms
 from harness.testing import MultiprocessTest
 
@@ -36,26 +44,32 @@ RESET_TRACE_EVENT = 'lsi_reset'
 
 
 class RemoteLsiOverProtocol(MultiprocessTest):
-    """
+    """The remote LSI through the mpqemu proxy protocol (a fake proxy).
+
     :avocado: enable
     :avocado: tags=protocol
     """
+
+    # How the test reaches the remote: a launch() that returns an object
+    # with .remote, .access, .memory, .irq, device_reset(),
+    # map_new_regions(), reply_timeout() and close().
+    launcher = staticmethod(fake_remote.launch)
 
     def setUp(self):
         super().setUp()
         self.image = bytecheck.write_random_image(os.path.join(self.workdir, 'disk.raw'),
                                                   IMAGE_BYTES)
         started = time.monotonic()
-        self.fake = fake_remote.launch(self.caps, log_dir=self.outputdir, drive=self.image,
-                                         ram_size=RAM_BYTES, timeout_s=REPLY_TIMEOUT_S,
-                                         extra_args=['-trace', RESET_TRACE_EVENT])
-        self.remote, self.proxy = self.fake.remote, self.fake.proxy
-        self.lsi = lsi.Lsi53c895a(self.fake.access)
+        self.served = self.launcher(self.remote_caps, log_dir=self.outputdir, drive=self.image,
+                                    ram_size=RAM_BYTES, timeout_s=REPLY_TIMEOUT_S,
+                                    extra_args=['-trace', RESET_TRACE_EVENT])
+        self.remote = self.served.remote
+        self.lsi = lsi.Lsi53c895a(self.served.access)
         self.lsi.setup()
         self.record(remote_up_ms=ms(time.monotonic() - started))
 
     def tearDown(self):
-        self.fake.close()
+        self.served.close()
         super().tearDown()
 
     # ------------------------------------------------------------ config space
@@ -89,14 +103,13 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         self.record(**scenarios.dma_write_is_byte_exact(self, self.lsi, self.image, DMA_BYTES))
 
     def test_second_memory_region_synced_later_is_usable_for_dma(self):
-        """RAM added after start-up (a new SYNC_SYSMEM table, as the proxy
-        sends on memory hotplug) is mapped by the remote and its DMA
-        reaches it in both directions."""
-        memory = self.fake.memory
+        """RAM added after start-up (a new SYNC_SYSMEM table, or a DMA_MAP,
+        as a client sends on memory hotplug) is mapped by the remote and
+        its DMA reaches it in both directions."""
+        memory = self.served.memory
         high = memory.add_region(HIGH_RAM_GPA, HIGH_RAM_BYTES, 'guest-ram-high')
-        self.proxy.sync_sysmem(memory.sysmem_table())
-        mtree = self.remote.process.hmp('info mtree -f')
-        self.assertGreaterEqual(mtree.count('remote-mem-'), 2, mtree)
+        self.served.map_new_regions()
+        self.assertIn(self.served.mapped_ram_marker, self.high_ram_mapping(), 'high RAM unmapped')
 
         self.lsi.wait_ready()
         length = 4 * MIB
@@ -111,32 +124,41 @@ class RemoteLsiOverProtocol(MultiprocessTest):
                                     memory.read(high_buf, length),
                                     'image after WRITE(10) from the second region')
 
+    def high_ram_mapping(self):
+        """The line of the remote's flat memory tree that maps the high
+        RAM region, or None."""
+        span = f'{HIGH_RAM_GPA:016x}-{HIGH_RAM_GPA + HIGH_RAM_BYTES - 1:016x}'
+        lines = [line for line in self.remote.process.hmp('info mtree -f').splitlines()
+                 if span in line]
+        return lines[0] if lines else None
+
     # ------------------------------------------------------------ interrupts
 
     def test_interrupt_is_observed_on_the_eventfd(self):
         """With DIEN set, the SCRIPTS INT that ends a command raises INTx:
         one edge on the irqfd, and none once DSTAT has been read."""
-        self.record(**scenarios.interrupt_ends_command(self, self.lsi, self.proxy.irq))
+        self.record(**scenarios.interrupt_ends_command(self, self.lsi, self.served.irq))
 
     # ------------------------------------------------------------ reset
 
     def test_device_reset_clears_device_state(self):
         """DEVICE_RESET runs the chip's reset (traced as lsi_reset in the
         remote's log) and clears its registers; being a device reset, not
-        a bus reset, it leaves the BARs where the proxy put them."""
+        a bus reset, it leaves the BARs where the proxy (or client) put
+        them."""
         resets = self.remote.process.count_log_lines(RESET_TRACE_EVENT)
         for register in (lsi_regs.SCRATCHA, lsi_regs.SCRATCHB, lsi_regs.DSA):
             self.lsi.write_reg(register, 0xdead_beef, 4)
         self.lsi.write_reg(lsi_regs.DIEN, lsi_regs.DSTAT_SIR)
 
-        self.proxy.device_reset()
+        self.served.device_reset()
 
         for register in (lsi_regs.SCRATCHA, lsi_regs.SCRATCHB, lsi_regs.DSA):
             self.assertEqual(self.lsi.read_reg(register, 4), 0, lsi_regs.REGISTER_NAMES[register])
         self.assertEqual(self.lsi.read_reg(lsi_regs.DIEN), 0)
         self.assertEqual(self.remote.process.count_log_lines(RESET_TRACE_EVENT), resets + 1)
         mmio = self.lsi.function.bar(lsi_regs.MMIO_BAR)
-        self.assertEqual(self.proxy.config_read(pci.BASE_ADDRESS_0 + 4 * mmio.index, 4)
+        self.assertEqual(self.served.access.config_read(pci.BASE_ADDRESS_0 + 4 * mmio.index, 4)
                          & pci.BAR_MEM_MASK, mmio.address)
 
     # ------------------------------------------------------------ faults
@@ -160,15 +182,99 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         deadline; once continued, its late reply is drained and the link
         is usable again."""
         self.lsi.write_reg(lsi_regs.SCRATCHA, 0x5a5a_5a5a, 4)
-        scratcha = self.lsi.function.bar(lsi_regs.MMIO_BAR).address + lsi_regs.SCRATCHA
         self.remote.faults.hang()
         try:
             started = time.monotonic()
-            with self.assertRaisesRegex(protocol.RemoteTimeout, 'SIGSTOP'):
-                self.proxy.bar_read(scratcha, 4, timeout_s=STOPPED_REPLY_TIMEOUT_S)
+            with self.assertRaisesRegex(protocol.RemoteTimeout, 'SIGSTOP'), \
+                    self.served.reply_timeout(STOPPED_REPLY_TIMEOUT_S):
+                self.lsi.read_reg(lsi_regs.SCRATCHA, 4)
             waited = time.monotonic() - started
         finally:
             self.remote.faults.resume()
         self.assertLess(waited, STOPPED_REPLY_TIMEOUT_S + 1.0)
         self.assertEqual(self.lsi.read_reg(lsi_regs.SCRATCHA, 4), 0x5a5a_5a5a)
         self.record(stop_timeout_ms=ms(waited))
+
+
+class RemoteLsiOverVfioUser(RemoteLsiOverProtocol):
+    """The same scenarios with the harness as the vfio-user client of the
+    remote's x-vfio-user-server (vfio_user_server, a 10.0 build with
+    --enable-vfio-user-server), and what vfio-user adds.
+
+    :avocado: recursive
+    :avocado: tags=protocol,vfio-user
+    """
+
+    placement = topology.VFIO_USER
+    launcher = staticmethod(vfu_server.launch)
+
+    def test_scripts_run_from_the_on_chip_ram(self):
+        with self.known_issue_guard('vfio-user-device-dma-misses-its-own-bar'):
+            super().test_scripts_run_from_the_on_chip_ram()
+
+    # ------------------------------------------------------------ vfio-user itself
+
+    def test_version_negotiation(self):
+        """The server answers VERSION with libvfio-user's 0.1 and the
+        capabilities it announces (lib/tran.c, send_version): 8 fds per
+        message, 1 MiB per transfer, no migration (QEMU's server has none)."""
+        version = self.served.version
+        self.assertEqual((version.major, version.minor), (vfu.MAJOR, vfu.MINOR))
+        self.assertEqual(version.capabilities, {'max_msg_fds': 8,
+                                                'max_data_xfer_size': 1 << 20})
+        self.record(server_version=f'{version.major}.{version.minor}',
+                    server_capabilities=version.capabilities)
+
+    def test_region_info_matches_the_chip(self):
+        """DEVICE_GET_INFO says PCI with reset; the config region is 256
+        bytes (conventional PCI); BAR regions are the LSI's 0x100 I/O,
+        0x400 MMIO and 0x2000 SCRIPTS RAM, the same sizes config space
+        reports, and the unused BARs are empty."""
+        info = self.served.device
+        self.assertEqual(info.flags, vfu.DEVICE_FLAG_PCI | vfu.DEVICE_FLAG_RESET)
+        self.assertGreaterEqual(info.num_regions, vfu.VGA_REGION_INDEX + 1)
+        self.assertEqual(info.num_irqs, vfu.REQ_IRQ_INDEX + 1)
+        config = self.served.client.region_info(vfu.CONFIG_REGION_INDEX)
+        self.assertEqual(config.size, pci.CONFIG_SPACE_SIZE)
+        self.assertTrue(config.readable and config.writable, config)
+        sizes = {i: r.size for i, r in self.served.regions.items()}
+        self.assertEqual(sizes, {0: 0x100, 1: 0x400, 2: 0x2000, 3: 0, 4: 0, 5: 0})
+        self.assertEqual({bar.index: bar.size for bar in self.lsi.function.bars},
+                         {i: size for i, size in sizes.items() if size})
+        self.record(device_info=vars(info), region_sizes=sizes)
+
+    def test_irq_info_has_one_intx(self):
+        """DEVICE_GET_IRQ_INFO: one INTx vector (vfu_object_setup_irqs), no
+        MSI-X (the LSI has none)."""
+        intx = self.served.client.irq_info(vfu.INTX_IRQ_INDEX)
+        self.assertEqual(intx.count, 1)
+        self.assertEqual(self.served.client.irq_info(vfu.MSIX_IRQ_INDEX).count, 0)
+        self.record(irq_counts={i: self.served.client.irq_info(i).count
+                                for i in range(self.served.device.num_irqs)})
+
+    def test_dma_to_an_unmapped_range_does_not_reach_it(self):
+        """After DMA_UNMAP the server must not touch the region
+        (docs/interop/vfio-user.rst, DMA_UNMAP): a READ(10) into it
+        completes, its memfd keeps every byte it had, the server's memory
+        tree no longer holds it, and the server keeps answering.  An
+        unmap of a range never mapped is refused (ENOENT)."""
+        memory = self.served.memory
+        high = memory.add_region(HIGH_RAM_GPA, HIGH_RAM_BYTES, 'guest-ram-high')
+        self.served.map_new_regions()
+        length = 64 * 1024
+        buf = memory.alloc(length, 4096, region=high)
+        memory.write(buf, b'\xa5' * length)
+        self.assertIn(self.served.mapped_ram_marker, self.high_ram_mapping())
+        self.served.client.dma_unmap(high.gpa, high.size)
+        self.assertIsNone(self.high_ram_mapping(), 'the server still maps unmapped RAM')
+
+        self.lsi.wait_ready()
+        self.lsi.read10_to(buf, 100, length // BLOCK_SIZE)
+        self.assertEqual(memory.read(buf, length), b'\xa5' * length,
+                         'the device wrote into RAM the client had unmapped')
+        self.lsi.write_reg(lsi_regs.SCRATCHA, 0x0bad_f00d, 4)
+        self.assertEqual(self.lsi.read_reg(lsi_regs.SCRATCHA, 4), 0x0bad_f00d)
+        self.assertEqual(self.served.access.config_read(pci.VENDOR_ID, 2), lsi_regs.VENDOR_ID)
+        with self.assertRaises(vfu_client.ServerRejected) as refused:
+            self.served.client.dma_unmap(HIGH_RAM_GPA + HIGH_RAM_BYTES, HIGH_RAM_BYTES)
+        self.assertEqual(refused.exception.errno, errno.ENOENT, str(refused.exception))

@@ -2,6 +2,7 @@
 binary named by $QEMU_BIN, Debian's qemu-system-x86_64 by default)."""
 
 import os
+import socket
 
 import pytest
 
@@ -16,6 +17,15 @@ def pytest_report_header(config):
 @pytest.fixture(scope='session')
 def caps():
     return qemu_binary.probe(params.get('qemu_bin'))
+
+
+@pytest.fixture
+def pair():
+    """Both ends of a unix stream socketpair (a wire protocol's link)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    yield a, b
+    a.close()
+    b.close()
 
 
 @pytest.fixture

@@ -76,9 +76,18 @@ def test_lookup_by_id_and_by_test_name():
 
 def test_fuzz_results_still_match_fuzz_entries_only():
     issues = known_issues.load()
-    hang = {'outcome': 'hang', 'notes': 'resamplefd=dev-zero', 'signal': '', 'log': ''}
+    hang = {'outcome': 'hang', 'notes': 'resamplefd=dev-zero', 'signal': '', 'log': '',
+            'transport': 'proxy'}
     assert known_issues.lookup(issues, hang, (7, 2, 22)).id == \
         'remote-resamplefd-dev-zero-busy-loop'
+    # An entry found over one transport does not explain the other's findings.
+    assert known_issues.lookup(issues, dict(hang, transport='vfio-user'), (7, 2, 22)) is None
+    abort = {'outcome': 'crash', 'signal': 'SIGABRT', 'notes': 'cfg write 7@0xf9',
+             'log': 'Bail out! ERROR:include/qemu/bswap.h:428:ldn_le_p: code should not be reached',
+             'transport': 'vfio-user'}
+    assert known_issues.lookup(issues, abort, (10, 0, 13)).id == \
+        'vfio-user-server-aborts-on-odd-config-access'
+    assert known_issues.lookup(issues, dict(abort, transport='proxy'), (10, 0, 13)) is None
 
 
 def test_test_patterns_limit_which_tests_an_entry_covers():

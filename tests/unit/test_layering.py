@@ -16,7 +16,8 @@ LAYERS = (
     ('harness.images',),                     # guest images and the agent's ELF, built
     ('harness.qemu',),                       # one QEMU process: binary, build, QMP, qtest
     ('harness.devices',),                    # PCI and the LSI 53C895A, through any access
-    ('harness.mpqemu',),                     # remotes, the machine, protocol, fuzzer
+    ('harness.fuzz',),                       # the fuzzer both wire protocols share
+    ('harness.mpqemu', 'harness.vfio_user'),  # remotes, the machine, both wire protocols
     ('harness.guest',),                      # a running Linux guest: console, SSH, IO
     ('harness.agent',),                      # a running bare-metal agent guest
     ('harness.testing',),                    # the Avocado test base

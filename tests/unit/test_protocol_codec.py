@@ -5,7 +5,6 @@ layouts (x86_64), independently of the struct formats in the module.
 """
 
 import os
-import socket
 import struct
 import threading
 import time
@@ -104,14 +103,6 @@ def test_lying_size_field_is_encoded_as_given():
 
 
 # ---------------------------------------------------------------- framing
-
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    yield a, b
-    a.close()
-    b.close()
-
 
 def test_link_carries_fds_with_the_message(pair):
     a, b = pair

@@ -1,24 +1,22 @@
-"""Fuzzing a real remote process through its proxy socket.
+"""The proxy transport of the fuzzer (harness/fuzz): the mpqemu protocol
+to a remote's ``x-remote-object``, through a fake proxy on its socket.
 
-The fuzzer sends *cases* (a few protocol messages, most of them well
-formed but odd, often ending in a malformed one) to real remote device
-processes, each through a fake proxy on its socket, and classifies what
-each remote did: answered, exited, stalled as expected, or -- the
-findings -- crashed by a signal or hung.  Every case is generated from
-``(seed, index)`` alone, so any case can be rebuilt and replayed; every
-finding is replayed alone, shrunk, and saved as a JSON reproducer, and
-known upstream bugs (``tests/known_issues``) are recognised as such.
+  families  the message families
+  remotes   starting remotes (a spare always starting), their setup,
+            restore and follow-up
 
-  cases     what a case is (steps, fds by kind, the harness's layout), as
-            JSON-round-trippable data
-  families  the message families, and generating case ``index`` of a seed
-  remotes   starting remotes (a spare always starting), their setup and
-            restore between cases
-  runner    running one case and classifying its outcome
-  campaign  a run: cases in order, the summary, findings replayed,
-            minimized and saved
-  corpus    reproducer files, and replaying tests/fuzz/corpus
-
-The command line is ``python -m harness.tools.fuzz`` (``make fuzz``);
-tests/functional/test_fuzz.py is the CI run and the corpus replay.
+:data:`TRANSPORT` is what harness.fuzz.campaign.Fuzzer takes.  A remote
+keeps the fds of messages that take none (fam_fds_on_request says so), so
+fds are not tracked here until that is registered as a known issue.
 """
+
+import os
+
+from ...fuzz.corpus import CORPUS_ROOT
+from ...fuzz.transport import Transport
+from ..remote import PROXY
+from .families import FAMILIES
+from .remotes import RemotePool
+
+TRANSPORT = Transport(PROXY, os.path.join(CORPUS_ROOT, 'corpus'), FAMILIES, RemotePool,
+                      tracks_fds=False)

@@ -12,39 +12,15 @@ on a fresh remote before any SYNC_SYSMEM).  Each ``fam_*`` function adds
 one family's steps to the case being built.
 """
 
-import random
 import struct
 from typing import Optional, Sequence, Tuple
 
 from ...devices.lsi import registers as lsi_regs
+from ...fuzz import generator
+from ...fuzz.cases import FD_KINDS, FD_WRONG_KINDS, MMIO_BASE
+from ...fuzz.generator import Builder as _Builder
 from .. import protocol as p
 from ...qemu.guestmem import PAGE_SIZE
-from .cases import FD_KINDS, FD_WRONG_KINDS, MMIO_BASE, Case, Layout, Step
-
-
-class _Builder:
-    """Adds one family's steps and fds to the case being generated."""
-
-    def __init__(self, case: Case, rng: random.Random, layout: Layout):
-        self.case, self.rng, self.layout = case, rng, layout
-
-    def fd(self, kind: str) -> int:
-        self.case.fds.append(kind)
-        return len(self.case.fds) - 1
-
-    def step(self, data: bytes, note: str, fds: Sequence[int] = (), reply: bool = False,
-             **kw) -> None:
-        self.case.steps.append(Step(data, tuple(fds), note, reply, **kw))
-
-    def touch(self, what: str) -> None:
-        if what not in self.case.touches:
-            self.case.touches.append(what)
-
-    def u32(self) -> int:
-        return self.rng.getrandbits(32)
-
-    def u64(self) -> int:
-        return self.rng.choice([0, 1, 0xff, 0xffff_ffff, p.UINT64_MAX, self.rng.getrandbits(64)])
 
 
 def _msg(cmd: int, data: bytes = b'', size: Optional[int] = None) -> bytes:
@@ -343,24 +319,5 @@ ENDING = [(fam_unknown_cmd, 4), (fam_wrong_size, 5), (fam_oversize, 3),
           (fam_too_many_fds, 3), (fam_sysmem_bad_fd, 3), (fam_sysmem_bad_geometry, 3),
           (fam_shrink_after_sync, 1), (fam_cfg_bad_len, 4), (fam_unmapped, 3),
           (fam_random_bytes, 1)]
-ENDING_PROBABILITY = 0.2
-OUT_OF_ORDER_PROBABILITY = 0.02
-MAX_SURVIVABLE_PARTS = 8
 
-
-def generate(seed: int, index: int, layout: Layout) -> Case:
-    """Case ``index`` of run ``seed``: depends on nothing else."""
-    rng = random.Random(f'mpqemu-fuzz/{seed}/{index}')
-    case = Case(seed, index)
-    b = _Builder(case, rng, layout)
-    families = []
-    if rng.random() < OUT_OF_ORDER_PROBABILITY:
-        families.append(fam_out_of_order)
-    parts = rng.randint(1, MAX_SURVIVABLE_PARTS)
-    families += rng.choices([f for f, _ in SURVIVABLE], [w for _, w in SURVIVABLE], k=parts)
-    if rng.random() < ENDING_PROBABILITY:
-        families += rng.choices([f for f, _ in ENDING], [w for _, w in ENDING])
-    for family in families:
-        family(b)
-        case.families.append(family.__name__[4:].replace('_', '-'))
-    return case
+FAMILIES = generator.Families('mpqemu-fuzz', SURVIVABLE, ENDING, fam_out_of_order)

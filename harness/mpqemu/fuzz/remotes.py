@@ -1,4 +1,5 @@
-"""The remote processes under fuzz: starting, setting up, restoring, retiring.
+"""The proxy transport's remotes under fuzz: starting, setting up,
+restoring, asking the follow-up, retiring.
 
 Remotes start without QMP (a fork and exec, no monitor to wait for), and
 :class:`RemotePool` keeps a spare starting in the background (~40 ms), so
@@ -11,33 +12,28 @@ on each other.
 
 import os
 import socket
-from typing import Optional, Sequence
+import time
+from typing import List, Optional, Sequence
 
 from ...base.waiting import wait_until
 from ...devices import pci
+from ...fuzz.cases import IO_BASE, MMIO_BASE, RAM_BYTES, RAM_GPA, Layout
+from ...fuzz.runner import FOLLOWUP_TIMEOUT_S, log_tail
 from ...qemu.binary import Capabilities
 from ...qemu.process import QEMUProcess
 from .. import protocol as p
 from ...qemu.guestmem import GuestMemory
 from ..remote import Remote
-from .cases import IO_BASE, MMIO_BASE, RAM_BYTES, RAM_GPA, Layout
 
 STARTUP_TIMEOUT_S = 10.0        # a fresh remote's first answer (2 busy cores)
-FOLLOWUP_TIMEOUT_S = 0.5        # the follow-up after a case that should be answered
-LOG_TAIL_LINES = 8
 # The remote serves its socket before its machine reset (qemu_system_reset
 # at machine creation done); whatever it was told before that reset, such
 # as BAR addresses, is undone.  Its trace of the LSI's reset says it is past
 # that point.
 RESET_TRACE_EVENT = 'lsi_reset'
 STARTED_POLL_S = 0.001
-
-
-def log_tail(process: QEMUProcess) -> str:
-    """The last lines of a remote's log, without our reset trace lines."""
-    lines = [line for line in process.log_tail(LOG_TAIL_LINES * 50).splitlines()
-             if not line.startswith(RESET_TRACE_EVENT)]
-    return '\n'.join(lines[-LOG_TAIL_LINES:])
+# The follow-up: two config reads with known answers.
+MARKER = ((pci.VENDOR_ID, 2, 0x1000), (pci.DEVICE_ID, 2, 0x0012))
 
 
 class FuzzRemote:
@@ -54,6 +50,35 @@ class FuzzRemote:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def requests(self) -> int:
+        return self.proxy.requests
+
+    def send_raw(self, data: bytes, fds: Sequence[int], timeout_s: float) -> None:
+        self.link.send_raw(data, fds, timeout_s)
+
+    def recv_any(self, timeout_s: float) -> None:
+        self.link.recv(timeout_s)
+
+    def hangup(self) -> None:
+        self.link.sock.shutdown(socket.SHUT_WR)
+
+    def send_followup(self, timeout_s: float) -> int:
+        for offset, size, _ in MARKER:
+            self.link.send(p.pci_cfg_read(offset, size), timeout_s)
+        return len(MARKER)
+
+    def await_followup(self, timeout_s: float) -> int:
+        """RET replies until the last ones are the marker's values (the
+        remote only ever sends RET: anything else is a ProtocolError)."""
+        deadline = time.monotonic() + timeout_s
+        values: List[Optional[int]] = []
+        want = [v for _, _, v in MARKER]
+        while values[-len(want):] != want:
+            reply = self.link.recv(max(0.0, deadline - time.monotonic()))
+            values.append(p.decode_ret(reply))
+        return len(values)
 
     def wait_started(self, timeout_s: float = STARTUP_TIMEOUT_S) -> None:
         """Wait until the remote is past its machine reset (see

@@ -2,8 +2,9 @@
 
 A finding saved by a run (``OUT/findings/*.json``, see campaign.py) is a
 reproducer: its case (or the minimized one) replays alone on a fresh
-remote.  The ones worth keeping live in ``tests/fuzz/corpus``; each known
-issue (``tests/known_issues``) names its reproducer there, and
+remote.  The ones worth keeping live in each transport's corpus directory
+(``tests/fuzz/corpus`` for the proxy, ``tests/fuzz/corpus-vfio-user``);
+each known issue (``tests/known_issues``) names its reproducer there, and
 test_fuzz.py replays them all to notice a fix upstream.
 """
 
@@ -12,12 +13,12 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from ...base import known_issues, paths
+from ..base import known_issues, paths
 from .campaign import Fuzzer
 from .cases import Case
 from .runner import Result
 
-DEFAULT_CORPUS_DIR = os.path.join(paths.REPO_DIR, 'tests', 'fuzz', 'corpus')
+CORPUS_ROOT = os.path.join(paths.REPO_DIR, 'tests', 'fuzz')
 CORPUS_ATTEMPTS = 3     # some findings depend on timing (the busy-loop hang does)
 
 
@@ -34,7 +35,7 @@ class ReplayOutcome:
         return f'{self.got.outcome}:{self.got.signal}' == self.expected
 
 
-def corpus_files(directory: str = DEFAULT_CORPUS_DIR) -> List[str]:
+def corpus_files(directory: str) -> List[str]:
     """The reproducers in ``directory``, sorted."""
     if not os.path.isdir(directory):
         return []
@@ -60,7 +61,8 @@ def replay_corpus(fuzzer: Fuzzer, paths: Sequence[str]) -> List[ReplayOutcome]:
             result = fuzzer.replay(case)
             if (result.outcome, result.signal) == (data['outcome'], data.get('signal') or ''):
                 break
-        issue = known_issues.lookup(fuzzer.issues, result.match_keys(case), fuzzer.caps.version)
+        issue = known_issues.lookup(fuzzer.issues, result.match_keys(case, fuzzer.transport.name),
+                                    fuzzer.caps.version)
         outcomes.append(ReplayOutcome(path, f"{data['outcome']}:{data.get('signal') or ''}",
                                       result, issue.id if issue else None))
     return outcomes

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Tuple
 
-from ...devices import pci
+from ..devices import pci
 
 # The harness's guest RAM for every remote, and where setup puts the BARs.
 RAM_GPA = 0

@@ -1,15 +1,19 @@
 """Running one case on a remote, and what came of it.
 
 After the case the harness asks the remote a follow-up (two config reads
-with known answers) within a deadline, and classifies:
+with known answers, in the transport's protocol) within a deadline, and
+classifies:
 
   answered  the remote processed (or refused) everything and still answers
   exited    it exited with a status >= 0, usually with a log line saying why
-            (hw/remote/message.c ends its loop on any invalid message)
+            (hw/remote/message.c ends its loop on any invalid message; a
+            vfio-user server whose client hung up exits by auto-shutdown)
   stalled   a case that leaves the stream mid-message, and an idle remote
             waiting for the rest: expected
   CRASH     it died by a signal                                 -> finding
   HANG      alive, but no answer within the deadline            -> finding
+  FD-LEAK   answered, but after the restore it holds more fds than after
+            its set-up (transports that track fds)              -> finding
 
 A silent remote is sampled (CPU time, /proc state) to tell a busy loop
 from a blocked one before it counts as hung.  A case that ends the remote
@@ -19,17 +23,18 @@ restored (:meth:`FuzzRemote.restore`).
 
 import os
 import signal
-import socket
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from ...base import procfs
-from ...devices import pci
-from .. import protocol as p
-from ...qemu.guestmem import GuestMemory
+from ..base import procfs
+from ..base.fdstream import ProtocolError, RemoteError, RemoteGone, RemoteTimeout, close_fds
+from ..qemu.guestmem import GuestMemory
+from ..qemu.process import QEMUProcess
 from .cases import Case, open_fd
-from .remotes import FOLLOWUP_TIMEOUT_S, FuzzRemote, RemotePool, log_tail
+from .transport import FuzzRemote, Pool
+
+FOLLOWUP_TIMEOUT_S = 0.5        # the follow-up after a case that should be answered
 
 STALL_TIMEOUT_S = 0.2           # the follow-up after a case that may leave the stream
                                 # mid-message (FOLLOWUP_TIMEOUT_S otherwise)
@@ -38,14 +43,25 @@ BUSY_CONFIRM_S = 0.5            # ... and before a busy one does
 BUSY_SAMPLE_S = 0.2             # CPU sampling window to tell busy from idle
 BUSY_FRACTION = 0.5             # of one CPU, over BUSY_SAMPLE_S
 EXIT_TIMEOUT_S = 3.0            # from closed socket (or our hang-up) to exit status
-MARKER = ((pci.VENDOR_ID, 2, 0x1000), (pci.DEVICE_ID, 2, 0x0012))
+LOG_TAIL_LINES = 8
+# The remotes run with this trace (the proxy transport waits for it: see
+# harness/mpqemu/fuzz/remotes.py); its lines are noise in a log tail.
+RESET_TRACE_EVENT = 'lsi_reset'
 
 OUTCOME_ANSWERED = 'answered'
 OUTCOME_EXITED = 'exited'
 OUTCOME_STALLED = 'stalled'
 OUTCOME_CRASH = 'crash'
 OUTCOME_HANG = 'hang'
-FINDINGS = (OUTCOME_CRASH, OUTCOME_HANG)
+OUTCOME_FD_LEAK = 'fd-leak'
+FINDINGS = (OUTCOME_CRASH, OUTCOME_HANG, OUTCOME_FD_LEAK)
+
+
+def log_tail(process: QEMUProcess) -> str:
+    """The last lines of a remote's log, without our reset trace lines."""
+    lines = [line for line in process.log_tail(LOG_TAIL_LINES * 50).splitlines()
+             if not line.startswith(RESET_TRACE_EVENT)]
+    return '\n'.join(lines[-LOG_TAIL_LINES:])
 
 
 @dataclass
@@ -63,9 +79,10 @@ class Result:
     def is_finding(self) -> bool:
         return self.outcome in FINDINGS
 
-    def match_keys(self, case: Case) -> Dict[str, str]:
+    def match_keys(self, case: Case, transport: str) -> Dict[str, str]:
+        """What a known issue's "match" is compared with."""
         return {'outcome': self.outcome, 'signal': self.signal, 'log': self.log,
-                'notes': case.notes()}
+                'notes': case.notes(), 'transport': transport}
 
 
 def _signal_name(status: int) -> str:
@@ -78,16 +95,19 @@ def _signal_name(status: int) -> str:
 class CaseRunner:
     """Sends cases to remotes and classifies what happens."""
 
-    def __init__(self, pool: RemotePool, memory: GuestMemory, workdir: str):
+    def __init__(self, pool: Pool, memory: GuestMemory, workdir: str, tracks_fds: bool = False):
         self.pool = pool
         self.memory = memory
         self.workdir = workdir
+        self.tracks_fds = tracks_fds
         self.remote: Optional[FuzzRemote] = None
+        self.fd_baseline: Optional[int] = None    # the current remote's, after set-up
         self.wire_messages = 0
 
     def current(self, setup: bool = True) -> FuzzRemote:
         if self.remote is None:
             self.remote = self.pool.take()
+            self.fd_baseline = None
         self.remote.wait_started()
         if setup and not self.remote.ready:
             self.remote.setup(self.memory)
@@ -96,7 +116,7 @@ class CaseRunner:
     def end_remote(self) -> str:
         tail = ''
         if self.remote is not None:
-            self.wire_messages += self.remote.proxy.requests
+            self.wire_messages += self.remote.requests
             tail = self.pool.retire(self.remote)
             self.remote = None
         return tail
@@ -106,6 +126,8 @@ class CaseRunner:
         if case.fresh and self.remote is not None and self.remote.ready:
             self.end_remote()
         remote = self.current(setup=not case.fresh)
+        if self.tracks_fds and self.fd_baseline is None and remote.ready:
+            self.fd_baseline = procfs.fd_count(remote.pid)
         opened: List[int] = []
         try:
             fds = []
@@ -115,63 +137,70 @@ class CaseRunner:
                 opened += to_close
             result = self._run(remote, case, fds)
         finally:
-            p.close_fds(opened)
+            close_fds(opened)
         if result.outcome == OUTCOME_ANSWERED:
             try:
                 if not remote.ready:
                     remote.setup(self.memory)
                 else:
                     remote.restore(self.memory, case.touches)
-            except p.RemoteGone as err:
+            except RemoteGone as err:
                 result = self._ended(remote, err, f'while restoring after the case: {err}')
-            except p.RemoteError as err:
+            except RemoteError as err:
                 result = self._silent(remote, case, err, marker=False)
+        if result.outcome == OUTCOME_ANSWERED and self.tracks_fds:
+            result = self._check_fds(remote, result)
         if result.outcome != OUTCOME_ANSWERED:
             result.log = self.end_remote() or result.log
         result.elapsed_s = time.monotonic() - started
         return result
 
     def _run(self, remote: FuzzRemote, case: Case, fds: List[int]) -> Result:
-        link = remote.link
         owed = 0
         try:
             for step in case.steps:
                 if step.barrier:
                     for _ in range(owed):
-                        link.recv(FOLLOWUP_TIMEOUT_S)
+                        remote.recv_any(FOLLOWUP_TIMEOUT_S)
                     owed = 0
                 if step.truncate:
                     os.ftruncate(fds[step.truncate[0]], step.truncate[1])
                 if step.data:
-                    link.send_raw(step.data, [fds[i] for i in step.fds], FOLLOWUP_TIMEOUT_S)
+                    remote.send_raw(step.data, [fds[i] for i in step.fds], FOLLOWUP_TIMEOUT_S)
                     self.wire_messages += 1
                 owed += step.reply
             if case.hangup:
-                link.sock.shutdown(socket.SHUT_WR)
+                remote.hangup()
                 return self._after_hangup(remote)
-            for offset, size, _ in MARKER:
-                link.send(p.pci_cfg_read(offset, size), FOLLOWUP_TIMEOUT_S)
-                self.wire_messages += 1
+            sent = remote.send_followup(FOLLOWUP_TIMEOUT_S)
+            self.wire_messages += sent
             timeout = STALL_TIMEOUT_S if case.may_stall else FOLLOWUP_TIMEOUT_S
-            got = self._await_marker(link, timeout)
-            return Result(OUTCOME_ANSWERED, f'{got - len(MARKER)} replies before the follow-up')
-        except p.RemoteGone as err:
+            got = remote.await_followup(timeout)
+            return Result(OUTCOME_ANSWERED, f'{got - sent} replies before the follow-up')
+        except RemoteGone as err:
             return self._ended(remote, err, str(err))
-        except p.RemoteTimeout as err:
+        except RemoteTimeout as err:
             return self._silent(remote, case, err)
-        except p.ProtocolError as err:
-            # The remote only ever sends RET: anything else is its bug.
+        except ProtocolError as err:
+            # A reply the protocol does not allow is the remote's bug.
             return Result(OUTCOME_HANG if remote.process.is_running() else OUTCOME_CRASH,
                           f'malformed reply: {err}')
 
-    def _await_marker(self, link: p.Link, timeout_s: float) -> int:
-        deadline = time.monotonic() + timeout_s
-        values: List[Optional[int]] = []
-        want = [v for _, _, v in MARKER]
-        while values[-len(want):] != want:
-            reply = link.recv(max(0.0, deadline - time.monotonic()))
-            values.append(p.decode_ret(reply))
-        return len(values)
+    def _check_fds(self, remote: FuzzRemote, result: Result) -> Result:
+        """After set-up and after each restore the remote should hold the
+        same fds: more means it kept some a case gave it."""
+        count = procfs.fd_count(remote.pid)
+        if count is None:
+            return result
+        if self.fd_baseline is None:
+            self.fd_baseline = count
+            return result
+        if count > self.fd_baseline:
+            grew = count - self.fd_baseline
+            self.fd_baseline = count            # report each growth once
+            return Result(OUTCOME_FD_LEAK, f'{grew} more fds after the restore than before '
+                          f'the case ({count} open)', remote_state=self._state(remote))
+        return result
 
     def _after_hangup(self, remote: FuzzRemote) -> Result:
         if remote.process.wait_exit(EXIT_TIMEOUT_S):
@@ -214,15 +243,18 @@ class CaseRunner:
         confirm = BUSY_CONFIRM_S if how == 'busy' else HANG_CONFIRM_S
         try:
             if marker:
-                self._await_marker(remote.link, confirm)
+                remote.await_followup(confirm)
                 return Result(OUTCOME_ANSWERED, f'answered late ({how}; overloaded host?)')
-            remote.link.recv(confirm)
+            remote.recv_any(confirm)
             result = Result(OUTCOME_ANSWERED, f'restore answered late ({how}; overloaded host?)')
             self.end_remote()
             return result
-        except p.RemoteGone as gone:
+        except RemoteGone as gone:
             return self._ended(remote, gone, str(gone))
-        except p.RemoteTimeout:
+        except ProtocolError as err:
+            return Result(OUTCOME_HANG, f'malformed late reply: {err}',
+                          remote_state=self._state(remote))
+        except RemoteTimeout:
             waited = FOLLOWUP_TIMEOUT_S + BUSY_SAMPLE_S + confirm
             return Result(OUTCOME_HANG, f'no answer for {waited:.1f} s and {how} '
                           f'({busy:.0%} CPU): ' + ('a loop' if how == 'busy' else 'blocked'),
