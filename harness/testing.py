@@ -25,7 +25,7 @@ from .agent.session import AgentSession
 from .guest import diskio
 from .guest.session import GuestSession, boot_drive
 from .guest.ssh import CommandTimeout
-from .mpqemu import topology
+from .mpqemu import confinement, topology
 from .mpqemu.topology import Machine
 from .qemu import accel as qemu_accel
 from .qemu import binary as qemu_binary
@@ -163,6 +163,11 @@ class MultiprocessTest(avocado.Test):
         self.diskio_path = self.diskio_path or diskio.path_for(self.accel.name, self.placement)
         self.record(qemu=self.caps.version_string, qemu_bin=self.caps.path,
                     accel=self.accel.name, accel_reason=self.accel.reason)
+        # How every remote of this test's machines is confined (None: not).
+        mode = params.get_confine(lookup)
+        self.confinement = confinement.resolve(mode, self.remote_caps)
+        self.record(confine_remotes=mode, confined=self.confinement is not None,
+                    **(self.confinement.describe() if self.confinement else {}))
 
     def tearDown(self):
         for session in self._sessions:
@@ -192,6 +197,7 @@ class MultiprocessTest(avocado.Test):
         kwargs.setdefault('cpu', self.accel.cpu)
         kwargs.setdefault('machine', self.machine)
         kwargs.setdefault('remote_caps', self.remote_caps)
+        kwargs.setdefault('confinement', self.confinement)
         vm = Machine(self.caps, self.outputdir, placement=placement or self.placement,
                      memory_mb=memory_mb or self.memory_mb, **kwargs)
         self._vms.append(vm)

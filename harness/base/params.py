@@ -12,6 +12,7 @@ from typing import Callable, Optional
 from .errors import ParameterError
 
 ACCEL_CHOICES = ('auto', 'kvm', 'tcg')
+CONFINE_CHOICES = ('auto', 'on', 'off')
 
 # name -> (default, help).  The defaults are what a fresh Debian 12 host
 # with the qemu-system-x86 package needs.
@@ -29,6 +30,9 @@ PARAMETERS = {
                          'remote QEMU of the vfio-user tests (needs x-vfio-user-server): '
                          'deb:SUITE, src:QEMU_SRC or a binary'),
     'accel': ('auto', 'accelerator: auto (KVM when usable, else TCG), kvm or tcg'),
+    'confine_remotes': ('auto', 'remotes run sandboxed (-sandbox) as an unprivileged user: '
+                                'auto (where the QEMU and the host allow), on (an error '
+                                'where not), off (harness/mpqemu/confinement.py)'),
     'machine': ('pc', 'machine type of the proxy (guest-facing) QEMU'),
     'memory_mb': ('256', 'guest RAM of the proxy, in MiB'),
     'fuzz_seed': ('1', 'seed of the protocol fuzzer (tests/functional/test_fuzz.py)'),
@@ -66,6 +70,14 @@ def get_accel(lookup=None) -> str:
         raise ParameterError(f"accel={accel!r} is not an accelerator this suite "
                              f"knows; use one of {', '.join(ACCEL_CHOICES)}")
     return accel
+
+
+def get_confine(lookup=None) -> str:
+    mode = get('confine_remotes', lookup)
+    if mode not in CONFINE_CHOICES:
+        raise ParameterError(f"confine_remotes={mode!r} is not one of "
+                             f"{', '.join(CONFINE_CHOICES)}")
+    return mode
 
 
 def get_int(name: str, lookup=None, minimum: int = 1) -> int:

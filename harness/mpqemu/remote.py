@@ -31,6 +31,7 @@ from ..base.errors import HarnessError, LaunchError, ParameterError, QEMUBinaryE
 from ..base.waiting import wait_until
 from ..qemu.binary import VFIO_USER_SERVER, Capabilities
 from ..qemu.process import LAUNCH_TIMEOUT_S, QEMUProcess
+from .confinement import Confinement
 from .faults import FaultInjector
 from .watchdog import RemoteWatchdog
 
@@ -70,14 +71,17 @@ class Remote:
 
     ``args`` are extra arguments for the remote (traces, say); ``name``
     names its process and logs (``remote-DEVID`` unless given).  Over
-    vfio-user, ``socket_path`` is where its server listens.  Until
+    vfio-user, ``socket_path`` is where its server listens.  With a
+    ``confinement`` it runs sandboxed and drops to an unprivileged user
+    (harness/mpqemu/confinement.py).  Until
     ``start()`` there is no process; after a restart ``process`` is the new
     one and ``past`` holds those it replaced.
     """
 
     def __init__(self, devid: str, drive: Optional[str] = None, fmt: str = 'raw',
                  args: Sequence[str] = (), name: Optional[str] = None,
-                 transport: str = PROXY, socket_path: Optional[str] = None):
+                 transport: str = PROXY, socket_path: Optional[str] = None,
+                 confinement: Optional[Confinement] = None):
         check_drive(drive, fmt)
         if transport not in TRANSPORTS:
             raise HarnessError(f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
@@ -90,6 +94,7 @@ class Remote:
         self.drive = drive
         self.fmt = fmt
         self.args = list(args)
+        self.confinement = confinement
         self.process: Optional[QEMUProcess] = None
         self.past: List[QEMUProcess] = []
         self.watchdog: Optional[RemoteWatchdog] = None
@@ -97,6 +102,10 @@ class Remote:
         self.generation = 0                               # restarts so far
 
     def command_line(self, caps: Capabilities, fd: Optional[int]) -> List[str]:
+        confined = self.confinement.args(caps) if self.confinement else []
+        return confined + self._device_command_line(caps, fd)
+
+    def _device_command_line(self, caps: Capabilities, fd: Optional[int]) -> List[str]:
         names = caps.require_multiprocess()
         if self.transport == VFIO_USER:
             if not caps.vfio_user_server:

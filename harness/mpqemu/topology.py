@@ -37,6 +37,7 @@ from ..base.errors import HarnessError, ParameterError, QEMUBinaryError
 from ..qemu import accel as qemu_accel
 from ..qemu.binary import VFIO_USER_CLIENT, Capabilities
 from ..qemu.process import LAUNCH_TIMEOUT_S, QEMUProcess
+from .confinement import Confinement
 from .faults import FaultInjector
 from .remote import PROXY, VFIO_USER, Remote, check_drive, lsi_device_args
 
@@ -75,7 +76,8 @@ class Device:
     """
 
     def __init__(self, devid: str, drive: Optional[str], fmt: str, args: Sequence[str],
-                 addr: Optional[str], placement: str, socket_path: Optional[str] = None):
+                 addr: Optional[str], placement: str, socket_path: Optional[str] = None,
+                 confinement: Optional[Confinement] = None):
         self.devid = devid
         self.drive = drive
         self.fmt = fmt
@@ -85,7 +87,7 @@ class Device:
         self.remote = None
         if placement != IN_PROCESS:
             self.remote = Remote(devid, drive, fmt, args, transport=placement,
-                                 socket_path=socket_path)
+                                 socket_path=socket_path, confinement=confinement)
         self.proxy_sock: Optional[socket.socket] = None   # until the proxy has it
 
     def client_args(self) -> dict:
@@ -113,7 +115,9 @@ class Machine:
 
     ``placement`` is where ``add_lsi`` puts a device unless told
     otherwise; ``args`` are extra arguments for the guest's QEMU;
-    ``remote_caps`` is the QEMU remotes run (``caps`` unless given).
+    ``remote_caps`` is the QEMU remotes run (``caps`` unless given);
+    ``confinement`` how they are confined (harness/mpqemu/confinement.py:
+    sandbox and user; None runs them as the harness runs).
     ``qemu`` is the QEMU that runs the guest (the proxy, for devices
     placed in remotes); ``remote(devid)`` is a device's remote.
     """
@@ -122,8 +126,10 @@ class Machine:
                  accel: str = 'tcg', machine: str = 'pc', memory_mb: int = 256,
                  memory_slots: int = 0, maxmem_mb: Optional[int] = None, smp: int = 1,
                  watchdog: bool = False, cpu: Optional[str] = DEFAULT_CPU,
-                 args: Sequence[str] = (), remote_caps: Optional[Capabilities] = None):
+                 args: Sequence[str] = (), remote_caps: Optional[Capabilities] = None,
+                 confinement: Optional[Confinement] = None):
         self.caps = caps
+        self.confinement = confinement
         self.remote_caps = remote_caps or caps
         self.placement = self._check_binaries(check_placement(placement))
         if accel not in caps.accelerators:
@@ -198,7 +204,8 @@ class Machine:
         placement = self._check_binaries(check_placement(placement or self.placement))
         check_drive(drive, fmt)
         device = Device(devid, drive, fmt, args, addr, placement,
-                        self._socket_path(devid) if placement == VFIO_USER else None)
+                        self._socket_path(devid) if placement == VFIO_USER else None,
+                        self.confinement)
         self.devices[devid] = device
         return device
 

@@ -30,7 +30,7 @@ LOG = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 20.0
 # Bumped whenever the shape of Capabilities changes, to invalidate caches.
-PROBE_FORMAT = 4
+PROBE_FORMAT = 5
 
 # Firmware the proxy's PC machine needs; a binary that cannot find it in
 # its own data directories gets Debian's packages' directories with -L.
@@ -65,6 +65,9 @@ class Capabilities:
     vfio_user_server: bool = False      # -object x-vfio-user-server (a remote can serve)
     vfio_user_client: bool = False      # -device vfio-user-pci (QEMU >= 10.1)
     e1000_autonegotiation: bool = True  # the property QEMU 11 dropped
+    sandbox: bool = False               # -sandbox on: built with seccomp
+    runas: bool = False                 # -runas USER (removed in QEMU 9.1)
+    run_with_user: bool = False         # -run-with user=USER (QEMU 9.1 and later)
 
     @property
     def has_qtest(self) -> bool:
@@ -100,7 +103,9 @@ class Capabilities:
                    firmware_dirs=tuple(data['firmware_dirs']),
                    vfio_user_server=data['vfio_user_server'],
                    vfio_user_client=data['vfio_user_client'],
-                   e1000_autonegotiation=data['e1000_autonegotiation'])
+                   e1000_autonegotiation=data['e1000_autonegotiation'],
+                   sandbox=data['sandbox'], runas=data['runas'],
+                   run_with_user=data['run_with_user'])
 
 
 def find_binary(name_or_path: str) -> str:
@@ -179,6 +184,19 @@ def _answers_qtest(path: str) -> bool:
             pipe.close()
 
 
+def _has_sandbox(path: str) -> bool:
+    """True if ``-sandbox on`` is accepted.  Every build lists -sandbox in
+    its help; one without seccomp refuses it while parsing the options
+    ("-sandbox support is not enabled in this QEMU binary",
+    system/vl.c), before -version exits."""
+    try:
+        run_tool([path, '-sandbox', 'on', '-version'], error=QEMUBinaryError,
+                 timeout_s=PROBE_TIMEOUT_S)
+    except QEMUBinaryError:
+        return False
+    return True
+
+
 def _probe_uncached(path: str) -> Capabilities:
     banner = _run(path, '-version')
     match = re.search(r'version (\d+)\.(\d+)\.(\d+)', banner)
@@ -194,6 +212,7 @@ def _probe_uncached(path: str) -> Capabilities:
     accelerators = tuple(line.strip() for line in accel_out[1:] if line.strip())
     if 'qtest' not in accelerators and _answers_qtest(path):
         accelerators += ('qtest',)
+    usage = _run(path, '-help')
     data_dirs = tuple(os.path.normpath(line.strip())
                       for line in _run(path, '-L', 'help').splitlines() if line.strip())
     return Capabilities(path=path, version=version,
@@ -204,7 +223,11 @@ def _probe_uncached(path: str) -> Capabilities:
                         vfio_user_server=VFIO_USER_SERVER in objects,
                         vfio_user_client=VFIO_USER_CLIENT in devices,
                         e1000_autonegotiation='autonegotiation' in _run(
-                            path, *common, '-device', 'e1000,help'))
+                            path, *common, '-device', 'e1000,help'),
+                        sandbox=_has_sandbox(path),
+                        runas=bool(re.search(r'^-runas ', usage, re.MULTILINE)),
+                        run_with_user=bool(re.search(r'^-run-with .*user=', usage,
+                                                     re.MULTILINE)))
 
 
 def binary_key(path: str) -> str:
