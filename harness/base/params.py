@@ -64,20 +64,21 @@ def get_optional(name: str, lookup=None) -> Optional[str]:
     return get(name, lookup) or None
 
 
+def get_choice(name: str, choices, lookup=None) -> str:
+    """Value of parameter ``name``, which must be one of ``choices``."""
+    value = get(name, lookup)
+    if value not in choices:
+        raise ParameterError(f"{name}={value!r} is not one this suite knows; use one of "
+                             f"{', '.join(choices)}")
+    return value
+
+
 def get_accel(lookup=None) -> str:
-    accel = get('accel', lookup)
-    if accel not in ACCEL_CHOICES:
-        raise ParameterError(f"accel={accel!r} is not an accelerator this suite "
-                             f"knows; use one of {', '.join(ACCEL_CHOICES)}")
-    return accel
+    return get_choice('accel', ACCEL_CHOICES, lookup)
 
 
 def get_confine(lookup=None) -> str:
-    mode = get('confine_remotes', lookup)
-    if mode not in CONFINE_CHOICES:
-        raise ParameterError(f"confine_remotes={mode!r} is not one of "
-                             f"{', '.join(CONFINE_CHOICES)}")
-    return mode
+    return get_choice('confine_remotes', CONFINE_CHOICES, lookup)
 
 
 def get_int(name: str, lookup=None, minimum: int = 1) -> int:

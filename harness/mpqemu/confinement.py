@@ -122,8 +122,7 @@ def resolve(mode: str, caps: Capabilities, user: str = REMOTE_USER) -> Optional[
     = ``mode``: None for ``off``; for ``on`` both parts or an error naming
     what is missing; for ``auto`` what this QEMU and this host allow."""
     if mode not in CONFINE_CHOICES:
-        raise ParameterError(f"confine_remotes={mode!r} is not one of "
-                             f"{', '.join(CONFINE_CHOICES)}")
+        raise ParameterError(f"confine_remotes={mode!r}: use one of {CONFINE_CHOICES}")
     if mode == 'off':
         return None
     missing = []

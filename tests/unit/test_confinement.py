@@ -21,7 +21,7 @@ def test_off_confines_nothing(caps):
 
 
 def test_unknown_mode_is_refused(caps):
-    with pytest.raises(ParameterError, match='confine_remotes=.maybe. is not one of'):
+    with pytest.raises(ParameterError, match="confine_remotes='maybe': use one of"):
         confinement.resolve('maybe', caps)
 
 

@@ -31,3 +31,9 @@ def test_bad_memory_size(monkeypatch, raw):
     monkeypatch.setenv('MEMORY_MB', raw)
     with pytest.raises(ParameterError, match='memory_mb'):
         params.get_int('memory_mb')
+
+
+def test_unknown_confinement_mode_is_named(monkeypatch):
+    monkeypatch.setenv('CONFINE_REMOTES', 'maybe')
+    with pytest.raises(ParameterError, match=r"confine_remotes='maybe'.*auto, on, off"):
+        params.get_confine()
