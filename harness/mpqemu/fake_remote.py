@@ -20,6 +20,7 @@ from typing import Iterator, Optional, Sequence
 from ..base.units import MIB
 from ..qemu.binary import Capabilities
 from ..qemu.guestmem import GuestMemory
+from .confinement import Confinement
 from .protocol import DEFAULT_REPLY_TIMEOUT_S, FakeProxy, FakeProxyAccess, IntxEventFds
 from .remote import Remote
 
@@ -80,10 +81,12 @@ def launch(caps: Capabilities, *, log_dir: str, drive: Optional[str] = None,
            fmt: str = 'raw', devid: str = 'lsi1', ram_size: int = DEFAULT_RAM_SIZE,
            ram_gpa: int = DEFAULT_RAM_GPA, irq: bool = True,
            extra_args: Sequence[str] = (),
-           timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> FakeProxiedRemote:
-    """Start a remote LSI (with ``drive`` as its scsi-hd), sync ``ram_size``
-    bytes of guest RAM at ``ram_gpa`` and, with ``irq``, send SET_IRQFD."""
-    remote = Remote(devid, drive, fmt, extra_args)
+           timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+           confinement: Optional[Confinement] = None) -> FakeProxiedRemote:
+    """Start a remote LSI (with ``drive`` as its scsi-hd, confined as
+    ``confinement`` says), sync ``ram_size`` bytes of guest RAM at
+    ``ram_gpa`` and, with ``irq``, send SET_IRQFD."""
+    remote = Remote(devid, drive, fmt, extra_args, confinement=confinement)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         remote.start(caps, log_dir, theirs)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, Optional, Sequence
 
 from ..base.units import MIB
+from ..mpqemu.confinement import Confinement
 from ..mpqemu.remote import VFIO_USER, Remote
 from ..mpqemu.topology import short_socket_dir
 from ..qemu.binary import Capabilities
@@ -99,14 +100,17 @@ def launch(caps: Capabilities, *, log_dir: str, drive: Optional[str] = None,
            fmt: str = 'raw', devid: str = 'lsi1', ram_size: int = DEFAULT_RAM_SIZE,
            ram_gpa: int = DEFAULT_RAM_GPA, irq: bool = True,
            extra_args: Sequence[str] = (),
-           timeout_s: float = DEFAULT_REPLY_TIMEOUT_S) -> ServedRemote:
-    """Start a remote LSI (with ``drive`` as its scsi-hd) behind an
+           timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+           confinement: Optional[Confinement] = None) -> ServedRemote:
+    """Start a remote LSI (with ``drive`` as its scsi-hd, confined as
+    ``confinement`` says) behind an
     x-vfio-user-server, connect and negotiate, DMA-map ``ram_size`` bytes
     of RAM at ``ram_gpa`` and, with ``irq``, give it an INTx eventfd."""
     socket_dir = short_socket_dir()
     path = os.path.join(socket_dir, f'{devid}.sock')
     try:
-        remote = Remote(devid, drive, fmt, extra_args, transport=VFIO_USER, socket_path=path)
+        remote = Remote(devid, drive, fmt, extra_args, transport=VFIO_USER, socket_path=path,
+                        confinement=confinement)
         remote.start(caps, log_dir)
     except BaseException:
         shutil.rmtree(socket_dir, ignore_errors=True)

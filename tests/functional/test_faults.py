@@ -457,7 +457,8 @@ class RestartKeepsFlushedData(FaultTest):
         image = bytecheck.write_random_image(os.path.join(self.workdir, 'disk.raw'), 16 * MIB)
         payload = os.urandom(2 * MIB)
         lba = 4096
-        with fake_remote.launch(self.caps, log_dir=self.outputdir, drive=image) as first:
+        with fake_remote.launch(self.caps, log_dir=self.outputdir, drive=image,
+                                confinement=self.confinement) as first:
             engine = lsi.Lsi53c895a(first.access)
             engine.setup()
             engine.wait_ready()
@@ -465,7 +466,8 @@ class RestartKeepsFlushedData(FaultTest):
             first.remote.faults.kill()
             self.assertTrue(first.remote.process.wait_exit(REMOTE_EXIT_TIMEOUT_S))
             self.assertEqual(first.remote.process.exitcode, -9)
-        with fake_remote.launch(self.caps, log_dir=self.outputdir, drive=image) as second:
+        with fake_remote.launch(self.caps, log_dir=self.outputdir, drive=image,
+                                confinement=self.confinement) as second:
             engine = lsi.Lsi53c895a(second.access)
             engine.setup()
             engine.wait_ready()

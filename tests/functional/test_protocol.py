@@ -62,7 +62,8 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         started = time.monotonic()
         self.served = self.launcher(self.remote_caps, log_dir=self.outputdir, drive=self.image,
                                     ram_size=RAM_BYTES, timeout_s=REPLY_TIMEOUT_S,
-                                    extra_args=['-trace', RESET_TRACE_EVENT])
+                                    extra_args=['-trace', RESET_TRACE_EVENT],
+                                    confinement=self.confinement)
         self.remote = self.served.remote
         self.lsi = lsi.Lsi53c895a(self.served.access)
         self.lsi.setup()
