@@ -128,7 +128,9 @@ def resolve(mode: str, caps: Capabilities, user: str = REMOTE_USER) -> Optional[
     missing = []
     if not caps.sandbox:
         missing.append(f"QEMU at {caps.path} ({caps.version_string}) has no -sandbox: "
-                       f"build it with --enable-seccomp (libseccomp-dev)")
+                       f"build it with --enable-seccomp (apt-get install libseccomp-dev; "
+                       f"qemu_src=SPEC+seccomp, e.g. vfio_user_server="
+                       f"src:debian:trixie+vfio-user-server+seccomp)")
     can_switch = caps.runas or caps.run_with_user
     if not can_switch:
         missing.append(f"QEMU at {caps.path} ({caps.version_string}) has neither -runas "
