@@ -22,6 +22,7 @@ import socket
 import time
 from typing import Dict, Iterator, Optional
 
+from ..base.waiting import wait_until
 from ..base.fdstream import Connection, EventFdEdges, ProtocolError, RemoteError, RemoteGone
 from ..qemu.guestmem import RamRegion
 from . import protocol as p
@@ -32,6 +33,7 @@ DEFAULT_REPLY_TIMEOUT_S = 5.0
 # can never be taken for replies to the client's requests.
 MAX_CLIENT_MSG_ID = 0x7fff
 CONNECT_RETRY_S = 0.002
+CONNECT_RETRY_MAX_S = 0.05
 
 
 class ServerRejected(RemoteError):
@@ -77,21 +79,29 @@ class VfioUserClient(Connection):
         """Connect within ``timeout_s``.  The socket file appears at bind(),
         a moment before the server's listen(): ECONNREFUSED (and ENOENT)
         are retried until the deadline."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+        last_error = ['']
+
+        def connected() -> Optional[socket.socket]:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             sock.settimeout(timeout_s)
             try:
                 sock.connect(path)
-                return cls(sock, timeout_s)
+                return sock
             except OSError as err:
                 sock.close()
-                if err.errno not in (errno.ECONNREFUSED, errno.ENOENT) \
-                        or time.monotonic() >= deadline:
-                    raise RemoteGone(f"cannot connect to the vfio-user server at {path}: "
-                                     f"{err.strerror}; is the remote running and "
-                                     f"listening?") from None
-            time.sleep(CONNECT_RETRY_S)
+                if err.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                    raise gone(err.strerror) from None
+                last_error[0] = err.strerror
+                return None
+
+        def gone(why: str) -> RemoteGone:
+            return RemoteGone(f"cannot connect to the vfio-user server at {path}: {why}; "
+                              f"is the remote running and listening?")
+
+        sock = wait_until(connected, timeout_s, f'the vfio-user server at {path}',
+                          CONNECT_RETRY_S, max_interval_s=CONNECT_RETRY_MAX_S,
+                          error=lambda _: gone(last_error[0]))
+        return cls(sock, timeout_s)
 
     @contextlib.contextmanager
     def reply_timeout(self, timeout_s: float) -> Iterator[None]:
