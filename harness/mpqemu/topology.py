@@ -10,7 +10,10 @@ Each device has a placement:
     emulated in its own remote process (harness/mpqemu/remote.py), reached
     through an ``x-pci-proxy-dev`` holding the other end of a socketpair
     (the mpqemu protocol).  Guest RAM is memfd-backed and shared: the
-    remote maps it from the fds that SYNC_SYSMEM sends.
+    remote maps it from the fds that SYNC_SYSMEM sends.  A *peer*
+    (``add_peer``) takes the remote's end instead of a remote QEMU: the
+    hostile remote of harness/mpqemu/hostile, which answers the proxy
+    itself.
 ``vfio-user``
     emulated in its own remote process serving it with
     ``x-vfio-user-server`` on a unix socket, reached through a
@@ -72,12 +75,14 @@ class Device:
     """One LSI 53C895A of the machine and where it is emulated.
 
     ``args`` go to the process that emulates it: its remote, or the
-    guest's QEMU for an in-process device.  ``remote`` is None in-process.
+    guest's QEMU for an in-process device.  ``remote`` is None in-process
+    and for a proxy device whose socket end goes to ``peer`` (an object
+    with ``attach(sock)`` and ``close()``) instead of a remote QEMU.
     """
 
     def __init__(self, devid: str, drive: Optional[str], fmt: str, args: Sequence[str],
                  addr: Optional[str], placement: str, socket_path: Optional[str] = None,
-                 confinement: Optional[Confinement] = None):
+                 confinement: Optional[Confinement] = None, peer=None):
         self.devid = devid
         self.drive = drive
         self.fmt = fmt
@@ -85,7 +90,10 @@ class Device:
         self.addr = addr
         self.placement = check_placement(placement)
         self.remote = None
-        if placement != IN_PROCESS:
+        self.peer = peer
+        if peer is not None and placement != PROXY:
+            raise ParameterError(f"{devid}: a peer answers an {PROXY} device only")
+        if placement != IN_PROCESS and peer is None:
             self.remote = Remote(devid, drive, fmt, args, transport=placement,
                                  socket_path=socket_path, confinement=confinement)
         self.proxy_sock: Optional[socket.socket] = None   # until the proxy has it
@@ -100,7 +108,7 @@ class Device:
 
     def qemu_args(self, caps: Capabilities) -> List[str]:
         """What the guest's QEMU needs for this device."""
-        if self.remote is None:
+        if self.placement == IN_PROCESS:
             check_drive(self.drive, self.fmt)
             return lsi_device_args(self.devid, self.drive, self.fmt, self.addr) + self.args
         if self.placement == VFIO_USER:
@@ -209,6 +217,43 @@ class Machine:
         self.devices[devid] = device
         return device
 
+    def add_peer(self, devid: str, peer, addr: Optional[str] = None) -> Device:
+        """Declare an ``x-pci-proxy-dev`` whose remote end goes to ``peer``
+        (harness/mpqemu/hostile/remote.py) rather than to a remote QEMU:
+        ``peer.attach(sock)`` gets it at launch, ``peer.close()`` runs at
+        shutdown."""
+        if self.qemu:
+            raise HarnessError("add devices before launch(); plug_peer() hot-plugs one")
+        if devid in self.devices:
+            raise ParameterError(f"there already is a device {devid!r}")
+        self.caps.require_multiprocess()
+        device = Device(devid, None, 'raw', (), addr, PROXY, peer=peer)
+        self.devices[devid] = device
+        return device
+
+    def plug_peer(self, devid: str, peer) -> None:
+        """Hot-plug a new ``x-pci-proxy-dev`` ``devid``, answered by
+        ``peer``, in place of one the guest has ejected (DEVICE_DELETED
+        seen); the old peer is closed.  The proxy probes the new one's
+        BARs during device_add, so ``peer`` serves before it is sent."""
+        device = self._device(devid)
+        if device.peer is None:
+            raise HarnessError(f"{devid} is not answered by a peer")
+        names = self.caps.require_multiprocess()
+        device.peer.close()
+        device.peer = peer
+        proxy_end, peer_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        peer.attach(peer_end)
+        try:
+            fdname = f'{devid}-peer-{id(peer):x}'
+            self.qemu.send_fd(proxy_end.fileno(), fdname)
+        finally:
+            proxy_end.close()
+        args = {'driver': names.proxy_device, 'id': devid, 'fd': fdname}
+        if device.addr:
+            args['addr'] = device.addr
+        self.qemu.qmp('device_add', **args)
+
     def add_args(self, *args: str) -> None:
         """Arguments for the guest's QEMU."""
         if self.qemu:
@@ -217,7 +262,7 @@ class Machine:
 
     @property
     def multiprocess(self) -> bool:
-        return any(d.remote for d in self.devices.values())
+        return any(d.placement != IN_PROCESS for d in self.devices.values())
 
     def remotes(self) -> List[Remote]:
         return [d.remote for d in self.devices.values() if d.remote]
@@ -284,11 +329,13 @@ class Machine:
                 if device.remote:
                     device.remote.start(self.remote_caps, self.log_dir, remote_sock,
                                         watch=self.watchdog, timeout_s=timeout_s)
+                elif device.peer is not None:
+                    device.peer.attach(remote_sock)
             self.qemu = QEMUProcess(self.caps.path, self.qemu_args(),
                                     name='proxy' if self.multiprocess else 'vm',
                                     log_dir=self.log_dir,
                                     pass_fds=[d.proxy_sock.fileno() for d in proxied],
-                                    fd_roles={d.proxy_sock.fileno(): d.remote.socket_role
+                                    fd_roles={d.proxy_sock.fileno(): _socket_role(d)
                                               for d in proxied})
             self.qemu.launch(timeout_s)
         except BaseException:
@@ -368,9 +415,21 @@ class Machine:
             except Exception as err:  # pylint: disable=broad-except
                 errors.append(err)
         self._close_proxy_socks()
+        for device in self.devices.values():
+            if device.peer is not None:
+                try:
+                    device.peer.close()
+                except Exception as err:  # pylint: disable=broad-except
+                    errors.append(err)
         if self._socket_dir:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
             self._socket_dir = None
         if errors:
             raise errors[0]
         return ended
+
+
+def _socket_role(device: Device):
+    """What the proxy's end of ``device``'s socketpair leads to, for
+    reports of where a vCPU waits."""
+    return device.remote.socket_role if device.remote else f'the peer of {device.devid}'
