@@ -37,6 +37,8 @@ PARAMETERS = {
     'memory_mb': ('256', 'guest RAM of the proxy, in MiB'),
     'fuzz_seed': ('1', 'seed of the protocol fuzzer (tests/functional/test_fuzz.py)'),
     'fuzz_messages': ('10000', 'messages the protocol fuzzer sends in one test run'),
+    'hostile_cases': ('10000', 'hostile replies the proxy fuzz run sends in one test run '
+                               '(tests/functional/test_hostile_remote.py)'),
     'image': ('lsi-boot', 'guest image: a recipe in tests/images, a directory with '
                           'a manifest.json, or a qcow2/raw disk file'),
     'image_user': ('', 'SSH user of a user-supplied image'),
