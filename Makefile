@@ -85,15 +85,26 @@ bench-boot: host-deps venv
 
 # The long protocol fuzzing run (the CI run is `make functional TAGS=fuzz`).
 # FUZZ_TRANSPORT: proxy (mpqemu to x-remote-object) or vfio-user (to
-# x-vfio-user-server, the vfio_user_server QEMU: a cached source build).
+# x-vfio-user-server, the vfio_user_server QEMU: a cached source build), or
+# hostile-remote (the harness as the remote of the guest-facing QEMU, the
+# agent's accesses answered with hostile replies: an Avocado job, findings
+# and the summary in its test's data directory).
 FUZZ_TRANSPORT ?= proxy
 FUZZ_SEED ?= 1
 FUZZ_MESSAGES ?= 200000
 FUZZ_OUT ?= $(BUILD)/fuzz/$(FUZZ_TRANSPORT)-seed-$(FUZZ_SEED)
 .PHONY: fuzz
+ifeq ($(FUZZ_TRANSPORT),hostile-remote)
+fuzz: host-deps venv
+	$(VPY) -m harness.tools.images build agent
+	$(VENV)/bin/avocado --config tests/functional/avocado.conf run --job-results-dir $(FUZZ_OUT) \
+	    -p fuzz_seed=$(FUZZ_SEED) -p hostile_cases=$(FUZZ_MESSAGES) $(AVOCADO_ARGS) \
+	    tests/functional/test_hostile_remote.py:HostileFuzz.test_hostile_replies
+else
 fuzz: host-deps venv
 	$(VPY) -m harness.tools.fuzz --transport $(FUZZ_TRANSPORT) --seed $(FUZZ_SEED) \
 		--messages $(FUZZ_MESSAGES) --out $(FUZZ_OUT)
+endif
 
 # QEMU built from source with multi-process support (cached in ~/.cache/mpqemu-tests/).
 QEMU_SRC ?= debian:bookworm
