@@ -250,20 +250,31 @@ class OneDevicePerRemoteOverVfioUser(OneDevicePerRemote):
         self.promise_remote_refuses(remote, VFIO_USER_SEVERAL_DEVICES)
 
     def test_a_proxy_reaches_only_its_own_device(self):
-        """Each client reaches its own LSI's registers only, although both
-        program their BARs at the same addresses of the one remote."""
+        """Each client reaches its own LSI's registers only.  Both program
+        their BARs at the same addresses, which overlap in the one remote;
+        a BAR access goes through the remote's flat memory view at the
+        BAR's address (hw/remote/vfio-user-obj.c, vfu_object_bar_rw:
+        memory_region_find), so it reaches whichever device QEMU mapped
+        there."""
         remote, (first, second) = self.start('lsi1', 'lsi2')
         lsi1, lsi2 = pci.PciFunction(first.access()), pci.PciFunction(second.access())
         lsi1.setup()
         lsi2.setup()
-        lsi1.write(lsi_regs.MMIO_BAR, lsi_regs.SCRATCHA, A_VALUE, 4)
-        lsi2.write(lsi_regs.MMIO_BAR, lsi_regs.SCRATCHA, B_VALUE, 4)
-        self.assertEqual(lsi1.read(lsi_regs.MMIO_BAR, lsi_regs.SCRATCHA, 4), A_VALUE)
-        self.assertEqual(lsi2.read(lsi_regs.MMIO_BAR, lsi_regs.SCRATCHA, 4), B_VALUE)
         bars1 = self.bar_addresses(self.remote_pci(remote, 'lsi1'))
         bars2 = self.bar_addresses(self.remote_pci(remote, 'lsi2'))
         self.assertEqual(bars1, bars2, 'both clients programmed the same BAR addresses')
-        self.record(overlapping_bars={str(k): hex(v) for k, v in bars1.items()})
+        lsi1.write(lsi_regs.MMIO_BAR, lsi_regs.SCRATCHA, A_VALUE, 4)
+        lsi2.write(lsi_regs.MMIO_BAR, lsi_regs.SCRATCHA, B_VALUE, 4)
+        read1 = lsi1.read(lsi_regs.MMIO_BAR, lsi_regs.SCRATCHA, 4)
+        read2 = lsi2.read(lsi_regs.MMIO_BAR, lsi_regs.SCRATCHA, 4)
+        self.record(overlapping_bars={str(k): hex(v) for k, v in bars1.items()},
+                    scratcha_read_by_first=hex(read1), scratcha_read_by_second=hex(read2))
+        self.assertEqual(read2, B_VALUE)
+        with self.known_issue_guard(VFIO_USER_SEVERAL_DEVICES):
+            self.assertEqual(read1, A_VALUE,
+                             f'{PROMISE}: the first client reads SCRATCHA {read1:#x}, the value '
+                             f'the second client wrote to its own device: with their BARs at the '
+                             f'same address, one client reaches the other\'s device')
 
     def test_one_connection_failing_takes_the_other_down(self):
         """A config read of 3 bytes on the first server aborts the remote
