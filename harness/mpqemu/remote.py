@@ -1,8 +1,11 @@
 """One remote device process: a ``-machine x-remote`` QEMU serving one LSI.
 
-QEMU allows one emulated device per remote (docs/system/multi-process.rst):
+QEMU means one emulated device per remote (docs/system/multi-process.rst):
 an ``lsi53c895a`` (with a ``scsi-hd`` when given a drive) bound by an
-``x-remote-object`` to its end of a socketpair.  :class:`Remote` is the
+``x-remote-object`` to its end of a socketpair.  Whether it holds to that
+is tests/functional/test_one_device.py's question, so a Remote can be
+given further LSIs (``more_lsis``) and further server objects
+(``more_objects``: :class:`ServerObject`) in the same process.  :class:`Remote` is the
 only way the harness starts one, whoever holds the other end: the proxy
 QEMU (harness/mpqemu/topology.py), the fake proxy
 (harness/mpqemu/fake_remote.py) or the fuzzer.  It owns the process (and
@@ -25,7 +28,8 @@ import json
 import os
 import socket
 import stat
-from typing import List, Optional, Sequence
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
 
 from ..base.errors import HarnessError, LaunchError, ParameterError, QEMUBinaryError
 from ..base.waiting import wait_until
@@ -66,6 +70,18 @@ def lsi_device_args(devid: str, drive: Optional[str], fmt: str = 'raw',
     return args
 
 
+@dataclass(frozen=True)
+class ServerObject:
+    """A further server object in a remote, serving device ``devid``: an
+    ``x-remote-object`` on ``sock`` (the remote's end of a socketpair of
+    its own, closed by ``Remote.start``) or an ``x-vfio-user-server``
+    listening at ``socket_path``.  ``id`` is its QOM id."""
+    id: str
+    devid: str
+    sock: Optional[socket.socket] = None
+    socket_path: Optional[str] = None
+
+
 class Remote:
     """The remote process that emulates device ``devid``.
 
@@ -76,17 +92,32 @@ class Remote:
     (harness/mpqemu/confinement.py).  Until
     ``start()`` there is no process; after a restart ``process`` is the new
     one and ``past`` holds those it replaced.
+
+    ``more_lsis`` are further LSIs in the same process, as ``(devid,
+    drive)``, and ``more_objects`` further server objects
+    (:class:`ServerObject`, of this remote's transport): what QEMU's
+    one-device limit is about.  Such a remote starts once.
     """
 
     def __init__(self, devid: str, drive: Optional[str] = None, fmt: str = 'raw',
                  args: Sequence[str] = (), name: Optional[str] = None,
                  transport: str = PROXY, socket_path: Optional[str] = None,
-                 confinement: Optional[Confinement] = None):
+                 confinement: Optional[Confinement] = None,
+                 more_lsis: Sequence[Tuple[str, Optional[str]]] = (),
+                 more_objects: Sequence[ServerObject] = ()):
         check_drive(drive, fmt)
+        for _, more_drive in more_lsis:
+            check_drive(more_drive, fmt)
         if transport not in TRANSPORTS:
             raise HarnessError(f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
         if (transport == VFIO_USER) != (socket_path is not None):
             raise HarnessError("a vfio-user remote needs a socket_path, and only it")
+        for obj in more_objects:
+            if (transport == VFIO_USER) != (obj.socket_path is not None) \
+                    or (obj.sock is None) != (transport == VFIO_USER):
+                raise HarnessError(f"server object {obj.id} of a {transport} remote needs "
+                                   f"{'a socket_path' if transport == VFIO_USER else 'a sock'}"
+                                   f", and only it")
         self.transport = transport
         self.socket_path = socket_path
         self.devid = devid
@@ -95,6 +126,8 @@ class Remote:
         self.fmt = fmt
         self.args = list(args)
         self.confinement = confinement
+        self.more_lsis = list(more_lsis)
+        self.more_objects = list(more_objects)
         self.process: Optional[QEMUProcess] = None
         self.past: List[QEMUProcess] = []
         self.watchdog: Optional[RemoteWatchdog] = None
@@ -115,17 +148,25 @@ class Remote:
                     f"(qemu_src=debian:trixie+vfio-user-server)")
             # On 10.0 the object takes its socket only as JSON: the dotted
             # form fails with "Parameter 'type' is missing".
-            server = {'qom-type': VFIO_USER_SERVER, 'id': f'{self.devid}-vfu',
-                      'device': self.devid,
-                      'socket': {'type': 'unix', 'path': self.socket_path}}
-            return (['-machine', f'{names.machine},vfio-user=on', '-nodefaults',
-                     '-display', 'none'] + lsi_device_args(self.devid, self.drive, self.fmt)
-                    + ['-object', json.dumps(server)] + self.args)
-        return (['-machine', names.machine, '-nodefaults', '-display', 'none']
-                + lsi_device_args(self.devid, self.drive, self.fmt)
-                + ['-object',
-                   f'{names.remote_object},id={self.devid}-obj,devid={self.devid},fd={fd}']
-                + self.args)
+            servers = [ServerObject(f'{self.devid}-vfu', self.devid,
+                                    socket_path=self.socket_path)] + self.more_objects
+            objects = [json.dumps({'qom-type': VFIO_USER_SERVER, 'id': obj.id,
+                                   'device': obj.devid,
+                                   'socket': {'type': 'unix', 'path': obj.socket_path}})
+                       for obj in servers]
+            machine = f'{names.machine},vfio-user=on'
+        else:
+            objects = [f'{names.remote_object},id={self.devid}-obj,devid={self.devid},fd={fd}']
+            objects += [f'{names.remote_object},id={obj.id},devid={obj.devid},'
+                        f'fd={obj.sock.fileno()}' for obj in self.more_objects]
+            machine = names.machine
+        args = ['-machine', machine, '-nodefaults', '-display', 'none']
+        args += lsi_device_args(self.devid, self.drive, self.fmt)
+        for devid, drive in self.more_lsis:
+            args += lsi_device_args(devid, drive, self.fmt)
+        for obj in objects:
+            args += ['-object', obj]
+        return args + self.args
 
     def start(self, caps: Capabilities, log_dir: str, sock: Optional[socket.socket] = None,
               *, watch: bool = False, qmp: bool = True,
@@ -143,23 +184,33 @@ class Remote:
                                f"{'without' if sock is None else 'with'} a socket end")
         if self.process is not None and self.process.is_running():
             raise HarnessError(f"{self.process.name} is still running: stop it before a restart")
+        if self.process is not None and self.more_objects and self.transport == PROXY:
+            raise HarnessError(f"{self.name} has further x-remote-objects, whose socket ends "
+                               f"went to its first process: it cannot be restarted")
         if self.process is not None:
             self.past.append(self.process)
             self.generation += 1
         name = self.name + (f'-{self.generation}' if self.generation else '')
         watchdog = None
         fds = [sock.fileno()] if sock else []
+        roles = {fd: 'the socket to the proxy' for fd in fds}
+        for obj in self.more_objects:
+            if obj.sock:
+                fds.append(obj.sock.fileno())
+                roles[obj.sock.fileno()] = f'the socket to the proxy of {obj.id}'
         process = None
         try:
-            if self.socket_path and os.path.exists(self.socket_path):
-                os.unlink(self.socket_path)      # a dead server's
+            for path in self.socket_paths():
+                if os.path.exists(path):
+                    os.unlink(path)      # a dead server's
             process = QEMUProcess(caps.path, self.command_line(caps, fds[0] if fds else None),
                                   name=name, log_dir=log_dir, pass_fds=fds, qmp=qmp,
-                                  fd_roles={fd: 'the socket to the proxy' for fd in fds})
+                                  fd_roles=roles)
             watchdog = RemoteWatchdog(process) if watch else None
             process.launch(timeout_s)
             if self.socket_path and qmp:
-                self.wait_listening(process, timeout_s)
+                for path in self.socket_paths():
+                    self.wait_listening(process, timeout_s, path)
         except BaseException:
             if watchdog:
                 watchdog.stop()        # its pipe and monitor socket
@@ -167,25 +218,34 @@ class Remote:
                 process.shutdown()     # launched, but its server never listened
             raise
         finally:
-            if sock:
-                sock.close()
+            for end in [sock] + [obj.sock for obj in self.more_objects]:
+                if end:
+                    end.close()
         self.process, self.watchdog = process, watchdog
         self.faults = FaultInjector(process, watchdog)
         if watchdog:
             watchdog.start()
         return process
 
-    def wait_listening(self, process: QEMUProcess, timeout_s: float = LAUNCH_TIMEOUT_S) -> None:
-        """Until the vfio-user server of ``process`` listens on its socket."""
+    def socket_paths(self) -> List[str]:
+        """Where this remote's vfio-user servers listen (none over the proxy)."""
+        if not self.socket_path:
+            return []
+        return [self.socket_path] + [obj.socket_path for obj in self.more_objects]
+
+    def wait_listening(self, process: QEMUProcess, timeout_s: float = LAUNCH_TIMEOUT_S,
+                       path: Optional[str] = None) -> None:
+        """Until the vfio-user server of ``process`` listens on its socket
+        (``path``, the first server's unless given)."""
+        path = path or self.socket_path
+
         def listening():
             if not process.is_running():
                 raise LaunchError(f"{process.name} exited before its vfio-user server "
                                   f"listened ({process.state_description()}): "
                                   f"{process.log_tail()}")
-            return stat.S_ISSOCK(os.stat(self.socket_path).st_mode) \
-                if os.path.exists(self.socket_path) else False
-        wait_until(listening, timeout_s, f'{process.name} to listen on {self.socket_path}',
-                   0.01)
+            return stat.S_ISSOCK(os.stat(path).st_mode) if os.path.exists(path) else False
+        wait_until(listening, timeout_s, f'{process.name} to listen on {path}', 0.01)
 
     def qmp(self, cmd: str, **args):
         """A command on the remote's monitor."""
