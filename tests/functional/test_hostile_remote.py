@@ -20,6 +20,7 @@ FUZZ_TRANSPORT=hostile-remote`` for the long one) and its corpus
 (tests/fuzz/corpus-hostile-remote) close the file.
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -271,13 +272,42 @@ class HostileProbe(HostileRemoteTest):
             got, error = self.plug(target, FunctionModel(bars=bars))
             outcomes[name] = got if got is not None else error
             want = None if expected is None else {**self.BASE, **expected}
-            if got != want:
+            crashed = error is not None and error.startswith('proxy exit')
+            if got != want or crashed:
                 deviations.append(self.deviation(name, answers, want, got, error, target))
         self.record(probe_outcomes=outcomes, probe_deviations=deviations)
         unexplained = [d for d in deviations if not d['known_issue']]
         self.assertFalse(unexplained, f'probe deviations no known issue explains: '
                                       f'{json.dumps(unexplained)}')
         self.known_issues_met('the probe answers', deviations)
+
+    def test_bar_address_lies(self):
+        """The guest reads a BAR's address from the remote, which may say
+        anything: here that the I/O BAR sits on the ACPI PCI hot-plug ports
+        (0xae00), where a driver trusting it would eject devices.  What the
+        guest reads must be where the proxy decodes the BAR."""
+        target = self.boot_target()
+        agent, bar = target.agent, target.peer.model.bars[IO_BAR]
+        bdf = agent.find_device(hostile_model.VENDOR_ID, hostile_model.DEVICE_ID)
+        bar.address_answer = fuzz.PCIHP_EJECT_PORT & ~(bar.size - 1)
+        seen = agent.cfg_read(bdf, pci.BASE_ADDRESS_0, 4) & ~0x3
+        mapped = self.mapped(target)[IO_BAR]
+        self.record(io_bar_seen=hex(seen), io_bar_mapped=hex(mapped))
+        result = fuzz.Result(fuzz.OUTCOME_CORRECT if seen == mapped else 'accepted',
+                             guest=seen, expected=mapped)
+        case = self.case(Access('cfg', False, 4, pci.BASE_ADDRESS_0),
+                         Reply('lie', value=bar.address_answer))
+        case = dataclasses.replace(case, reply=dataclasses.replace(case.reply,
+                                                                    family='bar-address-lie'))
+        self.assert_copes([(case, result)], known=['proxy-forwards-bar-reads-to-the-remote'])
+
+    def mapped(self, target: Target) -> dict:
+        """{BAR: address} where the proxy decodes the device's BARs."""
+        for bus in target.vm.qemu.qmp('query-pci'):
+            for device in bus['devices']:
+                if device['slot'] == fuzz.SLOT:
+                    return {r['bar']: r['address'] for r in device['regions']}
+        self.fail('the hostile device is missing from query-pci')
 
     BASE = {IO_BAR: ('io', hostile_model.IO_BAR_SIZE, False),
             MMIO_BAR: ('memory', hostile_model.MMIO_BAR_SIZE, False)}

@@ -41,10 +41,13 @@ class Bar:
 
     ``probe_answer``, when set, is what a read of the BAR returns after
     the all-ones sizing write instead of the size mask: a hostile answer to
-    the proxy's probe (hw/remote/proxy.c probe_pci_info)."""
+    the proxy's probe (hw/remote/proxy.c probe_pci_info).
+    ``address_answer``, when set, is the address a read returns instead of
+    the one the guest programmed: a lie about where the BAR is."""
     size: int
     io: bool
     probe_answer: Optional[int] = None
+    address_answer: Optional[int] = None
     address: int = 0
     sizing: bool = False            # the last write was all-ones
     contents: bytearray = field(default_factory=bytearray)
@@ -61,6 +64,8 @@ class Bar:
             if self.probe_answer is not None:
                 return self.probe_answer
             return (~(self.size - 1) & 0xffffffff) | self.flags
+        if self.address_answer is not None:
+            return self.address_answer | self.flags
         return self.address | self.flags
 
     def write(self, value: int) -> None:
