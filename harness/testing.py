@@ -133,6 +133,19 @@ class MultiprocessTest(avocado.Test):
         met = set(self.figures.get('known_issues_met', [])) | {f['known_issue'] for f in findings}
         self.record(known_issues_met=sorted(met))
 
+    def corpus_replayed(self, replayed: int, met: Sequence[dict],
+                        changed: Sequence[dict]) -> None:
+        """Report a fuzzer's corpus replayed: the reproducers that no longer
+        end as recorded (``{'reproducer', 'expected', 'got'}``) are flagged,
+        since their known issue may be fixed; the known issues met are
+        reported as known_issues_met() does."""
+        self.record(corpus_replayed=replayed, corpus_changed=list(changed))
+        for entry in changed:
+            self.log.warning('reproducer %s no longer ends as recorded (%s, now %s): '
+                             'fixed upstream? update tests/known_issues', entry['reproducer'],
+                             entry['expected'], entry['got'])
+        self.known_issues_met('the corpus', met)
+
     def launch_guard_issues(self, vm: Machine) -> Sequence[str]:
         """Known issues checked at every launch of a machine with proxied
         devices (x-pci-proxy-dev)."""

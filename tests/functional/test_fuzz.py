@@ -94,12 +94,7 @@ class ProtocolFuzz(MultiprocessTest):
                                      f'{name} ends in {got} but matches no known issue')
                 met.append({'known_issue': outcome.known_issue, 'reproducer': name,
                             'outcome': got, 'log': outcome.got.log.strip()[-300:]})
-        self.record(corpus_replayed=len(paths), corpus_changed=changed)
-        for entry in changed:
-            self.log.warning('reproducer %s no longer ends as recorded (%s, now %s): '
-                             'fixed upstream? update tests/known_issues', entry['reproducer'],
-                             entry['expected'], entry['got'])
-        self.known_issues_met('the corpus', met)
+        self.corpus_replayed(len(paths), met, changed)
 
 
 class VfioUserFuzz(ProtocolFuzz):
