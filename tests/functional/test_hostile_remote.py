@@ -223,7 +223,7 @@ class IllegalReplies(HostileRemoteTest):
         self.assertEqual(self.fuzz.replugs, len(outcomes))
 
     def test_late_and_fragmented_replies_are_taken(self):
-        outcomes = self.run_replies(Reply('late', delay_s=0.3),
+        outcomes = self.run_replies(Reply('late', delay_s=0.3), Reply('late', delay_s=3.0),
                                     Reply('split', fragments=24, gap_s=0.005),
                                     Reply('lie', value=0x12345678))
         for case, result in outcomes:
