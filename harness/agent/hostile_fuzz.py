@@ -14,7 +14,7 @@ the case, then the identity dword.  :class:`Campaign` then classifies:
             logged) and the link stayed in step
   CRASH     the proxy died by a signal                          -> finding
   EXIT      it exited                                           -> finding
-  HANG      the vCPU did not come back by the deadline (1 s; a batch
+  HANG      the vCPU did not come back by the deadline (0.5 s; a batch
             that then finishes within 10 s was only slow) -- the harness
             hangs up; a proxy still wedged then is killed       -> finding
   DESYNC    a follow-up got a reply meant for another access    -> finding
@@ -57,7 +57,7 @@ from .mailbox import Command, Op
 TRANSPORT = 'hostile-remote'
 DEVID = 'hostile'
 SLOT = 4
-HANG_S = 1.0                  # beyond what the reply's delays take
+HANG_S = 0.5                  # beyond what the reply's delays take
 LATE_S = 5.0                  # for the vCPU to come back after a hang-up
 SLOW_GRACE_S = 10.0           # for a batch late on a busy host to finish anyway
 QMP_S = 2.0
@@ -65,7 +65,9 @@ EJECT_S = 5.0
 IDENTITY = DEVICE_ID << 16 | VENDOR_ID
 MARKER_OFFSET = 0xff0         # in the MMIO BAR; no case's access goes there
 PCIHP_EJECT_PORT = 0xae08     # hw/acpi/pcihp.c PCI_EJ_BASE, PIIX4
-FD_RELAUNCH = 400             # leaked fds after which the proxy is booted anew
+# The proxy is booted anew once its leaked fds reach half its fd limit
+# (at most this many): far from EMFILE, which would be a finding of ours.
+FD_RELAUNCH_MAX = 4000
 OUTCOME_CORRECT = 'correct'
 FINDINGS = ('crash', 'exit', 'hang', 'desync', 'fd-leak', 'accepted')   # worst first
 
@@ -194,6 +196,7 @@ class Campaign:
         self.slow = 0                 # batches late but not hung (a busy host)
         self._fds = 0
         self._fd_base = 0
+        self._fd_relaunch = 0
         self._log_offset = 0
         self.findings: Dict[str, dict] = {}
 
@@ -210,6 +213,8 @@ class Campaign:
                        & ~(0x3 if target.peer.model.bars[i].io else 0xf)
                        for i in (IO_BAR, MMIO_BAR)}
         self._fd_base = self._fds = procfs.fd_count(target.vm.qemu.pid) or 0
+        limit = procfs.open_files_limit(target.vm.qemu.pid) or 1024
+        self._fd_relaunch = min(FD_RELAUNCH_MAX, limit // 2 - self._fd_base)
         self._log_offset = _log_size(target.vm.qemu.log_path)
         return target
 
@@ -348,7 +353,7 @@ class Campaign:
         if (case.reply.ends_link or hung or not in_step or not target.peer.serving
                 or target.peer.queued):
             self.replug()
-        if self._fds - self._fd_base > FD_RELAUNCH:
+        if self._fds - self._fd_base > self._fd_relaunch:
             self._start()
 
     def _new_log(self, path: str) -> str:

@@ -47,6 +47,15 @@ def read(pid: int, name: str, tid: Optional[int] = None) -> str:
         return f'({err.strerror})'
 
 
+def open_files_limit(pid: int) -> Optional[int]:
+    """The soft RLIMIT_NOFILE of process ``pid`` (None if unknown)."""
+    for line in read(pid, 'limits').splitlines():
+        if line.startswith('Max open files'):
+            soft = line.split()[3]
+            return int(soft) if soft.isdigit() else None
+    return None
+
+
 def ppid(pid: int) -> Optional[int]:
     fields = stat_fields(pid)
     return int(fields[1]) if fields else None
