@@ -170,12 +170,17 @@ def _package_request(recipe: dict) -> dict:
 
 class Plan:
     """What a build of one recipe would produce, and where (no side effects
-    beyond apt look-ups, which are cached)."""
+    beyond apt look-ups, which are cached).  ``plans`` (name -> Plan) is
+    shared by the plans of one run: a base is planned, and its packages
+    resolved, once for itself and every image built on it."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, plans: Optional[Dict[str, 'Plan']] = None):
+        plans = {} if plans is None else plans
         self.recipe = load_recipe(name)
         self.name = name
-        self.base = Plan(self.recipe['base']) if 'base' in self.recipe else None
+        base = self.recipe.get('base')
+        self.base = (plans.get(base) or Plan(base, plans)) if base else None
+        plans[name] = self
         self.host_packages = host_package_versions(HOST_PACKAGES[self.recipe['kind']])
         self.resolved = None
         if self.recipe['kind'] == 'initramfs':
@@ -289,6 +294,8 @@ def _settings_file(guest: dict) -> bytes:
 def _build_initramfs(plan: Plan, out_dir: str, work: str) -> dict:
     recipe = plan.recipe
     kernel_pkg = plan.resolved['meta'][recipe['kernel']['meta_package']]
+    log.info("%s: %d Debian packages (kernel %s), downloaded once into %s", plan.name,
+             len(plan.resolved['packages']), kernel_pkg, os.path.join(images_dir(), 'debs'))
     deb_paths = debs.download(plan.resolved['packages'], os.path.join(images_dir(), 'debs'))
     stage = os.path.join(work, 'stage')
     kernel_root = os.path.join(work, 'kernel')
@@ -439,6 +446,16 @@ def build_recipe(name: str) -> GuestImage:
     """The recipe's image, built unless an intact build with the same key
     exists."""
     return _build(Plan(name))
+
+
+def build_recipes(names: List[str]) -> Dict[str, GuestImage]:
+    """Each recipe's image, from one plan of them all: an image and its base
+    share one package resolution even if apt's lists change meanwhile."""
+    plans: Dict[str, Plan] = {}
+    for name in names:
+        if name not in plans:
+            Plan(name, plans)
+    return {name: _build(plans[name]) for name in names}
 
 
 def _build(plan: Plan) -> GuestImage:

@@ -152,3 +152,24 @@ def test_a_killed_build_leaves_nothing_used_and_the_next_one_rebuilds(recipes, t
     guest = image.build_recipe('lsi-boot')
     assert os.path.dirname(guest.manifest) == plan.out_dir
     assert not [e for e in os.listdir(image.images_dir()) if e.startswith('.work-')]
+
+
+def test_images_planned_together_share_one_resolution(recipes, monkeypatch):
+    """apt's lists change between two look-ups (apt-get update by another
+    process): images planned together still come from the first answer."""
+    answers = []
+
+    def resolve(request, cache_dir):
+        answers.append(KERNEL_57 if not answers else KERNEL_50)
+        return _resolution(answers[-1])
+    monkeypatch.setattr(debs, 'resolve_cached', resolve)
+    base = image.Plan('tiny')
+    _write_base(base)
+    answers.clear()
+    guests = image.build_recipes(['tiny', 'lsi-boot'])
+    assert answers == [KERNEL_57]
+    assert os.path.dirname(guests['tiny'].manifest) == base.out_dir
+    manifest = image.read_manifest(os.path.dirname(guests['lsi-boot'].manifest))
+    assert manifest['base']['key'] == base.key and manifest['kernel']['package'] == KERNEL_57[0]
+    # Planned alone, lsi-boot would have asked apt again and got the other kernel.
+    assert image.Plan('lsi-boot').base.key != base.key
