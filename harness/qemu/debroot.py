@@ -19,6 +19,7 @@ import json
 import os
 import shlex
 import shutil
+import time
 from typing import List, Optional
 
 from ..base import locking, paths
@@ -135,7 +136,9 @@ def prepare(suite: str, log=print) -> str:
         shutil.rmtree(top, ignore_errors=True)         # a partial one, if any
         os.makedirs(top)
         partial = root + '.partial'
-        log(f"qemu_deb={suite}: mmdebstrap of {', '.join(PACKAGES)} into {root}")
+        started = time.monotonic()
+        log(f"qemu_deb={suite}: mmdebstrap of {', '.join(PACKAGES)} into {root} "
+            f"(minutes, once per machine)")
         run_tool(mmdebstrap_command(suite, partial), 'apt-get install mmdebstrap',
                  DebRootError, MMDEBSTRAP_TIMEOUT_S, what=f'mmdebstrap of {suite}')
         os.rename(partial, root)
@@ -149,5 +152,6 @@ def prepare(suite: str, log=print) -> str:
         with open(tmp, 'w', encoding='utf-8') as f:
             json.dump(manifest, f, indent=2)
         os.replace(tmp, os.path.join(top, 'manifest.json'))
-        log(f"qemu_deb={suite}: {manifest['packages'].get('qemu-system-x86')} at {wrapper}")
+        log(f"qemu_deb={suite}: {manifest['packages'].get('qemu-system-x86')} at {wrapper} "
+            f"after {time.monotonic() - started:.0f} s")
     return wrapper
