@@ -170,12 +170,17 @@ def _package_request(recipe: dict) -> dict:
 
 class Plan:
     """What a build of one recipe would produce, and where (no side effects
-    beyond apt look-ups, which are cached)."""
+    beyond apt look-ups, which are cached).  ``plans`` (name -> Plan) is
+    shared by the plans of one run: a base is planned, and its packages
+    resolved, once for itself and every image built on it."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, plans: Optional[Dict[str, 'Plan']] = None):
+        plans = {} if plans is None else plans
         self.recipe = load_recipe(name)
         self.name = name
-        self.base = Plan(self.recipe['base']) if 'base' in self.recipe else None
+        base = self.recipe.get('base')
+        self.base = (plans.get(base) or Plan(base, plans)) if base else None
+        plans[name] = self
         self.host_packages = host_package_versions(HOST_PACKAGES[self.recipe['kind']])
         self.resolved = None
         if self.recipe['kind'] == 'initramfs':
@@ -289,6 +294,8 @@ def _settings_file(guest: dict) -> bytes:
 def _build_initramfs(plan: Plan, out_dir: str, work: str) -> dict:
     recipe = plan.recipe
     kernel_pkg = plan.resolved['meta'][recipe['kernel']['meta_package']]
+    log.info("%s: %d Debian packages (kernel %s), downloaded once into %s", plan.name,
+             len(plan.resolved['packages']), kernel_pkg, os.path.join(images_dir(), 'debs'))
     deb_paths = debs.download(plan.resolved['packages'], os.path.join(images_dir(), 'debs'))
     stage = os.path.join(work, 'stage')
     kernel_root = os.path.join(work, 'kernel')
@@ -338,8 +345,14 @@ def _build_initramfs(plan: Plan, out_dir: str, work: str) -> dict:
 
 
 def _build_syslinux_disk(plan: Plan, out_dir: str, work: str) -> dict:
-    base_dir = os.path.dirname(build_recipe(plan.base.name).manifest)
+    # The base of this plan, not a new plan of it: a second apt look-up
+    # could resolve other versions (apt's lists updated meanwhile) than the
+    # ones this image's key was made from.
+    base_dir = os.path.dirname(_build(plan.base).manifest)
     base = read_manifest(base_dir)
+    if base['key'] != plan.base.key:
+        raise ImageError(f"{plan.base.name}: the build at {base_dir} has key {base['key']}, "
+                         f"not {plan.base.key}, the one {plan.name} is being built on")
     disk_conf = plan.recipe['disk']
     # Kept with the disk: prepare_boot_disk() renders it again per run.
     shutil.copyfile(os.path.join(plan.recipe['dir'], disk_conf['syslinux_cfg']),
@@ -361,7 +374,7 @@ def _build_syslinux_disk(plan: Plan, out_dir: str, work: str) -> dict:
     boot = dict(base['boot'], disk='disk.img', disk_format='raw')
     del boot['kernel'], boot['initrd']
     return {
-        'base': {'recipe': plan.base.name, 'key': plan.base.key},
+        'base': {'recipe': plan.base.name, 'key': plan.base.key, 'kernel': base['kernel']},
         'packages': base['packages'],
         'kernel': base['kernel'],
         'modules': base['modules'],
@@ -384,13 +397,39 @@ def _build_lock(name: str):
                              BUILD_LOCK_TIMEOUT_S, ImageError, f'a build of image {name!r}')
 
 
+def resolution_mismatch(manifest: dict, base_manifest: dict) -> Optional[str]:
+    """None when a derived image's manifest was built on the base build
+    ``base_manifest`` describes, from the same resolved package versions;
+    else both images, both keys and the versions that differ."""
+    ours, theirs = manifest['packages'], base_manifest['packages']
+    differ = sorted(n for n in set(ours) | set(theirs) if ours.get(n) != theirs.get(n))
+    if manifest['base']['key'] == base_manifest['key'] and not differ and \
+            manifest['kernel'] == base_manifest['kernel']:
+        return None
+    name, base_name = manifest['recipe'], base_manifest['recipe']
+    versions = '; '.join(f"{n}: {ours.get(n, 'absent')} in {name}, "
+                         f"{theirs.get(n, 'absent')} in {base_name}" for n in differ[:6])
+    return (f"image {name} (key {manifest['key']}) was built on {base_name} key "
+            f"{manifest['base']['key']} with {manifest['kernel']['package']} "
+            f"{manifest['kernel']['version']}, but {base_name} (key {base_manifest['key']}) "
+            f"has {base_manifest['kernel']['package']} {base_manifest['kernel']['version']}"
+            + (f" ({versions}{', ...' if len(differ) > 6 else ''})" if differ else ''))
+
+
 def _cached(plan: Plan) -> Optional[GuestImage]:
     if not os.path.isfile(os.path.join(plan.out_dir, MANIFEST_NAME)):
         return None
-    problem = _outputs_intact(plan.out_dir, read_manifest(plan.out_dir))
+    manifest = read_manifest(plan.out_dir)
+    problem = _outputs_intact(plan.out_dir, manifest)
     if problem:
         log.warning("%s: rebuilding: %s", plan.name, problem)
         return None
+    base_dir = plan.base.out_dir if plan.base else None
+    if base_dir and os.path.isfile(os.path.join(base_dir, MANIFEST_NAME)):
+        mismatch = resolution_mismatch(manifest, read_manifest(base_dir))
+        if mismatch:
+            raise ImageError(f"{mismatch}: one run must use one package resolution; "
+                             f"remove {plan.out_dir} and {base_dir} and run make images")
     return image_from_manifest(plan.out_dir)
 
 
@@ -406,7 +445,21 @@ def _prune_other_builds(plan: Plan) -> None:
 def build_recipe(name: str) -> GuestImage:
     """The recipe's image, built unless an intact build with the same key
     exists."""
-    plan = Plan(name)
+    return _build(Plan(name))
+
+
+def build_recipes(names: List[str]) -> Dict[str, GuestImage]:
+    """Each recipe's image, from one plan of them all: an image and its base
+    share one package resolution even if apt's lists change meanwhile."""
+    plans: Dict[str, Plan] = {}
+    for name in names:
+        if name not in plans:
+            Plan(name, plans)
+    return {name: _build(plans[name]) for name in names}
+
+
+def _build(plan: Plan) -> GuestImage:
+    name = plan.name
     image = _cached(plan)
     if image:
         return image

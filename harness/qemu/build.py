@@ -62,6 +62,10 @@ class BuildResult:
     firmware_dirs: List[str]
     has_qtest: bool
     multiprocess_option: str
+    # Size of the binary as the build left it; 0 in results written before
+    # it was recorded.  A binary of another size was truncated (full disk)
+    # or replaced since: the entry is rebuilt, never used.
+    binary_bytes: int = 0
     cached: bool = False        # this request was served from the cache
     request_s: float = 0.0
 
@@ -85,7 +89,13 @@ def _load_result(key_dir: str) -> Optional[BuildResult]:
         result = BuildResult(**data)
     except (OSError, ValueError, TypeError):
         return None
-    return result if os.access(result.binary, os.X_OK) else None
+    if not os.access(result.binary, os.X_OK):
+        return None
+    if result.binary_bytes and os.path.getsize(result.binary) != result.binary_bytes:
+        LOG.warning("%s: %s has %d bytes, not the %d its build left: rebuilding",
+                    key_dir, result.binary, os.path.getsize(result.binary), result.binary_bytes)
+        return None
+    return result
 
 
 FEATURE_RE = re.compile(r'\+([a-z0-9][a-z0-9-]*)$')
@@ -271,7 +281,7 @@ def _build_tree(spec: SourceSpec, tree: str, fingerprint: str, key: str, key_dir
                          fingerprint=fingerprint, configure_args=args, build_log=log_path,
                          build_s=round(time.monotonic() - built_at, 1),
                          firmware_dirs=list(caps.firmware_dirs), has_qtest=caps.has_qtest,
-                         multiprocess_option=args[1])
+                         multiprocess_option=args[1], binary_bytes=os.path.getsize(path))
     tmp = os.path.join(key_dir, f'result.json.{os.getpid()}')
     with open(tmp, 'w', encoding='utf-8') as f:
         json.dump(result.to_json(), f, indent=2)

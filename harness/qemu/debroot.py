@@ -19,6 +19,7 @@ import json
 import os
 import shlex
 import shutil
+import time
 from typing import List, Optional
 
 from ..base import locking, paths
@@ -79,7 +80,10 @@ def prepared(suite: str) -> Optional[dict]:
             manifest = json.load(f)
     except (OSError, ValueError):
         return None
-    complete = manifest.get('format') == ROOT_FORMAT and os.access(wrapper_path(suite), os.X_OK)
+    root = os.path.join(suite_dir(suite), 'rootfs')
+    complete = (manifest.get('format') == ROOT_FORMAT and os.access(wrapper_path(suite), os.X_OK)
+                and all(os.path.isfile(os.path.join(root, p))
+                        for p in (LOADER, os.path.join('usr/bin', BINARY))))
     return manifest if complete else None
 
 
@@ -132,7 +136,9 @@ def prepare(suite: str, log=print) -> str:
         shutil.rmtree(top, ignore_errors=True)         # a partial one, if any
         os.makedirs(top)
         partial = root + '.partial'
-        log(f"qemu_deb={suite}: mmdebstrap of {', '.join(PACKAGES)} into {root}")
+        started = time.monotonic()
+        log(f"qemu_deb={suite}: mmdebstrap of {', '.join(PACKAGES)} into {root} "
+            f"(minutes, once per machine)")
         run_tool(mmdebstrap_command(suite, partial), 'apt-get install mmdebstrap',
                  DebRootError, MMDEBSTRAP_TIMEOUT_S, what=f'mmdebstrap of {suite}')
         os.rename(partial, root)
@@ -141,7 +147,11 @@ def prepare(suite: str, log=print) -> str:
             f.write(wrapper_text(root))
         os.chmod(wrapper, 0o755)
         manifest = {'format': ROOT_FORMAT, 'suite': suite, 'packages': package_versions(root)}
-        with open(os.path.join(top, 'manifest.json'), 'w', encoding='utf-8') as f:
+        # Written last, and whole or not at all: it marks the root complete.
+        tmp = os.path.join(top, f'manifest.json.{os.getpid()}')
+        with open(tmp, 'w', encoding='utf-8') as f:
             json.dump(manifest, f, indent=2)
-        log(f"qemu_deb={suite}: {manifest['packages'].get('qemu-system-x86')} at {wrapper}")
+        os.replace(tmp, os.path.join(top, 'manifest.json'))
+        log(f"qemu_deb={suite}: {manifest['packages'].get('qemu-system-x86')} at {wrapper} "
+            f"after {time.monotonic() - started:.0f} s")
     return wrapper

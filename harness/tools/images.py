@@ -7,7 +7,9 @@
 ``all`` (the default) is every recipe in tests/images/ (harness/images/image.py)
 and the agent tier's bare-metal guest (harness/images/agent.py).  Each one
 built, or found in its cache in well under a second, prints a line: its
-name, where it lies and how long the request took.
+name and where it lies; the builder logs each build as it starts and ends.
+The recipes are planned together, so an image and its base come from one
+package resolution.
 """
 
 import argparse
@@ -27,17 +29,21 @@ def build(names: Sequence[str]) -> int:
     """Build the recipes and/or the agent ``names`` lists, in order."""
     if 'all' in names:
         names = [*image.recipe_names(), AGENT]
-    for name in names:
+    recipes = [name for name in names if name != AGENT]
+    if recipes:
         started = time.monotonic()
-        if name == AGENT:
-            try:
-                where = agent.agent_elf()
-            except agent.AgentBuildError as err:
-                print(f'agent build failed: {err}', file=sys.stderr)
-                return 1
-        else:
-            where = os.path.dirname(image.build_recipe(name).manifest)
-        print(f'{name}: {where} ({time.monotonic() - started:.2f} s)')
+        print(f"images {', '.join(recipes)}: planning (apt look-ups, cached)", flush=True)
+        for name, guest in image.build_recipes(recipes).items():
+            print(f'{name}: {os.path.dirname(guest.manifest)}', flush=True)
+        print(f'images: {time.monotonic() - started:.2f} s', flush=True)
+    if AGENT in names:
+        started = time.monotonic()
+        try:
+            where = agent.agent_elf()
+        except agent.AgentBuildError as err:
+            print(f'agent build failed: {err}', file=sys.stderr)
+            return 1
+        print(f'{AGENT}: {where} ({time.monotonic() - started:.2f} s)')
     return 0
 
 

@@ -216,3 +216,48 @@ def test_a_cached_build_is_returned_without_configuring(tmp_path, monkeypatch):
     assert build.cached_result(str(tree)).binary == str(fake_binary)
     # Other options are another key: not cached.
     assert build.cached_result(str(tree), ['--enable-debug']) is None
+
+
+def _cached_entry(tmp_path, monkeypatch, binary_bytes):
+    """A fake tree and, under its key, what a build leaves: build/,
+    request.json, and (binary_bytes not None) result.json naming a binary."""
+    monkeypatch.setenv('MPQEMU_BUILD_DIR', str(tmp_path / 'out'))
+    tree = fake_tree(tmp_path, NO_MULTIPROCESS_HELP)
+    key = build.cache_key(source.tree_fingerprint(str(tree)))
+    key_dir = tmp_path / 'out' / 'qemu' / key
+    (key_dir / 'build').mkdir(parents=True)
+    (key_dir / 'request.json').write_text('{}')
+    binary = key_dir / 'build' / 'qemu-system-x86_64'
+    binary.write_text('#!/bin/sh\n' + '#' * 100)
+    binary.chmod(0o755)
+    if binary_bytes is not None:
+        (key_dir / 'result.json').write_text(json.dumps(dict(
+            spec=str(tree), key=key, binary=str(binary), version='QEMU emulator version 9.9.9',
+            fingerprint='x', configure_args=[], build_log='', build_s=1.0, firmware_dirs=[],
+            has_qtest=True, multiprocess_option='--enable-multiprocess',
+            binary_bytes=binary_bytes)))
+    return tree, binary
+
+
+def test_a_build_killed_before_its_result_is_built_again_not_used(tmp_path, monkeypatch):
+    """A killed build leaves its key directory (build/, the binary maybe
+    half-linked) but no result.json: nothing is served from it, the build
+    runs again (and here fails at configure, as the fake tree must)."""
+    tree, _ = _cached_entry(tmp_path, monkeypatch, binary_bytes=None)
+    assert build.cached_result(str(tree)) is None
+    with pytest.raises(buildcache.BuildError, match='multiprocess'):
+        build.build(str(tree), log=lambda message: None)
+
+
+def test_a_truncated_binary_is_built_again_not_used(tmp_path, monkeypatch):
+    tree, binary = _cached_entry(tmp_path, monkeypatch, binary_bytes=0)
+    size = os.path.getsize(binary)
+    assert build.cached_result(str(tree)).binary == str(binary)    # size not recorded: kept
+    (tmp_path / 'again').mkdir()
+    tree, binary = _cached_entry(tmp_path / 'again', monkeypatch, binary_bytes=size)
+    assert build.cached_result(str(tree)).binary_bytes == size
+    with open(binary, 'r+b') as f:
+        f.truncate(size // 2)                                     # what a full disk leaves
+    assert build.cached_result(str(tree)) is None
+    with pytest.raises(buildcache.BuildError, match='multiprocess'):
+        build.build(str(tree), log=lambda message: None)

@@ -2,7 +2,10 @@
 is made of, the wrapper that runs it, and bad input."""
 
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -61,3 +64,68 @@ def test_a_qemu_src_names_configure_features():
         ('debian:trixie', ['--enable-vfio-user-server'])
     assert split_features('debian:trixie') == ('debian:trixie', [])
     assert split_features(os.getcwd()) == (os.getcwd(), [])
+
+
+KILL_WAIT_S = 30
+FAKE_MMDEBSTRAP = '''#!/bin/sh
+# Stands in for mmdebstrap: makes the root's loader, QEMU and dpkg status in
+# the target (the argument ending in rootfs.partial), then hangs if asked.
+for arg; do case $arg in *rootfs.partial) target=$arg;; esac; done
+mkdir -p "$target/usr/lib64" "$target/usr/bin" "$target/var/lib/dpkg"
+echo loader > "$target/usr/lib64/ld-linux-x86-64.so.2"
+echo qemu > "$target/usr/bin/qemu-system-x86_64"
+printf 'Package: qemu-system-x86\\nVersion: 1:11.1.3+ds-1~bpo13+1\\n\\n' > "$target/var/lib/dpkg/status"
+if [ -n "$FAKE_MMDEBSTRAP_HANG" ]; then touch "$target/hanging"; sleep 600; fi
+'''
+
+
+def test_a_root_killed_while_made_is_made_again_not_used(tmp_path, monkeypatch):
+    """A preparation killed in mmdebstrap leaves rootfs.partial and no
+    manifest: prepared() refuses it and the next prepare() starts over."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'mmdebstrap').write_text(FAKE_MMDEBSTRAP)
+    (bin_dir / 'mmdebstrap').chmod(0o755)
+    monkeypatch.setenv('PATH', f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv('MPQEMU_CACHE_DIR', str(tmp_path / 'cache'))
+    suite = 'trixie-backports'
+    hanging = os.path.join(debroot.suite_dir(suite), 'rootfs.partial', 'hanging')
+    # Its own session: the kill takes mmdebstrap with it, as a killed job's would.
+    proc = subprocess.Popen(
+        [sys.executable, '-c', f'from harness.qemu import debroot; debroot.prepare({suite!r})'],
+        env=dict(os.environ, FAKE_MMDEBSTRAP_HANG='1'), start_new_session=True)
+    try:
+        deadline = time.monotonic() + KILL_WAIT_S
+        while not os.path.exists(hanging) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.path.exists(hanging)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(KILL_WAIT_S)
+    top = debroot.suite_dir(suite)
+    assert os.path.isdir(os.path.join(top, 'rootfs.partial'))
+    assert debroot.prepared(suite) is None
+
+    wrapper = debroot.prepare(suite, log=lambda message: None)
+    manifest = debroot.prepared(suite)
+    assert manifest['packages'] == {'qemu-system-x86': '1:11.1.3+ds-1~bpo13+1'}
+    assert wrapper == debroot.wrapper_path(suite)
+    assert sorted(os.listdir(top)) == ['manifest.json', 'qemu-system-x86_64', 'rootfs']
+
+
+def test_a_root_missing_its_qemu_is_not_prepared(tmp_path, monkeypatch):
+    monkeypatch.setenv('MPQEMU_CACHE_DIR', str(tmp_path / 'cache'))
+    top = debroot.suite_dir('trixie')
+    os.makedirs(os.path.join(top, 'rootfs', 'usr', 'lib64'))
+    with open(os.path.join(top, 'rootfs', debroot.LOADER), 'w') as f:
+        f.write('loader')
+    with open(debroot.wrapper_path('trixie'), 'w') as f:
+        f.write(debroot.wrapper_text(os.path.join(top, 'rootfs')))
+    os.chmod(debroot.wrapper_path('trixie'), 0o755)
+    with open(os.path.join(top, 'manifest.json'), 'w') as f:
+        f.write('{"format": %d, "suite": "trixie", "packages": {}}' % debroot.ROOT_FORMAT)
+    assert debroot.prepared('trixie') is None
+    os.makedirs(os.path.join(top, 'rootfs', 'usr', 'bin'))
+    with open(os.path.join(top, 'rootfs', 'usr', 'bin', debroot.BINARY), 'w') as f:
+        f.write('qemu')
+    assert debroot.prepared('trixie')['suite'] == 'trixie'
