@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from ..base import lifeline, paths
 
@@ -61,6 +61,7 @@ class CpuHog:
         self.limit_s = limit_s
         self.env = env
         self.proc: Optional[subprocess.Popen] = None
+        self.killed: List[int] = []         # the hog and its workers, once stopped
 
     def start(self) -> 'CpuHog':
         self.proc = lifeline.popen(
@@ -76,6 +77,7 @@ class CpuHog:
         if self.proc is None:
             return
         killed = lifeline.kill_trees([self.proc.pid])
+        self.killed = sorted(killed)
         self.proc.wait()
         self.proc = None
         left = lifeline.wait_gone(killed)

@@ -161,7 +161,7 @@ def aggregate(runs: Sequence[dict], hog_threads: int = DEFAULT_HOG_THREADS) -> d
     (read_run()), with the run's own ``problems`` (no results, leftovers)."""
     names = sorted({name for run in runs for name in run['tests']})
     tests = {name: aggregate_test(runs, name) for name in names}
-    jobs = [{key: run.get(key) for key in ('run', 'hog', 'dir', 'rc', 'wall_s')}
+    jobs = [{key: run.get(key) for key in ('run', 'hog', 'hog_pids', 'dir', 'rc', 'wall_s')}
             | {'tests': len(run['tests']), 'problems': run.get('problems', [])} for run in runs]
     walls = [(run['wall_s'], run['hog']) for run in runs if run.get('wall_s') is not None]
     unexpected = (sum(len(t['unexpected']) for t in tests.values())
@@ -219,7 +219,7 @@ def run_once(number: int, hog: bool, out_dir: str, tags: str, avocado_args: str,
     cmd = job_command(job_dir, tags, avocado_args, suite)
     log(f"soak: run {number}{' beside the CPU hog' if hog else ''}: {shlex.join(cmd)}")
     run = {'run': number, 'hog': hog, 'dir': job_dir, 'rc': None, 'wall_s': None,
-           'tests': {}, 'problems': []}
+           'hog_pids': [], 'tests': {}, 'problems': []}
     hog_proc = CpuHog(hog_threads, RUN_TIMEOUT_S + 60, env=env).start() if hog else None
     try:
         started = time.monotonic()
@@ -240,6 +240,7 @@ def run_once(number: int, hog: bool, out_dir: str, tags: str, avocado_args: str,
     finally:
         if hog_proc:
             hog_proc.stop()
+            run['hog_pids'] = hog_proc.killed
     left = leftovers.wait_none(token, LEFTOVER_WAIT_S)
     if left:
         log(f'soak: run {number} left processes behind:\n{leftovers.describe(left)}')

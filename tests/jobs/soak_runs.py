@@ -1,6 +1,6 @@
 """Avocado tests whose results across runs tests/unit/test_soak.py
 aggregates (harness/tools/soak.py): one steady, one whose status changes
-from one run to the next.
+from one run to the next, one that always fails.
 
 Not part of the functional suite (``make functional`` looks only in
 tests/functional).  ``SOAK_RUNS_DIR`` names a directory where each run
@@ -49,3 +49,13 @@ class Flaky(Test):
         if run_number('flaky') % 2 == 0:
             self.cancel('even run')
         record(self, latency_ms=5.0)
+
+
+class Fails(Test):
+    """Fails every run.
+
+    :avocado: enable
+    """
+
+    def test_fails(self):
+        self.fail('fails every run')
