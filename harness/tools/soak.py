@@ -176,6 +176,11 @@ def _num(value) -> str:
     return '–' if value is None else f'{value:g}'
 
 
+def _short_name(name: str) -> str:
+    """A test's name in the table: the suite's directory goes without saying."""
+    return name.removeprefix('tests/functional/')
+
+
 def markdown(report: dict) -> str:
     lines = [f"# Soak: {report['runs']} runs, {report['hog_runs']} beside a "
              f"{report['hog_threads']}-thread CPU hog: {report['unexpected']} unexpected", '']
@@ -192,6 +197,7 @@ def markdown(report: dict) -> str:
     lines += ['', '| test | ' + ' | '.join(columns) + ' | pass rate | unexpected |',
               '|---' * (len(columns) + 3) + '|']
     for name, test in report['tests'].items():
+        name = _short_name(name)
         counts = ' | '.join(str(test['counts'].get(s, '')) for s in columns)
         lines.append(f"| {name} | {counts} | {test['pass_rate'] * 100:.0f}% "
                      f"| {'<br>'.join(test['unexpected'])} |")
@@ -200,7 +206,7 @@ def markdown(report: dict) -> str:
               '|---|---|---|---|---|---|---|---|---|---|']
     for name, test in report['tests'].items():
         for figure, f in test['figures'].items():
-            lines.append(f"| {name} | {figure} | {f['n']} | {_num(f['median'])} "
+            lines.append(f"| {_short_name(name)} | {figure} | {f['n']} | {_num(f['median'])} "
                          f"| {_num(f['min'])} | {_num(f['max'])} "
                          f"| {_num(f['p10'])}–{_num(f['p90'])} | {_num(f['quiet_median'])} "
                          f"| {_num(f['hog_median'])} | {_num(f['hog_ratio'])} |")
@@ -274,9 +280,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f'--runs {args.runs} --hog-runs {hog_runs} --hog-threads '
                      f'{args.hog_threads}: need runs ≥ 1, 0 ≤ hog runs ≤ runs, threads ≥ 1')
     out_dir = os.path.abspath(args.out)
-    runs = [run_once(number, hog, out_dir, args.tags, args.avocado_args, args.suite,
-                     args.hog_threads)
-            for number, hog in enumerate(hog_plan(args.runs, hog_runs), start=1)]
+    # A soak stopped by SIGTERM goes the way of Ctrl-C: the running job's
+    # session and the hog are killed (run_once), the runs done are reported.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    runs: List[dict] = []
+    try:
+        for number, hog in enumerate(hog_plan(args.runs, hog_runs), start=1):
+            runs.append(run_once(number, hog, out_dir, args.tags, args.avocado_args, args.suite,
+                                 args.hog_threads))
+    except KeyboardInterrupt:
+        print(f'soak: interrupted during run {len(runs) + 1} of {args.runs}', file=sys.stderr)
+        if not runs:
+            return 130
+        runs[-1]['problems'].append(f'the soak was interrupted after this run, of {args.runs}')
     report = aggregate(runs, args.hog_threads)
     write_report(out_dir, 'soak', report, markdown(report))
     print(f"soak: {report['unexpected']} unexpected result(s) in {len(runs)} runs; "

@@ -1,6 +1,7 @@
 """Avocado tests whose results across runs tests/unit/test_soak.py
 aggregates (harness/tools/soak.py): one steady, one whose status changes
-from one run to the next, one that always fails.
+from one run to the next, one that always fails, one that waits until
+the soak is stopped.
 
 Not part of the functional suite (``make functional`` looks only in
 tests/functional).  ``SOAK_RUNS_DIR`` names a directory where each run
@@ -9,6 +10,7 @@ leaves a mark, so that a test knows which run of the soak it is in.
 
 import json
 import os
+import time
 
 from avocado import Test
 
@@ -59,3 +61,16 @@ class Fails(Test):
 
     def test_fails(self):
         self.fail('fails every run')
+
+
+class Waits(Test):
+    """Leaves a mark, then waits far beyond any stop of the soak.
+
+    :avocado: enable
+    """
+
+    timeout = 180
+
+    def test_waits(self):
+        run_number('waits')
+        time.sleep(120)

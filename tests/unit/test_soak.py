@@ -17,13 +17,17 @@ import time
 import pytest
 
 from harness.base import lifeline, paths, procfs
+from harness.base.waiting import wait_until
 from harness.tools import cpu_hog, soak
 
 FIXTURE = os.path.join('tests', 'jobs', 'soak_runs.py')
 STEADY = f'{FIXTURE}:Steady.test_steady'
 FLAKY = f'{FIXTURE}:Flaky.test_flaky'
 FAILS = f'{FIXTURE}:Fails.test_fails'
+WAITS = f'{FIXTURE}:Waits.test_waits'
 SOAK_TIMEOUT_S = 120
+MARK_TIMEOUT_S = 60
+STOP_BOUND_S = 30
 HOG_END_BOUND_S = 5.0
 
 
@@ -146,3 +150,26 @@ def test_hog_dies_with_its_starter(tmp_path):
     began = time.monotonic()
     assert lifeline.wait_gone(started, HOG_END_BOUND_S) == []
     print(f'hog gone {(time.monotonic() - began) * 1000:.0f} ms after its starter')
+
+
+def test_a_stopped_soak_leaves_nothing(tmp_path):
+    """SIGTERM mid-run, beside the hog: the job and the hog go with the soak."""
+    marks = tmp_path / 'marks'
+    marks.mkdir()
+    entry = f'SOAK_RUNS_DIR={marks}'
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'harness.tools.soak', '--runs', '2', '--hog-runs', '2',
+         '--out', str(tmp_path / 'soak'), '--suite', WAITS],
+        cwd=paths.REPO_DIR, env=dict(os.environ, SOAK_RUNS_DIR=str(marks)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: (marks / 'waits').exists() or proc.poll() is not None,
+               MARK_TIMEOUT_S, 'the waiting test to start')
+    assert proc.poll() is None, proc.stderr.read()
+    hog = [p for p in processes_with(entry) if 'harness.tools.cpu_hog' in procfs.cmdline(p)]
+    assert len(hog) == 1 + soak.DEFAULT_HOG_THREADS
+    proc.terminate()
+    assert proc.wait(STOP_BOUND_S) == 130
+    assert 'interrupted during run 1 of 2' in proc.stderr.read()
+    started = {pid: procfs.start_time(pid) for pid in processes_with(entry)}
+    left = lifeline.wait_gone(started, HOG_END_BOUND_S)
+    assert not left, '\n'.join(' '.join(procfs.cmdline(p)) for p in left)
