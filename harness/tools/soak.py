@@ -164,10 +164,12 @@ def aggregate(runs: Sequence[dict], hog_threads: int = DEFAULT_HOG_THREADS) -> d
     jobs = [{key: run.get(key) for key in ('run', 'hog', 'hog_pids', 'dir', 'rc', 'wall_s')}
             | {'tests': len(run['tests']), 'problems': run.get('problems', [])} for run in runs]
     walls = [(run['wall_s'], run['hog']) for run in runs if run.get('wall_s') is not None]
-    unexpected = (sum(len(t['unexpected']) for t in tests.values())
-                  + sum(len(j['problems']) for j in jobs))
+    unexpected_tests = [name for name, test in tests.items() if test['unexpected']]
+    problem_runs = [job['run'] for job in jobs if job['problems']]
     return {'runs': len(runs), 'hog_runs': sum(run['hog'] for run in runs),
-            'hog_threads': hog_threads, 'unexpected': unexpected,
+            'hog_threads': hog_threads,
+            'unexpected': len(unexpected_tests) + len(problem_runs),
+            'unexpected_tests': unexpected_tests, 'problem_runs': problem_runs,
             'wall_s': compare([w for w, _ in walls], [h for _, h in walls]) if walls else None,
             'jobs': jobs, 'tests': tests}
 
@@ -183,7 +185,9 @@ def _short_name(name: str) -> str:
 
 def markdown(report: dict) -> str:
     lines = [f"# Soak: {report['runs']} runs, {report['hog_runs']} beside a "
-             f"{report['hog_threads']}-thread CPU hog: {report['unexpected']} unexpected", '']
+             f"{report['hog_threads']}-thread CPU hog: {report['unexpected']} unexpected "
+             f"({len(report['unexpected_tests'])} tests, {len(report['problem_runs'])} runs)",
+             '']
     if report['wall_s']:
         wall = report['wall_s']
         lines += [f"Run wall time: median {_num(wall['median'])} s (min {_num(wall['min'])}, "
@@ -255,6 +259,8 @@ def run_once(number: int, hog: bool, out_dir: str, tags: str, avocado_args: str,
     results = os.path.join(job_dir, 'latest', 'results.json')
     if os.path.exists(results):
         run['tests'] = read_run(results)
+        if run['rc'] and not any(t['status'] in FAILED for t in run['tests'].values()):
+            run['problems'].append(f"exit status {run['rc']} without a failed test")
     else:
         run['problems'].append(f'no results.json (exit status {run["rc"]})')
     log(f"soak: run {number}: {len(run['tests'])} tests in {run['wall_s']} s, exit status "
@@ -295,7 +301,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs[-1]['problems'].append(f'the soak was interrupted after this run, of {args.runs}')
     report = aggregate(runs, args.hog_threads)
     write_report(out_dir, 'soak', report, markdown(report))
-    print(f"soak: {report['unexpected']} unexpected result(s) in {len(runs)} runs; "
+    print(f"soak: {report['unexpected']} unexpected in {len(runs)} runs "
+          f"({len(report['unexpected_tests'])} tests, {len(report['problem_runs'])} runs); "
           f"{os.path.join(out_dir, 'soak.md')}")
     return 1 if report['unexpected'] else 0
 

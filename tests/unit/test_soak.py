@@ -78,7 +78,7 @@ def test_report_files_and_exit_status(two_runs):
     tmp_path, rc, report, output = two_runs
     assert rc == 1, output
     assert (tmp_path / 'soak' / 'soak.md').read_text().startswith(
-        '# Soak: 2 runs, 1 beside a 2-thread CPU hog: ')
+        '# Soak: 2 runs, 1 beside a 2-thread CPU hog: 2 unexpected (2 tests, 0 runs)')
     assert [(j['run'], j['hog'], j['tests'], j['problems']) for j in report['jobs']] == [
         (1, False, 3, []), (2, True, 3, [])]
     assert os.path.exists(tmp_path / 'soak' / 'run-02' / 'latest' / 'results.json')
@@ -93,7 +93,8 @@ def test_pass_rates_and_what_is_unexpected(two_runs):
     assert flaky['unexpected'] == ['status changed between runs: PASS 1×, CANCEL 1×']
     assert (fails['counts'], fails['pass_rate']) == ({'FAIL': 2}, 0.0)
     assert fails['unexpected'] == ['FAIL in runs 1, 2: fails every run']
-    assert report['unexpected'] == 2
+    assert (report['unexpected'], report['unexpected_tests'], report['problem_runs']) == (
+        2, [FAILS, FLAKY], [])
 
 
 def test_figure_spread_hog_vs_quiet(two_runs):
@@ -123,7 +124,22 @@ def test_steady_runs_exit_zero(tmp_path):
     rc, report, output = run_soak(tmp_path, STEADY, runs=2, hog_runs=0)
     assert rc == 0, output
     assert report['unexpected'] == 0 and report['hog_runs'] == 0
-    assert '0 unexpected result(s) in 2 runs' in output
+    assert 'soak: 0 unexpected in 2 runs (0 tests, 0 runs)' in output
+
+
+def test_a_test_missing_from_a_run_is_unexpected(two_runs, tmp_path):
+    """Real results of two soaks, Flaky and Fails only in the first."""
+    first = two_runs[0] / 'soak' / 'run-01' / 'latest' / 'results.json'
+    assert run_soak(tmp_path, STEADY, runs=1, hog_runs=0)[0] == 0
+    second = tmp_path / 'soak' / 'run-01' / 'latest' / 'results.json'
+    runs = [{'run': n, 'hog': False, 'tests': soak.read_run(str(path))}
+            for n, path in ((1, first), (2, second))]
+    report = soak.aggregate(runs)
+    assert report['tests'][FLAKY]['unexpected'] == [
+        'NOT RUN in run 2', 'status changed between runs: PASS 1×, NOT RUN 1×']
+    assert report['tests'][STEADY]['unexpected'] == []
+    assert len(report['tests'][FAILS]['unexpected']) == 3     # FAIL, NOT RUN, changed
+    assert (report['unexpected'], report['unexpected_tests']) == (2, [FAILS, FLAKY])
 
 
 def test_hog_ends_by_itself(tmp_path):
