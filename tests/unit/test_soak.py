@@ -30,6 +30,8 @@ MARK_TIMEOUT_S = 60
 STOP_BOUND_S = 30
 HOG_END_BOUND_S = 5.0
 
+pytestmark = pytest.mark.slow          # real Avocado jobs: seconds each
+
 
 def run_soak(tmp_path, *tests, runs=2, hog_runs=1):
     """The soak's command line on ``tests``; (exit status, soak.json, output)."""
