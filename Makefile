@@ -127,3 +127,17 @@ matrix: host-deps venv
 	$(VPY) -m harness.tools.images build all
 	$(VPY) -m harness.tools.matrix --tags '$(MATRIX_TAGS)' --accel '$(MATRIX_ACCELS)' \
 	    $(foreach q,$(MATRIX_QEMUS),--qemu $(q))
+
+# The default suite RUNS times, HOG_RUNS of them (every other one for half)
+# beside a HOG_THREADS-thread CPU hog: build/soak/soak.md and soak.json, per
+# test its pass rate and what is unexpected (a FAIL, ERROR or INTERRUPTED,
+# a status that changes between runs), per figure its spread, hog vs quiet.
+# Each run is a `make functional` (preparation included) into build/soak/run-NN.
+RUNS ?= 10
+HOG_RUNS ?= $(shell expr $(RUNS) / 2)
+HOG_THREADS ?= 2
+SOAK_OUT ?= $(BUILD)/soak
+.PHONY: soak
+soak: host-deps venv
+	$(VPY) -m harness.tools.soak --runs $(RUNS) --hog-runs $(HOG_RUNS) --hog-threads $(HOG_THREADS) \
+	    --tags '$(TAGS)' --avocado-args "$(AVOCADO_ARGS)" --out $(SOAK_OUT)
