@@ -17,7 +17,7 @@ what the proxy's probe makes of them.
 
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 from ...devices import pci
 
@@ -165,6 +165,3 @@ class FunctionModel:
 # command, cache line size, latency timer, interrupt line.
 _WRITABLE = frozenset([pci.COMMAND, pci.COMMAND + 1, 0x0c, 0x0d, pci.INTERRUPT_LINE])
 
-
-def bar_offsets(model: FunctionModel) -> List[int]:
-    return [pci.BASE_ADDRESS_0 + 4 * i for i in sorted(model.bars)]

@@ -24,13 +24,11 @@ import random
 import select
 import socket
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from ...base.errors import HarnessError
 from ...base.fdstream import RemoteError, RemoteGone, RemoteTimeout, close_fds
-from ...base.waiting import wait_until
 from ...fuzz.cases import open_fd
 from .. import protocol
 from ..protocol import Cmd, Link, Message
@@ -42,7 +40,6 @@ SEND_TIMEOUT_S = 2.0          # a proxy that reads nothing for this long is stuc
 FRAME_TIMEOUT_S = 2.0         # from a header's first byte to its last data byte
 STOP_TIMEOUT_S = 5.0
 UNSOLICITED_VALUE = 0x5a5a5a5a5a5a5a5a
-ACCESS_CMDS = (Cmd.PCI_CFGREAD, Cmd.PCI_CFGWRITE, Cmd.BAR_READ, Cmd.BAR_WRITE, Cmd.DEVICE_RESET)
 
 
 @dataclass
@@ -53,7 +50,6 @@ class Exchange:
     right: Optional[int]          # what the model answered (None: no answer due)
     reply: Optional[Reply] = None  # the hostile reply it got instead
     taken_by_queue: bool = False  # the proxy took a RET already in the socket
-    at: float = field(default_factory=time.monotonic)
 
     def describe(self) -> str:
         name = Cmd(self.cmd).name if self.cmd in Cmd._value2member_map_ else f'cmd#{self.cmd}'
@@ -149,11 +145,6 @@ class HostileRemote:
     def requests(self, *cmds: int) -> List[Exchange]:
         with self._lock:
             return [e for e in self.transcript if not cmds or e.cmd in cmds]
-
-    def wait_requests(self, count: int, timeout_s: float, *cmds: int) -> List[Exchange]:
-        wait_until(lambda: len(self.requests(*cmds)) >= count, timeout_s,
-                   f'{count} requests from the proxy')
-        return self.requests(*cmds)
 
     def close_resamplefd(self) -> None:
         """Close the remote's copy of the resample eventfd (the proxy keeps

@@ -85,11 +85,6 @@ class Reply:
         return self.end != END_NONE
 
     @property
-    def answers(self) -> bool:
-        """Whether anything answers the request at all."""
-        return self.end not in (END_SILENT, END_TRUNCATE) or bool(self.before)
-
-    @property
     def queued(self) -> int:
         """RETs left in the socket for the proxy's next requests to take."""
         return self.before + self.copies - 1 if self.end == END_NONE else 0
