@@ -37,7 +37,6 @@ import dataclasses
 import json
 import os
 import random
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -46,6 +45,7 @@ from ..base import known_issues, procfs
 from ..base.errors import HarnessError, QMPError
 from ..devices import pci
 from ..fuzz.campaign import Summary
+from ..fuzz.runner import signal_name
 from ..mpqemu.hostile import replies
 from ..mpqemu.hostile.model import (DEVICE_ID, IO_BAR, MMIO_BAR, UINT64_MAX, VENDOR_ID,
                                     FunctionModel)
@@ -221,8 +221,7 @@ class Campaign:
     def replug(self) -> None:
         """Eject the device through ACPI and plug a fresh hostile remote."""
         target = self.target
-        target.agent.one(Op.IO_WRITE, addr=PCIHP_EJECT_PORT, size=4, value=1 << SLOT)
-        target.vm.qemu.get_event('DEVICE_DELETED', EJECT_S)
+        eject(target)
         peer = HostileRemote(FunctionModel(), workdir=self.out_dir)
         target.vm.plug_peer(DEVID, peer)
         target.peer = peer
@@ -309,7 +308,7 @@ class Campaign:
         result.log = self._new_log(proxy.log_path)
         if not proxy.is_running():
             status = proxy.exitcode
-            result.signal = _signal_name(status) if status is not None and status < 0 else ''
+            result.signal = signal_name(status) if status is not None and status < 0 else ''
             flags.append('crash' if result.signal else 'exit')
         else:
             try:
@@ -457,18 +456,18 @@ class Campaign:
             self.target = None
 
 
+def eject(target: Target) -> None:
+    """The agent ejects the hostile device (ACPI PCI hot-plug, PIIX4) and
+    QEMU confirms it (DEVICE_DELETED), so a new one can take its slot."""
+    target.agent.one(Op.IO_WRITE, addr=PCIHP_EJECT_PORT, size=4, value=1 << SLOT)
+    target.vm.qemu.get_event('DEVICE_DELETED', EJECT_S)
+
+
 def _log_size(path: str) -> int:
     try:
         return os.path.getsize(path)
     except OSError:
         return 0
-
-
-def _signal_name(status: int) -> str:
-    try:
-        return signal.Signals(-status).name
-    except ValueError:
-        return f'signal {-status}'
 
 
 def _file_name(signature: str) -> str:

@@ -88,7 +88,8 @@ class Result:
                 'notes': case.notes(), 'transport': transport}
 
 
-def _signal_name(status: int) -> str:
+def signal_name(status: int) -> str:
+    """SIGABRT for an exit status of -6 (subprocess's convention)."""
     try:
         return signal.Signals(-status).name
     except ValueError:
@@ -221,7 +222,7 @@ class CaseRunner:
         status = remote.process.exitcode
         log = log_tail(remote.process)
         if status < 0:
-            return Result(OUTCOME_CRASH, detail, status, _signal_name(status), log)
+            return Result(OUTCOME_CRASH, detail, status, signal_name(status), log)
         return Result(OUTCOME_EXITED, detail, status, '', log)
 
     def _silent(self, remote: FuzzRemote, case: Case, err: Exception,

@@ -304,11 +304,19 @@ class HostileProbe(HostileRemoteTest):
 
     def mapped(self, target: Target) -> dict:
         """{BAR: address} where the proxy decodes the device's BARs."""
+        regions = self.regions(target)
+        self.assertIsNotNone(regions, 'the hostile device is missing from query-pci')
+        return {r['bar']: r['address'] for r in regions}
+
+    @staticmethod
+    def regions(target: Target):
+        """The hostile device's BARs as the proxy registered them
+        (query-pci), None if it has no device in the slot."""
         for bus in target.vm.qemu.qmp('query-pci'):
             for device in bus['devices']:
                 if device['slot'] == fuzz.SLOT:
-                    return {r['bar']: r['address'] for r in device['regions']}
-        self.fail('the hostile device is missing from query-pci')
+                    return device['regions']
+        return None
 
     BASE = {IO_BAR: ('io', hostile_model.IO_BAR_SIZE, False),
             MMIO_BAR: ('memory', hostile_model.MMIO_BAR_SIZE, False)}
@@ -316,9 +324,7 @@ class HostileProbe(HostileRemoteTest):
     def plug(self, target: Target, function: FunctionModel):
         """Eject the device, plug one answered from ``function``; returns
         its BARs as the proxy registered them, or (None, what happened)."""
-        agent = target.agent
-        agent.one(Op.IO_WRITE, addr=fuzz.PCIHP_EJECT_PORT, size=4, value=1 << fuzz.SLOT)
-        target.vm.qemu.get_event('DEVICE_DELETED', fuzz.EJECT_S)
+        fuzz.eject(target)
         peer = HostileRemote(function, workdir=self.workdir)
         try:
             target.vm.plug_peer(fuzz.DEVID, peer)
@@ -328,12 +334,11 @@ class HostileProbe(HostileRemoteTest):
                 return None, f'proxy exit {target.vm.qemu.exitcode}'
             return None, f'refused: {err}'
         target.peer = peer
-        for bus in target.vm.qemu.qmp('query-pci'):
-            for device in bus['devices']:
-                if device['slot'] == fuzz.SLOT:
-                    return {r['bar']: (r['type'], r['size'], bool(r.get('mem_type_64')))
-                            for r in device['regions']}, None
-        return None, 'device missing from query-pci'
+        regions = self.regions(target)
+        if regions is None:
+            return None, 'device missing from query-pci'
+        return {r['bar']: (r['type'], r['size'], bool(r.get('mem_type_64')))
+                for r in regions}, None
 
     def deviation(self, name, answers, want, got, error, target) -> dict:
         crashed = error is not None and error.startswith('proxy exit')
