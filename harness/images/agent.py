@@ -15,22 +15,12 @@ import tempfile
 
 from ..base import locking, paths
 from ..base.errors import HarnessError
-from .guesttools import COMPILER, compiler_identity
-from ..base.hosttools import run_tool
+from . import freestanding
 
 SOURCE_DIR = os.path.join(paths.REPO_DIR, 'tests', 'images', 'agent')
 SOURCES = ('boot.S', 'agent.c', 'console.c', 'irq.c', 'pic.c', 'pit.c')
 LINKER_SCRIPT = 'agent.ld'
-# 32-bit, freestanding, integer instructions only (i586, no SSE/x87):
-# KVM's instruction emulator, which runs the agent under PVM, has no use
-# for anything fancier.
-CFLAGS = ('-m32', '-march=i586', '-mgeneral-regs-only', '-ffreestanding', '-fno-pic',
-          '-fno-pie', '-fno-stack-protector', '-fno-asynchronous-unwind-tables',
-          '-nostdlib', '-O2', '-Wall', '-Wextra', '-Werror')
-LDFLAGS = ('-m', 'elf_i386', '-nostdlib', '--no-warn-rwx-segments')
-BUILD_TIMEOUT_S = 60
 LOCK_TIMEOUT_S = 120
-FIX = 'apt-get install gcc binutils'
 
 
 class AgentBuildError(HarnessError):
@@ -38,26 +28,12 @@ class AgentBuildError(HarnessError):
 
 
 def cache_key() -> str:
-    h = hashlib.sha256()
-    h.update(compiler_identity().encode())
-    h.update(' '.join(CFLAGS + LDFLAGS).encode())
-    for name in sorted(os.listdir(SOURCE_DIR)):
-        with open(os.path.join(SOURCE_DIR, name), 'rb') as f:
-            h.update(name.encode() + b'\0' + f.read())
-    return h.hexdigest()[:16]
+    return hashlib.sha256(freestanding.key_material(SOURCE_DIR)).hexdigest()[:16]
 
 
 def _compile(work: str) -> str:
-    objects = []
-    for source in SOURCES:
-        obj = os.path.join(work, os.path.splitext(source)[0] + '.o')
-        run_tool([COMPILER, *CFLAGS, '-c', os.path.join(SOURCE_DIR, source), '-o', obj],
-                 FIX, AgentBuildError, BUILD_TIMEOUT_S, what=f'compiling the agent\'s {source}')
-        objects.append(obj)
-    elf = os.path.join(work, 'agent.elf')
-    run_tool(['ld', *LDFLAGS, '-T', os.path.join(SOURCE_DIR, LINKER_SCRIPT), '-o', elf,
-              *objects], FIX, AgentBuildError, BUILD_TIMEOUT_S, what='linking the agent')
-    return elf
+    return freestanding.build_elf(SOURCE_DIR, SOURCES, LINKER_SCRIPT, work, 'agent',
+                                  AgentBuildError)
 
 
 def elf_path() -> str:

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from harness.images import agent as build
+from harness.images import agent as build, freestanding
 from harness.agent import mailbox
 from harness.agent.client import AgentCommandError, AgentError, AgentFault, AgentTimeout
 from harness.agent.mailbox import Op, Status
@@ -32,7 +32,7 @@ def test_mailbox_layout_matches_the_agents_header(tmp_path):
                 f'_Static_assert(sizeof(struct mailbox) <= {mailbox.CMDS_OFFSET}, "size");']
     source = tmp_path / 'layout.c'
     source.write_text('#include <stddef.h>\n#include "mailbox.h"\n' + '\n'.join(asserts) + '\n')
-    subprocess.run(['gcc', *build.CFLAGS, '-I', build.SOURCE_DIR, '-c', str(source),
+    subprocess.run(['gcc', *freestanding.CFLAGS, '-I', build.SOURCE_DIR, '-c', str(source),
                     '-o', str(tmp_path / 'layout.o')], check=True, capture_output=True,
                    timeout=60)
 
