@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 # Debian packages the suite needs at run time.
 HOST_PACKAGES := qemu-system-x86 qemu-system-data seabios qemu-utils python3-venv gcc libc6-dev \
-                 kmod openssh-client mtools syslinux mmdebstrap
+                 binutils lz4 kmod openssh-client mtools syslinux mmdebstrap
 
 # Each TAGS word becomes one -t: 'a,b' = both tags, 'a b' = either tag.
 TAG_ARGS := $(foreach t,$(TAGS),-t $(t))

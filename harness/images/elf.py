@@ -1,16 +1,18 @@
 """Just enough ELF reading to copy a dynamically linked program with its
-libraries: the program interpreter (PT_INTERP) and the DT_NEEDED names.
+libraries (the program interpreter, PT_INTERP, and the DT_NEEDED names)
+and to load a kernel by hand (its PT_LOAD segments and its notes).
 
 ``ldd`` would run the binary's own loader on the host; reading the headers
 works for any x86-64 binary extracted from a .deb, whatever the host has.
 """
 
 import struct
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 PT_LOAD = 1
 PT_DYNAMIC = 2
 PT_INTERP = 3
+PT_NOTE = 4
 DT_NULL = 0
 DT_NEEDED = 1
 DT_STRTAB = 5
@@ -21,8 +23,14 @@ class ElfError(Exception):
     pass
 
 
+class LoadSegment(NamedTuple):
+    paddr: int
+    memsz: int
+    data: bytes             # the file's bytes, p_filesz of them
+
+
 class ElfFile:
-    """The dynamic-linking facts of one ELF64 little-endian file."""
+    """What the harness reads of one ELF64 little-endian file."""
 
     def __init__(self, path: str):
         with open(path, 'rb') as f:
@@ -75,3 +83,22 @@ class ElfFile:
         if names and strtab is None:
             raise ElfError(f"{self.path} has DT_NEEDED entries but no DT_STRTAB")
         return [self._cstring(strtab + n) for n in names]
+
+    def load_segments(self) -> List[LoadSegment]:
+        """The PT_LOAD segments at their physical addresses, in file order."""
+        return [LoadSegment(paddr, memsz, self._data[offset:offset + filesz])
+                for _, _, offset, _, paddr, filesz, memsz, _ in self._segments_of(PT_LOAD)]
+
+    def note(self, owner: str, kind: int) -> Optional[bytes]:
+        """The descriptor of the first note named ``owner`` of type ``kind``."""
+        for _, _, offset, _, _, filesz, _, _ in self._segments_of(PT_NOTE):
+            pos, end = offset, offset + filesz
+            while pos + 12 <= end:
+                namesz, descsz, note_type = struct.unpack_from('<III', self._data, pos)
+                name_at = pos + 12
+                desc_at = name_at + (namesz + 3) // 4 * 4
+                name = self._data[name_at:name_at + namesz].rstrip(b'\0').decode(errors='replace')
+                if name == owner and note_type == kind:
+                    return self._data[desc_at:desc_at + descsz]
+                pos = desc_at + (descsz + 3) // 4 * 4
+        return None

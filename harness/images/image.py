@@ -27,7 +27,7 @@ from ..base import locking, paths
 from ..base.errors import HarnessError
 from ..base.hosttools import run_tool
 from ..base.units import MIB
-from . import bootdisk, debs, guesttools, initramfs
+from . import bootdisk, debs, guesttools, initramfs, pvhboot
 from .elf import ElfFile
 
 try:
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 GUEST_DIR = os.path.dirname(os.path.abspath(__file__))
 RECIPES_DIR = os.path.join(paths.REPO_DIR, 'tests', 'images')
 BUILDER_SOURCES = ('image.py', 'debs.py', 'elf.py', 'cpio.py', 'initramfs.py', 'guesttools.py',
-                   'bootdisk.py')
+                   'bootdisk.py', 'pvhboot.py', 'freestanding.py')
 MANIFEST_NAME = 'manifest.json'
 MANIFEST_FORMAT = 1
 KEY_HEX_CHARS = 16
@@ -52,13 +52,18 @@ TOOL_TIMEOUT_S = 60
 # Host packages whose programs write bytes into a recipe kind's outputs:
 # their versions are part of the cache key.
 HOST_PACKAGES = {
-    'initramfs': ('kmod', 'openssh-client', 'gcc', 'libc6-dev'),
+    'initramfs': ('kmod', 'openssh-client', 'gcc', 'libc6-dev', 'binutils', 'lz4'),
     'syslinux-disk': ('mtools', 'syslinux'),
 }
 # Appended by the harness only where the accelerator delivers the LSI's
 # INTx to the guest (KVM); see tests/images/tiny/recipe.toml.
 SYM53C8XX_FLAG = 'mpqemu.sym53c8xx=1'
 SYSLINUX_TEMPLATE_NAME = 'syslinux.cfg.in'
+# [kernel] entry: how the kernel is entered.  "bzimage": Debian's vmlinuz
+# as shipped (its decompressor runs first); "pvh": the same kernel repacked
+# for the PVH loader (harness/images/pvhboot.py), still a bzImage to every
+# boot loader.
+KERNEL_ENTRIES = ('bzimage', 'pvh')
 DISK_FORMATS = {'.qcow2': 'qcow2', '.img': 'raw', '.raw': 'raw'}
 
 
@@ -131,6 +136,11 @@ def load_recipe(name: str) -> dict:
     recipe['dir'] = os.path.dirname(path)
     if recipe.get('kind') not in HOST_PACKAGES:
         raise ImageError(f"{path}: kind must be one of {', '.join(HOST_PACKAGES)}")
+    if 'kernel' in recipe:
+        entry = recipe['kernel'].setdefault('entry', KERNEL_ENTRIES[0])
+        if entry not in KERNEL_ENTRIES:
+            raise ImageError(f"{path}: [kernel] entry = {entry!r}; it must be one of "
+                             f"{', '.join(KERNEL_ENTRIES)}")
     return recipe
 
 
@@ -191,6 +201,8 @@ class Plan:
         # Guest tools compiled from tests/images/tools/ (outside the recipe).
         self.tools = guesttools.tool_specs(self.recipe, RECIPES_DIR)
         h.update(guesttools.key_material(self.tools))
+        if self.recipe.get('kernel', {}).get('entry') == 'pvh':
+            h.update(pvhboot.key_material())
         for source in BUILDER_SOURCES:
             with open(os.path.join(GUEST_DIR, source), 'rb') as f:
                 h.update(f.read())
@@ -302,8 +314,15 @@ def _build_initramfs(plan: Plan, out_dir: str, work: str) -> dict:
     for name, deb in sorted(deb_paths.items()):
         debs.extract(deb, kernel_root if name == kernel_pkg else stage)
     kernel_version = initramfs.kernel_version_of(kernel_root)
-    shutil.copyfile(os.path.join(kernel_root, 'boot', f'vmlinuz-{kernel_version}'),
-                    os.path.join(out_dir, 'vmlinuz'))
+    kernel = {'package': kernel_pkg, 'version': kernel_version,
+              'entry': recipe['kernel']['entry']}
+    vmlinuz = os.path.join(kernel_root, 'boot', f'vmlinuz-{kernel_version}')
+    if kernel['entry'] == 'pvh':
+        kernel['pvh'] = pvhboot.repack(vmlinuz, os.path.join(out_dir, 'vmlinuz'), work)
+        log.info("%s: kernel repacked for the PVH loader: %d -> %d bytes", plan.name,
+                 kernel['pvh']['bzimage_bytes'], kernel['pvh']['bytes'])
+    else:
+        shutil.copyfile(vmlinuz, os.path.join(out_dir, 'vmlinuz'))
 
     tree = initramfs.Tree()
     initramfs.add_base_layout(tree)
@@ -331,7 +350,7 @@ def _build_initramfs(plan: Plan, out_dir: str, work: str) -> dict:
 
     return {
         'packages': plan.resolved['packages'],
-        'kernel': {'package': kernel_pkg, 'version': kernel_version},
+        'kernel': kernel,
         'modules': modules,
         'programs': sorted(programs),
         'tools': tools,
