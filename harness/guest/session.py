@@ -16,7 +16,6 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from ..base import deadlines
 from ..base.errors import HarnessError
 from ..base.hosttools import run_tool
-from ..qemu.binary import Capabilities
 from ..qemu.process import QEMUProcess
 from . import diagnosis
 from .console import (DEFAULT_FAILURE_PATTERNS, FIRMWARE_FAILURE_PATTERNS, Console, ConsoleError,
@@ -75,6 +74,18 @@ class BootTimes:
     ssh_s: Optional[float] = None         # launch → first SSH session
 
 
+def network_args() -> List[str]:
+    """The guest's NIC on user-mode networking with SSH forwarded from
+    127.0.0.1, and the RNG that seeds its CRNG at once (dropbear waits for
+    it).  hostfwd port 0: the host picks a free port (race-free,
+    parallel-safe); ``info usernet`` tells which.  virtio-net: its link is
+    up at once (an e1000 probes its EEPROM for ~1 s under TCG and then
+    negotiates); romfile= keeps SeaBIOS from running iPXE."""
+    return ['-netdev', f'user,id={NETDEV_ID},hostfwd=tcp:127.0.0.1:0-:{GUEST_SSH_PORT}',
+            '-device', f'virtio-net-pci,netdev={NETDEV_ID},romfile=',
+            '-device', 'virtio-rng-pci']
+
+
 class GuestSession:
     """Console, network and SSH of one guest boot."""
 
@@ -95,21 +106,10 @@ class GuestSession:
     def ready_marker(self) -> Optional[str]:
         return self.image.ready_marker
 
-    def qemu_args(self, caps: Capabilities) -> List[str]:
-        """Arguments for the guest-facing QEMU ``caps``."""
+    def qemu_args(self) -> List[str]:
+        """Arguments for the guest-facing QEMU."""
         args = self.console.qemu_args() + self.firmware.qemu_args()
-        # hostfwd port 0: the host picks a free port (race-free, parallel-safe);
-        # `info usernet` tells which.  autonegotiation=off brings the link up
-        # at once (where the property exists: QEMU 11 dropped it); romfile=
-        # keeps SeaBIOS from running iPXE.
-        nic = f'e1000,netdev={NETDEV_ID},romfile='
-        if caps.e1000_autonegotiation:
-            nic += ',autonegotiation=off'
-        args += ['-netdev', f'user,id={NETDEV_ID},'
-                            f'hostfwd=tcp:127.0.0.1:0-:{GUEST_SSH_PORT}',
-                 '-device', nic,
-                 # Seeds the guest's CRNG at once: dropbear waits for it.
-                 '-device', 'virtio-rng-pci']
+        args += network_args()
         if self.image.kernel:
             args += ['-kernel', self.image.kernel,
                      '-append', self.image.boot_append(self.load_sym53c8xx)]
@@ -123,7 +123,7 @@ class GuestSession:
         then on, and a boot that fails says why (harness/guest/diagnosis.py)."""
         self.diagnose = lambda err: str(diagnosis.boot_failure(vm, self, err))
         vm.guest = self
-        vm.add_args(*self.qemu_args(vm.caps))
+        vm.add_args(*self.qemu_args())
         vm.launch()
         return self.wait_ready(vm.qemu)
 

@@ -30,7 +30,7 @@ LOG = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 20.0
 # Bumped whenever the shape of Capabilities changes, to invalidate caches.
-PROBE_FORMAT = 5
+PROBE_FORMAT = 6
 
 # Firmware the proxy's PC machine needs; a binary that cannot find it in
 # its own data directories gets Debian's packages' directories with -L.
@@ -64,7 +64,6 @@ class Capabilities:
     firmware_dirs: Tuple[str, ...]      # extra -L directories this binary needs
     vfio_user_server: bool = False      # -object x-vfio-user-server (a remote can serve)
     vfio_user_client: bool = False      # -device vfio-user-pci (QEMU >= 10.1)
-    e1000_autonegotiation: bool = True  # the property QEMU 11 dropped
     sandbox: bool = False               # -sandbox on: built with seccomp
     runas: bool = False                 # -runas USER (removed in QEMU 9.1)
     run_with_user: bool = False         # -run-with user=USER (QEMU 9.1 and later)
@@ -103,7 +102,6 @@ class Capabilities:
                    firmware_dirs=tuple(data['firmware_dirs']),
                    vfio_user_server=data['vfio_user_server'],
                    vfio_user_client=data['vfio_user_client'],
-                   e1000_autonegotiation=data['e1000_autonegotiation'],
                    sandbox=data['sandbox'], runas=data['runas'],
                    run_with_user=data['run_with_user'])
 
@@ -222,8 +220,6 @@ def _probe_uncached(path: str) -> Capabilities:
                         firmware_dirs=_firmware_dirs(data_dirs),
                         vfio_user_server=VFIO_USER_SERVER in objects,
                         vfio_user_client=VFIO_USER_CLIENT in devices,
-                        e1000_autonegotiation='autonegotiation' in _run(
-                            path, *common, '-device', 'e1000,help'),
                         sandbox=_has_sandbox(path),
                         runas=bool(re.search(r'^-runas ', usage, re.MULTILINE)),
                         run_with_user=bool(re.search(r'^-run-with .*user=', usage,

@@ -27,7 +27,7 @@ from harness.testing import MultiprocessTest
 
 DATA_DISK_MIB = 64
 # A vCPU blocked on the hung device blocks only that vCPU: a second one
-# keeps SSH (e1000) and the guest's other processes going.
+# keeps SSH (virtio-net) and the guest's other processes going.
 GUEST_CPUS = 2
 LSI = 'lsi1'
 HANG_HOLD_S = 3.0

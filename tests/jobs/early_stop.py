@@ -42,7 +42,7 @@ class Booting(MultiprocessTest):
         vm = self.new_vm()
         vm.add_lsi('lsi1')
         session = GuestSession(self.guest_image('tiny'), self.outputdir)
-        vm.add_args(*session.qemu_args(vm.caps))
+        vm.add_args(*session.qemu_args())
         vm.launch()
         reached('booting')
         session.wait_ready(vm.qemu)

@@ -21,6 +21,7 @@ import pytest
 
 from harness.images import bootdisk, cpio, debs, elf, image, initramfs
 from harness.guest import console, ssh
+from harness.guest.session import network_args
 from harness.qemu.process import QEMUProcess
 
 BUILD_TIMEOUT_S = 180          # the issue's bound for a build from an empty cache
@@ -272,7 +273,7 @@ def test_tiny_initramfs_loads_sym53c8xx_only_on_request(built):
         assert path in entries, path
     boot = entries['etc/mpqemu/modules.boot'][1].decode()
     sym = entries['etc/mpqemu/modules.sym53c8xx'][1].decode()
-    assert 'e1000.ko' in boot and 'sym53c8xx' not in boot and 'scsi_mod' not in boot
+    assert 'virtio_net.ko' in boot and 'sym53c8xx' not in boot and 'scsi_mod' not in boot
     # kmod's order: the SCSI core before the driver, the driver before sd_mod.
     lines = sym.split()
     index = {os.path.basename(p): i for i, p in enumerate(lines)}
@@ -340,11 +341,7 @@ class Guest:
         args = [*caps.firmware_args, '-accel', 'tcg', '-m', GUEST_MEMORY_MB,
                 '-nodefaults', '-display', 'none', '-no-reboot',
                 *self.console.qemu_args(),
-                # hostfwd port 0: QEMU picks a free port; info usernet says which.
-                '-netdev', 'user,id=n0,hostfwd=tcp:127.0.0.1:0-:22',
-                # autonegotiation=off: link up at once rather than ~2 s later;
-                # romfile=: no iPXE ROM for SeaBIOS to load and run (~1 s on TCG).
-                '-device', 'e1000,netdev=n0,autonegotiation=off,romfile=',
+                *network_args(),
                 *boot_args]
         self.qemu = QEMUProcess(caps.path, args, name='guest', log_dir=log_dir)
         self.started = time.monotonic()
@@ -382,22 +379,22 @@ def test_tiny_boots_by_kernel_with_lsi_as_data_disk(built, boot, disk, tmp_path)
     tiny = built['tiny']
     guest = boot(['-kernel', tiny.kernel, '-initrd', tiny.initrd,
                   '-append', tiny.boot_append(),
-                  '-device', 'lsi53c895a,id=lsi0,addr=3',
+                  '-device', 'lsi53c895a,id=lsi0,addr=4',
                   '-drive', f'if=none,id=d0,file={disk},format=raw',
                   '-device', 'scsi-hd,drive=d0,bus=lsi0.0'])
     marker_s = guest.wait_ready(tiny)
     with guest.ssh(tiny) as session:
         print(f"tiny: marker {marker_s:.1f} s, ssh {time.monotonic() - guest.started:.1f} s")
-        pci = session.run('cat /sys/bus/pci/devices/0000:00:03.0/vendor '
-                          '/sys/bus/pci/devices/0000:00:03.0/device', check=True)
+        pci = session.run('cat /sys/bus/pci/devices/0000:00:04.0/vendor '
+                          '/sys/bus/pci/devices/0000:00:04.0/device', check=True)
         assert pci.stdout.split() == ['0x1000', '0x0012']
         # Under TCG the proxy could not deliver the driver's interrupts.
         modules = session.run('cat /proc/modules', check=True).stdout
-        assert 'e1000' in modules and 'sym53c8xx' not in modules
+        assert 'virtio_net' in modules and 'sym53c8xx' not in modules
         assert 'mpqemu.sym53c8xx' not in session.run('cat /proc/cmdline').stdout
 
         # An LSI register written through the IO BAR reads back.
-        bar = '/sys/bus/pci/devices/0000:00:03.0/resource0'
+        bar = '/sys/bus/pci/devices/0000:00:04.0/resource0'
         word = SCRATCHA_OFFSET // 4
         session.run(f"printf '\\x78\\x56\\x34\\x12' | "
                     f"dd of={bar} bs=4 seek={word} count=1 conv=notrunc", check=True)
@@ -450,7 +447,7 @@ def test_lsi_boot_boots_from_the_lsi_disk(built, boot, tmp_path):
     lsi_boot = built['lsi-boot']
     disk = image.prepare_boot_disk(lsi_boot, str(tmp_path / 'disk.img'),
                                    extra_append='mpqemu.run=lsi-boot-test')
-    guest = boot(['-device', 'lsi53c895a,id=lsi0,addr=3',
+    guest = boot(['-device', 'lsi53c895a,id=lsi0,addr=4',
                   '-drive', f'if=none,id=d0,file={disk},format=raw',
                   '-device', 'scsi-hd,drive=d0,bus=lsi0.0,bootindex=0'])
     marker_s = guest.wait_ready(lsi_boot)
