@@ -19,11 +19,23 @@ PYTEST_ARGS ?=
 HOST_PACKAGES := qemu-system-x86 qemu-system-data seabios qemu-utils python3-venv gcc libc6-dev \
                  binutils lz4 kmod openssh-client mtools syslinux mmdebstrap
 
-# Each TAGS word becomes one -t: 'a,b' = both tags, 'a b' = either tag.
-TAG_ARGS := $(foreach t,$(TAGS),-t $(t))
+# Each TAGS word becomes one tag filter: 'a,b' = both tags, 'a b' = either tag.
+# SPEED=quick (the default) leaves out the tests tagged 'thorough', the long
+# fuzz campaigns (1-4 min each), as QEMU's own tests/functional does with its
+# quick and thorough speeds; SPEED=thorough runs them too.
+SPEED ?= quick
+ifeq ($(SPEED),quick)
+TAG_ARGS := $(if $(TAGS),$(foreach t,$(TAGS),--filter-by-tags=$(t),-thorough),\
+                         --filter-by-tags=-thorough)
+else ifeq ($(SPEED),thorough)
+TAG_ARGS := $(foreach t,$(TAGS),--filter-by-tags=$(t))
+else
+$(error SPEED must be quick or thorough, not '$(SPEED)')
+endif
 # The vfio-user tests need a client (Debian's 11.1, from a root made with
 # mmdebstrap) and a server build: prepared first when they are selected.
-VFIO_USER_PREPARE := $(if $(or $(if $(TAGS),,all),$(findstring vfio-user,$(TAGS))),--vfio-user)
+VFIO_USER_PREPARE := $(if $(or $(if $(TAGS),,all),$(findstring vfio-user,$(TAGS)),\
+                       $(findstring thorough,$(TAGS)),$(findstring fuzz,$(TAGS))),--vfio-user)
 
 .PHONY: all check functional images host-deps venv list clean distclean
 
@@ -83,7 +95,8 @@ BOOT_RUNS ?= 5
 bench-boot: host-deps venv
 	$(VPY) -m harness.tools.bootbench --runs $(BOOT_RUNS) --out $(BENCH_OUT)
 
-# The long protocol fuzzing run (the CI run is `make functional TAGS=fuzz`).
+# A long protocol fuzzing run (CI runs the campaigns as they stand in the
+# suite: `make functional SPEED=thorough TAGS=thorough`).
 # FUZZ_TRANSPORT: proxy (mpqemu to x-remote-object) or vfio-user (to
 # x-vfio-user-server, the vfio_user_server QEMU: a cached source build), or
 # hostile-remote (the harness as the remote of the guest-facing QEMU, the

@@ -50,7 +50,10 @@ class ProtocolFuzz(MultiprocessTest):
         super().tearDown()
 
     def test_random_messages(self):
-        """Seeded random cases: no unknown crash or hang, no harness hang."""
+        """Seeded random cases: no unknown crash or hang, no harness hang.
+
+        :avocado: tags=thorough
+        """
         summary = self.fuzzer.run(self.messages, time_limit_s=TIME_LIMIT_S)
         with open(os.path.join(self.outputdir, 'fuzz-summary.json'), 'w',
                   encoding='utf-8') as f:

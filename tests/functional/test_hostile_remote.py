@@ -517,7 +517,10 @@ class HostileFuzz(HostileRemoteTest):
         super().tearDown()
 
     def test_hostile_replies(self):
-        """No unknown finding, every case bounded, the tally per family."""
+        """No unknown finding, every case bounded, the tally per family.
+
+        :avocado: tags=thorough
+        """
         summary = self.fuzz.run(self.seed, self.cases, time_limit_s=self.time_limit_s)
         with open(os.path.join(self.outputdir, 'fuzz-summary.json'), 'w',
                   encoding='utf-8') as f:
