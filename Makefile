@@ -32,10 +32,6 @@ TAG_ARGS := $(foreach t,$(TAGS),--filter-by-tags=$(t))
 else
 $(error SPEED must be quick or thorough, not '$(SPEED)')
 endif
-# The vfio-user tests need a client (Debian's 11.1, from a root made with
-# mmdebstrap) and a server build: prepared first when they are selected.
-VFIO_USER_PREPARE := $(if $(or $(if $(TAGS),,all),$(findstring vfio-user,$(TAGS)),\
-                       $(findstring thorough,$(TAGS)),$(findstring fuzz,$(TAGS))),--vfio-user)
 
 .PHONY: all check functional images host-deps venv list clean distclean
 
@@ -56,14 +52,12 @@ venv: $(VENV)/.installed
 check: host-deps venv
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
+# Before the first test, the suite's Avocado plugin (harness/tools/prepare.py)
+# builds or finds what the selected tests need: a qemu_src or qemu_deb, the
+# vfio-user client and server, the guest images and the agent, showing each
+# build's progress; no test's timeout pays for one.
 functional: host-deps venv
 	mkdir -p $(JOB_RESULTS)
-	@# A qemu_src in AVOCADO_ARGS or $$QEMU_SRC: build it (or find it cached) here,
-	@# where its progress shows, before Avocado's tests ask for it.
-	$(VPY) -m harness.tools.qemu_build --from-avocado-args "$(AVOCADO_ARGS)" $(VFIO_USER_PREPARE)
-	@# Guest images and the agent too (seconds when cached), so no test's timeout
-	@# pays for a build.
-	$(VPY) -m harness.tools.images build all
 	$(VENV)/bin/avocado --config tests/functional/avocado.conf run \
 	    --job-results-dir $(JOB_RESULTS) $(TAG_ARGS) $(AVOCADO_ARGS) tests/functional
 

@@ -58,7 +58,9 @@ class MultiprocessTest(avocado.Test):
     diskio_path: Optional[str] = None
     # Added to the timeout when a QEMU to test is not prepared yet (a
     # source build, a Debian root): the first test to ask prepares it (the
-    # others wait on its lock).  make functional prepares them beforehand.
+    # others wait on its lock).  The suite's Avocado plugin prepares them
+    # before a job's first test (harness/tools/prepare.py); this is for a
+    # job that runs without it.
     BUILD_TIMEOUT_S = 1200
 
     def __init__(self, *args, **kwargs):

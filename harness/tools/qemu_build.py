@@ -8,25 +8,21 @@
 
 The path of each binary goes to stdout, progress to stderr.  Before
 building, the Debian packages a build needs are installed (as root) or
-named in the exact apt-get line to run.  ``--from-avocado-args`` builds the
-``qemu_src`` that an ``AVOCADO_ARGS`` string (or ``$QEMU_SRC``) names, and
-nothing when it names none.
+named in the exact apt-get line to run.  What a job's parameters name is
+built before the job by harness/tools/prepare.py.
 """
 
 import argparse
 import json
 import logging
 import os
-import shlex
 import subprocess
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Optional, Sequence
 
 from ..base import paths
 from ..base.errors import HarnessError
-from ..base import params
 from ..qemu import build as qemu_build
-from ..qemu import debroot, subject
 from ..qemu.buildcache import BuildError
 
 # What a build needs on a Debian host (besides a C compiler, which
@@ -48,41 +44,6 @@ def ensure_host_packages(extra: Sequence[str] = ()) -> None:
                          f"apt-get install -y --no-install-recommends {' '.join(packages)}")
 
 
-def avocado_params(text: str) -> Dict[str, str]:
-    """The ``-p name=value`` pairs of an AVOCADO_ARGS string."""
-    words = shlex.split(text or '')
-    found = {}
-    for index, word in enumerate(words):
-        value = None
-        if word == '-p' and index + 1 < len(words):
-            value = words[index + 1]
-        elif word.startswith('-p') and '=' in word:
-            value = word[2:]
-        if value and '=' in value:
-            name, _, setting = value.partition('=')
-            found[name] = setting
-    return found
-
-
-def subjects_to_prepare(text: str, vfio_user: bool) -> List[str]:
-    """The QEMUs (harness/qemu/subject.py) a job with these AVOCADO_ARGS
-    runs: its qemu_src or qemu_deb ($QEMU_SRC, $QEMU_DEB), and with
-    ``vfio_user`` the vfio-user tests' client and server."""
-    given = avocado_params(text)
-
-    def lookup(name):
-        return given.get(name)
-    found = []
-    src, deb = params.get_optional('qemu_src', lookup), params.get_optional('qemu_deb', lookup)
-    if src:
-        found.append(subject.SRC + src)
-    if deb:
-        found.append(subject.DEB + deb)
-    if vfio_user:
-        found += [params.get('vfio_user_client', lookup), params.get('vfio_user_server', lookup)]
-    return found
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog='python -m harness.tools.qemu_build',
@@ -92,27 +53,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--configure-arg', action='append', default=[],
                         help='extra configure argument (part of the cache key)')
     parser.add_argument('--force', action='store_true', help='rebuild even if cached')
-    parser.add_argument('--from-avocado-args', metavar='ARGS',
-                        help="also build the qemu_src of an AVOCADO_ARGS string and "
-                             "$QEMU_SRC (used by make functional)")
-    parser.add_argument('--vfio-user', action='store_true',
-                        help="with --from-avocado-args: also prepare the vfio-user tests' "
-                             "QEMUs (vfio_user_client, vfio_user_server)")
     parser.add_argument('--no-host-packages', action='store_true',
                         help='do not check/install the Debian build dependencies')
     parser.add_argument('--json', action='store_true', help='print the results as JSON')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    specs, debs = list(args.spec), []
-    if args.from_avocado_args is not None:
-        for spec in subjects_to_prepare(args.from_avocado_args, args.vfio_user):
-            if spec.startswith(subject.SRC):
-                specs.append(spec[len(subject.SRC):])
-            elif spec.startswith(subject.DEB):
-                debs.append(spec[len(subject.DEB):])
-        if not specs and not debs:
-            return 0
-    if not specs and not debs:
+    specs = list(args.spec)
+    if not specs:
         parser.error('name a source to build')
 
     def say(message: str) -> None:
@@ -122,8 +69,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if not args.no_host_packages:
             ensure_host_packages([p for spec in specs for p in qemu_build.feature_packages(spec)])
-        for suite in debs:
-            say(f"qemu_deb={suite}: {debroot.prepare(suite, log=say)}")
         for spec in specs:
             results.append(qemu_build.build(spec, args.configure_arg, log=say, force=args.force))
     except HarnessError as err:

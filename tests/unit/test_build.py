@@ -11,7 +11,6 @@ import textwrap
 import pytest
 
 from harness.qemu import build, buildcache, configure, source
-from harness.tools import qemu_build
 
 # The shape of a meson-era configure --help (QEMU 7.2 and later).
 MESON_HELP = textwrap.dedent("""\
@@ -174,17 +173,6 @@ def test_madison_parsing_keeps_the_suite_and_its_updates():
     assert source.parse_madison(text, 'bookworm') == ['1:7.2+dfsg-7+deb12u18',
                                                       '1:7.2+dfsg-7+deb12u15']
     assert source.parse_madison(text, 'trixie') == ['1:10.0.13+ds-0+deb13u1']
-
-
-def test_avocado_args_name_the_qemus_to_prepare(monkeypatch):
-    for name in ('QEMU_SRC', 'QEMU_DEB', 'VFIO_USER_CLIENT', 'VFIO_USER_SERVER'):
-        monkeypatch.delenv(name, raising=False)
-    assert qemu_build.subjects_to_prepare("-p qemu_src=debian:bookworm -p accel=tcg",
-                                          False) == ['src:debian:bookworm']
-    assert qemu_build.subjects_to_prepare("-t qtest", False) == []
-    assert qemu_build.subjects_to_prepare("-p qemu_deb=trixie -p vfio_user_client=/q",
-                                          True) == ['deb:trixie', '/q',
-                                                    'src:debian:trixie+vfio-user-server']
 
 
 def test_python_args_follow_the_configure_generation(tmp_path):
