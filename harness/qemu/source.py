@@ -14,12 +14,13 @@ or a walk of the tree's files; fetched sources live in the build cache's
 """
 
 import dataclasses
+import json
 import logging
 import os
 import re
 import shutil
 import subprocess
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from .buildcache import BuildError, cache_dir, digest, locked, run_step
 
@@ -125,6 +126,51 @@ def parse_madison(text: str, suite: str) -> List[str]:
     return versions
 
 
+# What apt-cache's answers depend on: the source lists and the indexes
+# apt-get update downloads (replaced by rename, so the directory's mtime
+# moves too).
+APT_STATE_PATHS = ('/etc/apt/sources.list', '/etc/apt/sources.list.d', '/var/lib/apt/lists')
+
+
+def apt_state(paths: Sequence[str] = APT_STATE_PATHS) -> str:
+    """A fingerprint of apt's sources and indexes: equal as long as
+    ``apt-cache madison`` would answer the same."""
+    lines = []
+    for top in paths:
+        entries = [top]
+        if os.path.isdir(top):
+            entries += sorted(os.path.join(top, name) for name in os.listdir(top))
+        for path in entries:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            lines.append(f'{path} {st.st_mtime_ns} {st.st_size}')
+    return digest(*lines)
+
+
+def madison(memo_path: Optional[str] = None) -> str:
+    """``apt-cache madison qemu``, answered from a memo while apt's state
+    (apt_state()) is unchanged: every test resolving ``debian:SUITE``
+    asks, and apt-cache takes 1-2 s on a busy 2-core machine."""
+    memo_path = memo_path or cache_dir('src', 'madison.json')
+    state = apt_state()
+    try:
+        with open(memo_path, encoding='utf-8') as f:
+            memo = json.load(f)
+        if memo.get('apt_state') == state and isinstance(memo.get('output'), str):
+            return memo['output']
+    except (OSError, ValueError, AttributeError):
+        pass
+    output = run_step(['apt-cache', 'madison', DEBIAN_SOURCE_PACKAGE], what='apt-cache madison')
+    os.makedirs(os.path.dirname(memo_path), exist_ok=True)
+    tmp = f'{memo_path}.{os.getpid()}'
+    with open(tmp, 'w', encoding='utf-8') as f:
+        json.dump({'apt_state': state, 'output': output}, f)
+    os.replace(tmp, memo_path)      # whole or not at all, for concurrent tests
+    return output
+
+
 def _deb_src_instructions() -> str:
     return (f"add Debian source entries as root: write {DEB_SRC_FILE} with\n"
             f"{DEB_SRC_TEXT}\nthen run: apt-get update")
@@ -132,8 +178,7 @@ def _deb_src_instructions() -> str:
 
 def ensure_deb_src() -> None:
     """Make ``apt-get source`` find bookworm's and trixie's qemu."""
-    madison = run_step(['apt-cache', 'madison', DEBIAN_SOURCE_PACKAGE], what='apt-cache madison')
-    if all(parse_madison(madison, suite) for suite in DEBIAN_SUITES):
+    if all(parse_madison(madison(), suite) for suite in DEBIAN_SUITES):
         return
     if os.geteuid() != 0:
         raise BuildError("apt knows no source package qemu for "
@@ -149,8 +194,7 @@ def ensure_deb_src() -> None:
 def debian_version(spec: SourceSpec) -> str:
     """The source version ``spec`` resolves to (the newest of its suite)."""
     ensure_deb_src()
-    madison = run_step(['apt-cache', 'madison', DEBIAN_SOURCE_PACKAGE], what='apt-cache madison')
-    versions = parse_madison(madison, spec.location)
+    versions = parse_madison(madison(), spec.location)
     if spec.ref:
         if spec.ref not in versions:
             raise BuildError(f"{spec}: apt offers qemu {', '.join(versions) or 'nothing'} "

@@ -6,6 +6,7 @@ shell script)."""
 import json
 import os
 import stat
+import subprocess
 import textwrap
 
 import pytest
@@ -173,6 +174,35 @@ def test_madison_parsing_keeps_the_suite_and_its_updates():
     assert source.parse_madison(text, 'bookworm') == ['1:7.2+dfsg-7+deb12u18',
                                                       '1:7.2+dfsg-7+deb12u15']
     assert source.parse_madison(text, 'trixie') == ['1:10.0.13+ds-0+deb13u1']
+
+
+def test_apt_state_moves_with_the_sources_and_indexes(tmp_path):
+    lists = tmp_path / 'lists'
+    lists.mkdir()
+    (lists / 'a_Sources').write_text('one')
+    before = source.apt_state([str(tmp_path / 'sources.list'), str(lists)])
+    assert source.apt_state([str(tmp_path / 'sources.list'), str(lists)]) == before
+    (lists / 'a_Sources').write_text('a longer index')
+    changed = source.apt_state([str(tmp_path / 'sources.list'), str(lists)])
+    assert changed != before
+    (tmp_path / 'sources.list').write_text('deb-src http://deb.debian.org/debian trixie main\n')
+    assert source.apt_state([str(tmp_path / 'sources.list'), str(lists)]) != changed
+
+
+def test_madison_is_answered_from_its_memo_until_apt_changes(tmp_path):
+    memo = tmp_path / 'madison.json'
+    fresh = source.madison(str(memo))          # no memo yet: apt-cache answers
+    assert fresh == subprocess.run(['apt-cache', 'madison', 'qemu'], check=True,
+                                   capture_output=True, text=True).stdout
+    assert json.loads(memo.read_text())['apt_state'] == source.apt_state()
+    # A memo of today's apt state is the answer, whatever it says ...
+    memo.write_text(json.dumps({'apt_state': source.apt_state(), 'output': 'memo'}))
+    assert source.madison(str(memo)) == 'memo'
+    # ... one of another state, or a damaged one, is asked again.
+    memo.write_text(json.dumps({'apt_state': 'before apt-get update', 'output': 'memo'}))
+    assert source.madison(str(memo)) == fresh
+    memo.write_text('{"apt_state": ')
+    assert source.madison(str(memo)) == fresh
 
 
 def test_python_args_follow_the_configure_generation(tmp_path):
