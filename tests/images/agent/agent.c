@@ -1,5 +1,5 @@
 /*
- * The guest agent: a bare-metal multiboot guest that executes the device
+ * The guest agent: a bare-metal PVH guest that executes the device
  * accesses the harness posts in its mailbox (mailbox.h) and takes the
  * device's interrupts, timing each step with the TSC.
  *
@@ -18,8 +18,7 @@
 #define FAULT_EXIT_CODE 0x7e        /* QEMU exits with status 253 */
 #define NO_FAULT 0xffffffffu
 #define IDLE_SPIN_TICKS 2           /* keep polling this long after a batch */
-#define MULTIBOOT_LOADER_MAGIC 0x2badb002
-#define MULTIBOOT_INFO_CMDLINE (1 << 2)
+#define HVM_START_MAGIC 0x336ec578  /* struct hvm_start_info, Xen's PVH ABI */
 #define PROBE_ARG "agent.probe"     /* -append: exit once ready (harness/qemu/accel.py) */
 #define PROBE_EXIT_CODE 0x31
 
@@ -276,14 +275,24 @@ static void serve(void)
     }
 }
 
-/* Whether the multiboot command line (QEMU's -append) holds ``word``. */
-static int cmdline_has(u32 magic, const u32 *info, const char *word)
+/* The start of Xen's struct hvm_start_info (PVH boot ABI), all we read. */
+struct hvm_start_info {
+    u32 magic;
+    u32 version;
+    u32 flags;
+    u32 nr_modules;
+    u64 modlist_paddr;
+    u64 cmdline_paddr;
+};
+
+/* Whether the command line (QEMU's -append) holds ``word``. */
+static int cmdline_has(const struct hvm_start_info *si, const char *word)
 {
     const char *line, *w;
 
-    if (magic != MULTIBOOT_LOADER_MAGIC || !(info[0] & MULTIBOOT_INFO_CMDLINE))
+    if (!si || si->magic != HVM_START_MAGIC || !si->cmdline_paddr)
         return 0;
-    for (line = (const char *)info[4]; *line; line++) {
+    for (line = (const char *)(u32)si->cmdline_paddr; *line; line++) {
         for (w = word; *w && line[w - word] == *w; w++)
             ;
         if (!*w)
@@ -292,9 +301,9 @@ static int cmdline_has(u32 magic, const u32 *info, const char *word)
     return 0;
 }
 
-void main(u32 magic, const u32 *info);
+void main(const struct hvm_start_info *si);
 
-void main(u32 magic, const u32 *info)
+void main(const struct hvm_start_info *si)
 {
     mb->magic = 0;
     mb->version = MAILBOX_VERSION;
@@ -310,13 +319,14 @@ void main(u32 magic, const u32 *info)
     idt_init(on_irq);
     pic_init();
     pit_init();
+    pci_setup();
     sti();
     calibrate();
     mb->elcr = pic_elcr();
     barrier();
     mb->magic = MAILBOX_MAGIC;
     puts("agent: ready\n");
-    if (cmdline_has(magic, info, PROBE_ARG))
+    if (cmdline_has(si, PROBE_ARG))
         debug_exit(PROBE_EXIT_CODE);
     serve();
 }

@@ -1,6 +1,9 @@
 /*
- * Entry from QEMU's multiboot loader (32-bit protected mode, paging off,
- * interrupts off), our own GDT, and the interrupt stubs.
+ * The PVH entry (32-bit protected mode, paging off, interrupts off, %ebx
+ * the hvm_start_info), our own GDT, and the interrupt stubs.
+ *
+ * QEMU's -kernel boots an ELF with a PVH entry note through either
+ * firmware: qboot jumps to it, SeaBIOS through QEMU's pvh.bin option ROM.
  *
  * Interrupt handlers return without iret: under the PVM flavour of KVM,
  * guest code without paging runs in KVM's instruction emulator, which
@@ -9,16 +12,17 @@
  * (EIP, CS, EFLAGS) into EFLAGS, EIP, then pops EFLAGS and returns.
  */
 
-#define MULTIBOOT_MAGIC 0x1badb002
-#define MULTIBOOT_FLAGS 0
+#define XEN_ELFNOTE_PHYS32_ENTRY 18
 #define CODE_SEL 0x08
 #define DATA_SEL 0x10
 
-.section .multiboot, "a"
+.section .note.Xen, "a", @note
 .align 4
-    .long MULTIBOOT_MAGIC
-    .long MULTIBOOT_FLAGS
-    .long -(MULTIBOOT_MAGIC + MULTIBOOT_FLAGS)
+    .long 4                     /* name size */
+    .long 4                     /* description size */
+    .long XEN_ELFNOTE_PHYS32_ENTRY
+    .asciz "Xen"
+    .long start
 
 .section .text.start, "ax"
 .globl start
@@ -33,8 +37,7 @@ start:
     movw %cx, %gs
     movw %cx, %ss
     movl $stack_top, %esp
-    pushl %ebx                  /* multiboot information */
-    pushl %eax                  /* multiboot magic */
+    pushl %ebx                  /* struct hvm_start_info */
     call main
 2:  hlt
     jmp 2b

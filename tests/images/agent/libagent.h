@@ -50,6 +50,9 @@ u32 pic_elcr(void);
 /* pit.c: channel 0 at 1 kHz */
 void pit_init(void);
 
+/* pci.c: BARs the firmware left unassigned on bus 0 */
+void pci_setup(void);
+
 /* irq.c */
 typedef void (*irq_handler_t)(unsigned line, u64 tsc);
 void idt_init(irq_handler_t handler);

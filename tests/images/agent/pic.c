@@ -1,7 +1,11 @@
 /*
  * The two 8259 PICs, remapped to vectors 0x20-0x2f (the BIOS leaves them
  * on top of the CPU exceptions).  The edge/level register (ELCR, 0x4d0) is
- * left as SeaBIOS set it: PCI lines are level-triggered.
+ * left as the firmware set it: PCI lines are level-triggered.
+ *
+ * The PICs' INTR reaches the CPU through the local APIC's LINT0 only in
+ * virtual wire mode (LINT0 ExtINT, LINT1 NMI, the APIC enabled), which
+ * SeaBIOS sets up and qboot does not, so the agent does it itself.
  */
 #include "libagent.h"
 
@@ -16,9 +20,26 @@
 #define OCW2_EOI 0x20
 #define OCW3_READ_ISR 0x0b
 #define CASCADE_LINE 2
+#define LAPIC_BASE 0xfee00000u
+#define LAPIC_SVR 0xf0
+#define LAPIC_LVT_LINT0 0x350
+#define LAPIC_LVT_LINT1 0x360
+#define LAPIC_SVR_ENABLE 0x100
+#define LAPIC_SPURIOUS_VECTOR 0xff
+#define LVT_EXTINT 0x700
+#define LVT_NMI 0x400
+
+static void lapic_write(u32 reg, u32 value)
+{
+    *(volatile u32 *)(LAPIC_BASE + reg) = value;
+}
 
 void pic_init(void)
 {
+    lapic_write(LAPIC_SVR, LAPIC_SVR_ENABLE | LAPIC_SPURIOUS_VECTOR);
+    lapic_write(LAPIC_LVT_LINT0, LVT_EXTINT);
+    lapic_write(LAPIC_LVT_LINT1, LVT_NMI);
+
     outb(PIC1_CMD, ICW1_INIT_ICW4);
     outb(PIC2_CMD, ICW1_INIT_ICW4);
     outb(PIC1_DATA, PIC_VECTOR_BASE);
