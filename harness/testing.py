@@ -56,6 +56,10 @@ class MultiprocessTest(avocado.Test):
     # path this placement and accelerator can run (diskio.path_for);
     # diskio.PATH_DRIVER loads sym53c8xx whatever they are.
     diskio_path: Optional[str] = None
+    # The firmware agent guests boot from (harness/images/agent.py): None
+    # leaves it to the agent_firmware parameter; a class about one
+    # firmware names it.
+    agent_firmware: Optional[str] = None
     # Added to the timeout when a QEMU to test is not prepared yet (a
     # source build, a Debian root): the first test to ask prepares it (the
     # others wait on its lock).  The suite's Avocado plugin prepares them
@@ -270,7 +274,9 @@ class MultiprocessTest(avocado.Test):
         if guest is None:
             return None
         if guest == AGENT:
-            session = AgentSession(self.outputdir)
+            firmware = self.agent_firmware or params.get_agent_firmware(self._lookup)
+            self.record(agent_firmware=firmware)
+            session = AgentSession(self.outputdir, boot_firmware=firmware)
         else:
             image = guest if isinstance(guest, GuestImage) else self.guest_image(guest)
             load_sym53c8xx = self.diskio_path == diskio.PATH_DRIVER

@@ -19,7 +19,7 @@ from .client import Agent, AgentError
 from .mailbox import Command, Op, Status
 
 DMA_BASE = 4 * MIB              # above the agent (1 MiB) and its mailbox (2 MiB)
-DMA_TOP_RESERVE = 2 * MIB       # SeaBIOS keeps the top of RAM (ACPI tables)
+DMA_TOP_RESERVE = 2 * MIB       # the firmware keeps the top of RAM (ACPI tables)
 NO_LINE = (0, 2, 0xff)          # unassigned (0xff), or lines the agent keeps
 
 

@@ -26,7 +26,7 @@ A case whose reply ends the link (EOF, a hang-up) or leaves it out of
 step is followed by a re-plug: the agent ejects the device through the
 ACPI PCI hot-plug register (hw/acpi/pcihp.c, a write of the slot's bit to
 port 0xae08), a fresh hostile remote is hot-plugged in its place, and the
-agent programs its BARs as SeaBIOS had.  A proxy that died is booted anew
+agent programs its BARs where they were at boot.  A proxy that died is booted anew
 (``boot``).  Findings are keyed like the other fuzzers' (known issues
 match ``outcome``, ``notes`` -- the reply's description -- ``log`` and
 ``transport``) and tallied in :class:`harness.fuzz.campaign.Summary`.

@@ -1,15 +1,17 @@
 """What the guest-facing QEMU needs to boot the agent, and the wait for it.
 
-The agent is loaded with ``-kernel`` (a multiboot ELF: SeaBIOS has set up
-PCI by the time it starts), prints on QEMU's isa-debugcon (port 0x402, the
+The agent is loaded with ``-kernel`` (an ELF with a PVH entry) and boots
+from qboot or SeaBIOS (harness/images/agent.py), places the BARs the
+firmware left unassigned, prints on QEMU's isa-debugcon (port 0x402, the
 port SeaBIOS prints on too, so both land in ``firmware.log``) and gives its
 verdict through isa-debug-exit.  Ready means "agent: ready" on that log and
 the magic in its mailbox.
 """
 
 import os
+import re
 import time
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from ..base import deadlines
 from ..base.units import MIB
@@ -18,10 +20,14 @@ from ..guest import diagnosis
 from ..guest.session import diagnosed
 from ..mpqemu import proxyram
 from ..qemu.process import QEMUProcess
-from ..images.agent import agent_elf
+from ..images import agent as agent_build
 from .client import Agent, AgentError
 
 READY_MARKER = 'agent: ready'
+# What tests/images/agent/pci.c logs for each BAR it places.
+PLACED_RE = re.compile(r'^agent: pci 00:(?P<slot>[0-9a-f]{2})\.(?P<fn>[0-7]) bar (?P<bar>\d) '
+                       r'(?P<space>io|mem) (?P<address>0x[0-9a-f]{8}) size (?P<size>0x[0-9a-f]{8})$',
+                       re.M)
 FAILURE_PATTERNS = (r'agent: exception[^\n]*', r'No bootable device')
 DEBUG_EXIT_PORT = 0xf4
 
@@ -29,8 +35,10 @@ DEBUG_EXIT_PORT = 0xf4
 class AgentSession:
     """One agent guest: its QEMU arguments, its log, its mailbox."""
 
-    def __init__(self, log_dir: str):
-        self.elf = agent_elf()
+    def __init__(self, log_dir: str, boot_firmware: str = 'qboot'):
+        self.elf = agent_build.agent_elf()
+        self.boot_firmware = boot_firmware
+        self._firmware_args = agent_build.firmware_args(boot_firmware)
         self.firmware = FirmwareLog(os.path.join(log_dir, 'firmware.log'))
         self.console = self.firmware          # the agent has no serial console
         self.ready_marker = READY_MARKER
@@ -41,7 +49,7 @@ class AgentSession:
         self.agent: Optional[Agent] = None      # the client, once ready
 
     def qemu_args(self):
-        return (['-kernel', self.elf] + self.firmware.qemu_args()
+        return (self._firmware_args + ['-kernel', self.elf] + self.firmware.qemu_args()
                 + ['-device', f'isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=1'])
 
     def boot(self, vm) -> Agent:
@@ -73,6 +81,13 @@ class AgentSession:
         self.ready_s = time.monotonic() - started
         self.agent = agent
         return agent
+
+    def placed_bars(self, since: int = 0) -> Dict[Tuple[int, int], Tuple[str, int, int]]:
+        """The BARs the agent placed itself (the firmware had left them
+        unassigned): (bdf, BAR index) -> (space, address, size)."""
+        return {(int(m['slot'], 16) << 3 | int(m['fn']), int(m['bar'])):
+                (m['space'], int(m['address'], 16), int(m['size'], 16))
+                for m in PLACED_RE.finditer(self.firmware.text(since))}
 
     def close(self) -> None:
         if self._ram:

@@ -13,6 +13,7 @@ from .errors import ParameterError
 
 ACCEL_CHOICES = ('auto', 'kvm', 'tcg')
 CONFINE_CHOICES = ('auto', 'on', 'off')
+AGENT_FIRMWARE_CHOICES = ('qboot', 'seabios')     # harness/images/agent.py
 
 # name -> (default, help).  The defaults are what a fresh Debian 12 host
 # with the qemu-system-x86 package needs.
@@ -33,6 +34,8 @@ PARAMETERS = {
     'confine_remotes': ('auto', 'remotes run sandboxed (-sandbox) as an unprivileged user: '
                                 'auto (where the QEMU and the host allow), on (an error '
                                 'where not), off (harness/mpqemu/confinement.py)'),
+    'agent_firmware': ('qboot', 'firmware the agent guest boots from: qboot (the agent '
+                                'assigns the BARs) or seabios (its whole POST first)'),
     'machine': ('pc', 'machine type of the proxy (guest-facing) QEMU'),
     'memory_mb': ('256', 'guest RAM of the proxy, in MiB'),
     'fuzz_seed': ('1', 'seed of the protocol fuzzer (tests/functional/test_fuzz.py)'),
@@ -81,6 +84,10 @@ def get_accel(lookup=None) -> str:
 
 def get_confine(lookup=None) -> str:
     return get_choice('confine_remotes', CONFINE_CHOICES, lookup)
+
+
+def get_agent_firmware(lookup=None) -> str:
+    return get_choice('agent_firmware', AGENT_FIRMWARE_CHOICES, lookup)
 
 
 def get_int(name: str, lookup=None, minimum: int = 1) -> int:

@@ -134,6 +134,7 @@ def run_agent_probe(qemu: str, accel: str, firmware_args=()) -> Optional[str]:
     there, else why not."""
     cmd = [qemu, '-accel', accel, '-machine', 'pc', '-m', '64', '-nodefaults',
            '-display', 'none', '-monitor', 'none', '-serial', 'none', *firmware_args,
+           *agent_build.firmware_args('qboot'),
            '-kernel', agent_build.agent_elf(), '-append', AGENT_PROBE_ARG,
            '-device', f'isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=1']
     cpu = default_cpu(accel)

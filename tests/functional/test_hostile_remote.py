@@ -6,8 +6,8 @@ guest.  Here the harness plays that emulator (harness/mpqemu/hostile; the fuzz r
 harness/agent/hostile_fuzz.py): no
 remote QEMU runs, the proxy's ``x-pci-proxy-dev`` talks to a
 :class:`HostileRemote` that answers correctly from a small PCI function
-model (pci-testdev's identity, an I/O and an MMIO BAR) -- so that SeaBIOS
-enumerates it and the agent guest drives it -- or, case by case, not.
+model (pci-testdev's identity, an I/O and an MMIO BAR) -- so that the agent
+guest enumerates it, places its BARs and drives it -- or, case by case, not.
 
 The agent's accesses are real vCPU accesses of the proxy, so every reply
 is consumed where the proxy trusts it.  What the proxy must do with an
@@ -124,8 +124,8 @@ class CorrectHostileRemote(HostileRemoteTest):
         io = agent.cfg_read(bdf, pci.BASE_ADDRESS_0, 4)
         mmio = agent.cfg_read(bdf, pci.BASE_ADDRESS_0 + 4, 4)
         self.assertEqual(io & pci.BAR_SPACE_IO, pci.BAR_SPACE_IO)
-        self.assertNotEqual(io & ~0x3, 0, 'SeaBIOS left the I/O BAR unassigned')
-        self.assertNotEqual(mmio & ~0xf, 0, 'SeaBIOS left the MMIO BAR unassigned')
+        self.assertNotEqual(io & ~0x3, 0, 'the agent left the I/O BAR unassigned')
+        self.assertNotEqual(mmio & ~0xf, 0, 'the agent left the MMIO BAR unassigned')
         self.assertEqual(peer.model.bars[IO_BAR].address, io & ~0x3)
         for size, value in ((1, 0xa5), (2, 0xbeef), (4, 0x600dcafe)):
             for base, write, read in ((io & ~0x3, Op.IO_WRITE, Op.IO_READ),

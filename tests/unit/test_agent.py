@@ -101,3 +101,40 @@ def test_a_cpu_exception_is_a_fault_naming_the_step(agent_vm):
                                          r'\(error code 0x0\) running command #1 of 2 \(TRAP\)'):
         agent.run([mailbox.Command(Op.NOP), mailbox.Command(Op.TRAP)])
     assert vm.qemu.wait(5) == mailbox.FAULT_EXIT_STATUS
+
+
+@pytest.mark.parametrize('firmware', sorted(build.FIRMWARES))
+def test_the_lsi_is_placed_enabled_and_routed_under_either_firmware(caps, tmp_path, firmware):
+    """qboot leaves the BARs to the agent (tests/images/agent/pci.c) and
+    writes a wrong interrupt line; SeaBIOS does both right: either way the
+    agent starts with the LSI decoding where its BARs say, bus master on,
+    and the line the PIIX routes its INTA# to."""
+    vm = topology.Machine(caps, str(tmp_path), placement=topology.IN_PROCESS, accel='tcg')
+    vm.add_lsi('lsi1')
+    session = AgentSession(str(tmp_path), boot_firmware=firmware)
+    try:
+        agent = session.boot(vm)
+        bdf = agent.find_device(lsi_regs.VENDOR_ID, lsi_regs.DEVICE_ID)
+        io = agent.cfg_read(bdf, 0x10, 4)
+        mmio, ram = agent.cfg_read(bdf, 0x14, 4), agent.cfg_read(bdf, 0x18, 4)
+        assert io & 1 and 0xc000 <= io & ~3 < 0x10000 and io & 0xff == 1
+        for bar, size in ((mmio, 0x1000), (ram, 0x2000)):
+            assert 0xe0000000 <= bar < 0xfec00000 and bar % size == 0, hex(bar)
+        assert agent.cfg_read(bdf, 0x04, 2) & 0x7 == 0x7           # I/O, memory, master
+        # The LSI in slot 2 raises INTA#, which the PIIX routes to PIRQB.
+        pirqb = agent.cfg_read(1 << 3, 0x61, 1)
+        assert agent.cfg_read(bdf, 0x3c, 1) == pirqb
+        # Its registers answer there: SCRATCHA through both register BARs.
+        agent.one(Op.IO_WRITE, addr=(io & ~3) + lsi_regs.SCRATCHA, size=4, value=0x5eed1e55)
+        assert agent.one(Op.MEM_READ, addr=mmio + lsi_regs.SCRATCHA, size=4).value == 0x5eed1e55
+        placed = [line for line in session.firmware.text().splitlines()
+                  if line.startswith('agent: pci')]
+        if firmware == 'qboot':
+            assert f'agent: pci 00:{bdf >> 3:02x}.0 bar 0 io {io & ~3:#010x} size 0x00000100' \
+                in placed
+            assert any('INTx routed to IRQ' in line for line in placed)
+        else:
+            assert placed == []              # SeaBIOS left the agent nothing to do
+    finally:
+        session.close()
+        vm.shutdown()
