@@ -194,7 +194,7 @@ def test_boot_append_adds_the_sym53c8xx_flag_only_on_request():
     guest = image.GuestImage(name='x', append='console=ttyS0')
     assert guest.boot_append() == 'console=ttyS0'
     assert guest.boot_append(load_sym53c8xx=True, extra='quiet') == \
-        'console=ttyS0 mpqemu.sym53c8xx=1 quiet'
+        'console=ttyS0 mpqemu.sym53c8xx=1 scsi_mod.inq_timeout=5 quiet'
 
 
 def test_cache_key_follows_recipe_files_and_package_versions(tmp_path, monkeypatch):
@@ -378,7 +378,7 @@ def boot(caps, tmp_path):
 def test_tiny_boots_by_kernel_with_lsi_as_data_disk(built, boot, disk, tmp_path):
     tiny = built['tiny']
     guest = boot(['-kernel', tiny.kernel, '-initrd', tiny.initrd,
-                  '-append', tiny.boot_append(),
+                  '-append', tiny.boot_append(extra='scsi_mod.inq_timeout=7'),
                   '-device', 'lsi53c895a,id=lsi0,addr=4',
                   '-drive', f'if=none,id=d0,file={disk},format=raw',
                   '-device', 'scsi-hd,drive=d0,bus=lsi0.0'])
@@ -433,6 +433,14 @@ def test_tiny_boots_by_kernel_with_lsi_as_data_disk(built, boot, disk, tmp_path)
         assert time.monotonic() - started < 2 + ssh.HOST_DEADLINE_MARGIN_S + 1
         guest.qemu.qmp('cont')
         assert session.run('echo back', check=True).stdout == 'back\n'
+
+        # Modules loaded later get their parameters from the kernel command
+        # line, as modprobe gives them (the in-process LSI's INTx works
+        # under TCG): the scan then finds the data disk.
+        session.run('mpqemu-modules sym53c8xx', check=True, timeout_s=60)
+        assert session.run('cat /sys/module/scsi_mod/parameters/inq_timeout',
+                           check=True).stdout.strip() == '7'
+        assert session.run('cat /sys/block/sda/device/vendor', check=True).stdout.strip()
 
     # The host key is checked against the image's, not trusted on first use.
     with open(tiny.ssh_key + '.pub') as f:
