@@ -3,14 +3,16 @@ compiled with the host's gcc and ld: 32-bit, freestanding, linked by their
 own linker script.
 
 :func:`key_material` is what a cache key must cover for such a program:
-the compiler's identity, the flags and every file of its source directory,
-so an edited source or a new gcc rebuilds it.
+the compiler's identity, the flags and every file of its source directory
+and of the shared tests/images/include, so an edited source or a new gcc
+rebuilds it.
 """
 
 import hashlib
 import os
 from typing import Sequence, Type
 
+from ..base import paths
 from ..base.errors import HarnessError
 from ..base.hosttools import run_tool
 from .guesttools import COMPILER, compiler_identity
@@ -24,15 +26,18 @@ CFLAGS = ('-m32', '-march=i586', '-mgeneral-regs-only', '-ffreestanding', '-fno-
 LDFLAGS = ('-m', 'elf_i386', '-nostdlib', '--no-warn-rwx-segments')
 BUILD_TIMEOUT_S = 60
 FIX = 'apt-get install gcc binutils'
+# Headers the programs share (tests/images/include: the PVH boot ABI).
+INCLUDE_DIR = os.path.join(paths.REPO_DIR, 'tests', 'images', 'include')
 
 
 def key_material(source_dir: str) -> bytes:
     h = hashlib.sha256()
     h.update(compiler_identity().encode())
     h.update(' '.join(CFLAGS + LDFLAGS).encode())
-    for name in sorted(os.listdir(source_dir)):
-        with open(os.path.join(source_dir, name), 'rb') as f:
-            h.update(name.encode() + b'\0' + f.read())
+    for directory in (source_dir, INCLUDE_DIR):
+        for name in sorted(os.listdir(directory)):
+            with open(os.path.join(directory, name), 'rb') as f:
+                h.update(name.encode() + b'\0' + f.read())
     return h.hexdigest().encode()
 
 
@@ -43,7 +48,8 @@ def build_elf(source_dir: str, sources: Sequence[str], linker_script: str, work:
     objects = []
     for source in sources:
         obj = os.path.join(work, os.path.splitext(source)[0] + '.o')
-        run_tool([COMPILER, *CFLAGS, '-c', os.path.join(source_dir, source), '-o', obj],
+        run_tool([COMPILER, *CFLAGS, '-I', INCLUDE_DIR, '-c', os.path.join(source_dir, source),
+                  '-o', obj],
                  FIX, error, BUILD_TIMEOUT_S, what=f"compiling the {name}'s {source}")
         objects.append(obj)
     elf = os.path.join(work, f'{name}.elf')

@@ -11,6 +11,7 @@
  */
 #include "libagent.h"
 #include "mailbox.h"
+#include "pvh.h"
 
 #define PCI_CONFIG_ADDRESS 0xcf8
 #define PCI_CONFIG_DATA 0xcfc
@@ -18,7 +19,6 @@
 #define FAULT_EXIT_CODE 0x7e        /* QEMU exits with status 253 */
 #define NO_FAULT 0xffffffffu
 #define IDLE_SPIN_TICKS 2           /* keep polling this long after a batch */
-#define HVM_START_MAGIC 0x336ec578  /* struct hvm_start_info, Xen's PVH ABI */
 #define PROBE_ARG "agent.probe"     /* -append: exit once ready (harness/qemu/accel.py) */
 #define PROBE_EXIT_CODE 0x31
 
@@ -274,16 +274,6 @@ static void serve(void)
         idle_until = mb->ticks + IDLE_SPIN_TICKS;
     }
 }
-
-/* The start of Xen's struct hvm_start_info (PVH boot ABI), all we read. */
-struct hvm_start_info {
-    u32 magic;
-    u32 version;
-    u32 flags;
-    u32 nr_modules;
-    u64 modlist_paddr;
-    u64 cmdline_paddr;
-};
 
 /* Whether the command line (QEMU's -append) holds ``word``. */
 static int cmdline_has(const struct hvm_start_info *si, const char *word)

@@ -12,7 +12,8 @@
  * (EIP, CS, EFLAGS) into EFLAGS, EIP, then pops EFLAGS and returns.
  */
 
-#define XEN_ELFNOTE_PHYS32_ENTRY 18
+#include "pvh.h"
+
 #define CODE_SEL 0x08
 #define DATA_SEL 0x10
 

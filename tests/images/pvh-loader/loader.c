@@ -5,6 +5,7 @@
  * the kernel at its PVH entry.
  */
 #include "loader.h"
+#include "pvh.h"
 
 /* boot_params (Documentation/arch/x86/zero-page.rst, boot.rst) */
 #define BP_E820_ENTRIES 0x1e8
@@ -15,37 +16,6 @@
 #define BP_E820_MAX 128
 
 #define E820_RAM 1
-
-/* xen/include/public/arch-x86/hvm/start_info.h */
-#define HVM_START_MAGIC 0x336ec578
-#define HVM_START_VERSION 1
-
-struct hvm_start_info {
-    u32 magic;
-    u32 version;
-    u32 flags;
-    u32 nr_modules;
-    u64 modlist_paddr;
-    u64 cmdline_paddr;
-    u64 rsdp_paddr;
-    u64 memmap_paddr;
-    u32 memmap_entries;
-    u32 reserved;
-};
-
-struct hvm_modlist_entry {
-    u64 paddr;
-    u64 size;
-    u64 cmdline_paddr;
-    u64 reserved;
-};
-
-struct hvm_memmap_table_entry {
-    u64 addr;
-    u64 size;
-    u32 type;
-    u32 reserved;
-};
 
 struct e820_entry {
     u64 addr;
