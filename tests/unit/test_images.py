@@ -306,7 +306,8 @@ def test_prepare_boot_disk_rewrites_append_on_a_private_copy(built, tmp_path):
                                    extra_append='mpqemu.test=1')
     cfg = subprocess.run(['mtype', '-i', copy, '::syslinux.cfg'], capture_output=True,
                          text=True, check=True).stdout
-    assert f'APPEND {guest.append} mpqemu.sym53c8xx=1 mpqemu.test=1' in cfg
+    assert f'APPEND {guest.append} mpqemu.sym53c8xx=1 scsi_mod.inq_timeout=5 mpqemu.test=1' \
+        in cfg
     with open(guest.disk, 'rb') as f:
         assert hashlib.sha256(f.read()).hexdigest() == cached_sha
 
