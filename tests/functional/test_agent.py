@@ -83,6 +83,21 @@ class AgentTest(MultiprocessTest):
     def mmio(self, offset: int) -> int:
         return self.lsi.function.bar(lsi_regs.MMIO_BAR).address + offset
 
+    def assert_bars_placed_at_boot(self) -> None:
+        """qboot assigns no BARs, so the agent placed the LSI's three;
+        SeaBIOS places them all and leaves the agent nothing to do."""
+        placed = {bar: where for (bdf, bar), where in self.session.placed_bars().items()
+                  if bdf == self.bdf}
+        if self.session.boot_firmware == 'qboot':
+            self.assertEqual(sorted(placed), sorted(lsi_regs.BAR_SIZES), 'BARs the agent placed')
+            for bar, (space, address, _) in placed.items():
+                self.assertEqual(self.boot_bars[bar] & ~0xf, address)
+                self.assertEqual(space, 'io' if bar == lsi_regs.IO_BAR else 'mem')
+        else:
+            self.assertEqual(placed, {}, 'the agent placed BARs SeaBIOS had placed')
+            self.assertTrue(all(v & ~0xf for v in self.boot_bars.values()),
+                            f'SeaBIOS left a BAR unassigned: {self.boot_bars}')
+
     def assert_no_interrupt(self, what: str) -> None:
         late = self.agent.one(Op.IRQ_WAIT, arg=NO_IRQ_MS)
         self.assertEqual(late.status, Status.TIMEOUT, f'an interrupt arrived {what}')
@@ -110,19 +125,7 @@ class ProxiedAgent(AgentTest):
         line = access.config_read(pci.INTERRUPT_LINE, 1)
         self.assertIn(line, PCI_IRQ_LINES)
         self.assertTrue(agent.header('elcr') & 1 << line, 'the line is not level-triggered')
-        # qboot assigns no BARs, so the agent placed the LSI's three;
-        # SeaBIOS places them all and leaves the agent nothing to do.
-        placed = {bar: where for (bdf, bar), where in self.session.placed_bars().items()
-                  if bdf == self.bdf}
-        if self.session.boot_firmware == 'qboot':
-            self.assertEqual(sorted(placed), sorted(lsi_regs.BAR_SIZES), 'BARs the agent placed')
-            for bar, (space, address, _) in placed.items():
-                self.assertEqual(self.boot_bars[bar] & ~0xf, address)
-                self.assertEqual(space, 'io' if bar == lsi_regs.IO_BAR else 'mem')
-        else:
-            self.assertEqual(placed, {}, 'the agent placed BARs SeaBIOS had placed')
-            self.assertTrue(all(v & ~0xf for v in self.boot_bars.values()),
-                            f'SeaBIOS left a BAR unassigned: {self.boot_bars}')
+        self.assert_bars_placed_at_boot()
 
         emulator = self.vm.device_process('lsi1')
         io = self.lsi.function.bar(lsi_regs.IO_BAR).address
