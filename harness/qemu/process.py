@@ -196,9 +196,10 @@ class QEMUProcess:
         kwargs = {'timeout_s': timeout_s} if timeout_s is not None else {}
         return self._channel().cmd(command, **kwargs, **args)
 
-    def hmp(self, command_line: str, timeout_s: Optional[float] = None) -> str:
+    def hmp(self, command_line: str, timeout_s: Optional[float] = None,
+            cpu_index: Optional[int] = None) -> str:
         kwargs = {'timeout_s': timeout_s} if timeout_s is not None else {}
-        return self._channel().hmp(command_line, **kwargs)
+        return self._channel().hmp(command_line, cpu_index=cpu_index, **kwargs)
 
     def send_fd(self, fd: int, fdname: str) -> None:
         self._channel().send_fd(fd, fdname)

@@ -91,9 +91,14 @@ class QMPChannel:
         self._record('<', {'return': reply})
         return reply
 
-    def hmp(self, command_line: str, timeout_s: float = QMP_COMMAND_TIMEOUT_S) -> str:
-        return self.cmd('human-monitor-command', timeout_s=timeout_s,
-                        **{'command-line': command_line})
+    def hmp(self, command_line: str, timeout_s: float = QMP_COMMAND_TIMEOUT_S,
+            cpu_index: Optional[int] = None) -> str:
+        """An HMP command; ``cpu_index`` is the vCPU that commands such as
+        ``x`` (virtual addresses) act on, else the monitor's current one."""
+        args = {'command-line': command_line}
+        if cpu_index is not None:
+            args['cpu-index'] = cpu_index
+        return self.cmd('human-monitor-command', timeout_s=timeout_s, **args)
 
     def send_fd(self, fd: int, fdname: str, timeout_s: float = QMP_COMMAND_TIMEOUT_S) -> None:
         """Hand ``fd`` to QEMU under ``fdname`` (QMP getfd, SCM_RIGHTS)."""

@@ -12,7 +12,11 @@ cross-CPU call, stop_machine) spins until it comes back.
 kernel wait channel, CPU time used while we watched: a spinning guest
 burns it, a blocked one does not) and the guest's instruction pointer,
 named with the guest kernel's symbols when known (harness/guest/
-symbols.py reads them from a guest booted with ``nokaslr``).
+symbols.py reads them from a guest booted with ``nokaslr``), and then the
+functions its kernel stack names: a vCPU spinning in a cross-CPU call
+shows who asked (``do_sync_core < on_each_cpu_cond_mask <
+text_poke_bp_batch < ... < once_deferred``: code patching, which needs
+every CPU).
 """
 
 import bisect
@@ -29,7 +33,11 @@ SAMPLE_S = 0.5
 # function (IPIs, stop_machine): a vCPU there waits for its peers.
 CROSS_CPU_WAITS = ('smp_call_function', 'csd_lock_wait', 'on_each_cpu', 'multi_cpu_stop',
                    'stop_machine')
+STACK_QWORDS = 256              # 2 KiB of a vCPU's stack are read
+STACK_FRAMES = 8                # functions named from it, innermost first
 _RIP = re.compile(r'^[RE]IP=([0-9a-f]+)', re.MULTILINE)   # EIP outside long mode
+_RSP = re.compile(r'\b[RE]SP=([0-9a-f]+)')
+_QWORDS = re.compile(r'^[0-9a-f]+:((?:\s+0x[0-9a-f]+)+)', re.MULTILINE)   # HMP x/Ngx
 _HLT = re.compile(r' HLT=([01])')
 _CPU_HEADER = re.compile(r'^CPU#(\d+)', re.MULTILINE)
 
@@ -67,6 +75,7 @@ class VCPUState:
     rip: Optional[int] = None
     symbol: Optional[str] = None
     halted: bool = False            # the guest executed HLT (idle), not stuck
+    stack: Tuple[str, ...] = ()     # functions its stack names, innermost first
 
     def describe(self) -> str:
         where = f'guest RIP {self.rip:#x}' if self.rip is not None else 'guest RIP unknown'
@@ -74,6 +83,8 @@ class VCPUState:
             where += f' ({self.symbol})'
         if self.halted:
             where += ', halted'
+        if self.stack:
+            where += f', stack: {" < ".join(self.stack)}'
         host = f'thread {self.thread_id} {self.host_state}'
         if self.host_wait:
             host += f' in {self.host_wait}'
@@ -88,22 +99,50 @@ def _thread_times(pid: int, tid: int) -> Tuple[str, str, float]:
             procfs.cpu_seconds(pid, tid) or 0.0)
 
 
-def _guest_rips(qemu) -> Dict[int, Tuple[int, bool]]:
-    """(RIP, halted) of each vCPU from HMP ``info registers -a``."""
+def _guest_registers(qemu) -> Dict[int, Tuple[int, Optional[int], bool]]:
+    """(RIP, RSP, halted) of each vCPU from HMP ``info registers -a``."""
     try:
         text = qemu.hmp('info registers -a')
     except QMPError:
         return {}
     headers = list(_CPU_HEADER.finditer(text))
-    rips = {}
+    registers = {}
     for n, header in enumerate(headers):
         end = headers[n + 1].start() if n + 1 < len(headers) else len(text)
         rip = _RIP.search(text, header.end(), end)
+        rsp = _RSP.search(text, header.end(), end)
         hlt = _HLT.search(text, header.end(), end)
         if rip:
-            rips[int(header.group(1))] = (int(rip.group(1), 16),
-                                          bool(hlt and hlt.group(1) == '1'))
-    return rips
+            registers[int(header.group(1))] = (int(rip.group(1), 16),
+                                               int(rsp.group(1), 16) if rsp else None,
+                                               bool(hlt and hlt.group(1) == '1'))
+    return registers
+
+
+def stack_functions(dump: str, symbols: KernelSymbols) -> Tuple[str, ...]:
+    """The functions that text addresses in an HMP ``x/Ngx`` dump of a
+    stack fall in, innermost first, each once.  These are the return
+    addresses and whatever stale code pointers the frames left: a guide
+    for a person reading a stall, not an unwinder.  An address at a
+    function's first byte is a function pointer, never a return address,
+    and is left out."""
+    functions: List[str] = []
+    for line in _QWORDS.finditer(dump):
+        for word in line.group(1).split():
+            name = symbols.name(int(word, 16))
+            if name and not name.endswith('+0x0'):
+                function = name.rsplit('+', 1)[0]
+                if function not in functions:
+                    functions.append(function)
+    return tuple(functions[:STACK_FRAMES])
+
+
+def _guest_stack(qemu, index: int, rsp: int, symbols: KernelSymbols) -> Tuple[str, ...]:
+    try:
+        dump = qemu.hmp(f'x/{STACK_QWORDS}gx {rsp:#x}', cpu_index=index)
+    except QMPError:
+        return ()
+    return stack_functions(dump, symbols)
 
 
 def snapshot(qemu, symbols: Optional[KernelSymbols] = None,
@@ -114,16 +153,19 @@ def snapshot(qemu, symbols: Optional[KernelSymbols] = None,
     pid = qemu.pid
     before = {c['cpu-index']: _thread_times(pid, c['thread-id']) for c in cpus}
     time.sleep(sample_s)
-    rips = _guest_rips(qemu)
+    registers = _guest_registers(qemu)
     states = []
     for cpu in cpus:
         index, tid = cpu['cpu-index'], cpu['thread-id']
         state, wait, cpu_s = _thread_times(pid, tid)
         busy = max(0.0, cpu_s - before[index][2]) / sample_s
-        rip, halted = rips.get(index, (None, False))
+        rip, rsp, halted = registers.get(index, (None, None, False))
+        named = symbols is not None and rip is not None
+        # An idle vCPU's stack only says it is idle.
+        stack = (_guest_stack(qemu, index, rsp, symbols)
+                 if named and rsp is not None and not halted else ())
         states.append(VCPUState(index, tid, state, wait, busy, rip,
-                                symbols.name(rip) if symbols and rip is not None else None,
-                                halted))
+                                symbols.name(rip) if named else None, halted, stack))
     return states
 
 

@@ -4,10 +4,20 @@ import pytest
 
 from harness.qemu import accel
 from harness.qemu.process import QEMUProcess
-from harness.qemu.vcpus import KernelSymbols, VCPUState, describe, snapshot, waiting_for_a_peer
+from harness.qemu.vcpus import (KernelSymbols, VCPUState, describe, snapshot, stack_functions,
+                                waiting_for_a_peer)
 
-SPIN = bytes([0xeb, 0xfe])              # jmp $: the BSP spins at the reset vector
 RESET_RIP = 0xfff0                       # RIP of the reset vector (CS base 0xffff0000)
+# At the reset vector (real mode, SS base 0): a stack at 0x7000 holding
+# 0x123456789abc (three 16-bit pushes, the zeros above 0x7000 on top), then
+# jmp $: the BSP spins with that address on its stack.
+STACKED = 0x123456789abc
+FIRMWARE = bytes([0xbc, 0x00, 0x70,                   # mov sp, 0x7000
+                  0x68, 0x34, 0x12,                   # push 0x1234
+                  0x68, 0x78, 0x56,                   # push 0x5678
+                  0x68, 0xbc, 0x9a,                   # push 0x9abc
+                  0xeb, 0xfe])                        # jmp $
+SPIN_RIP = RESET_RIP + len(FIRMWARE) - 2
 
 
 @pytest.fixture
@@ -15,7 +25,7 @@ def spinning_vm(caps, tmp_path):
     """Two vCPUs under TCG: the BSP spins in our firmware, the AP waits
     for a SIPI that never comes (its thread sleeps)."""
     firmware = bytearray(accel.BIOS_SIZE)
-    firmware[accel.RESET_VECTOR_OFFSET:accel.RESET_VECTOR_OFFSET + len(SPIN)] = SPIN
+    firmware[accel.RESET_VECTOR_OFFSET:accel.RESET_VECTOR_OFFSET + len(FIRMWARE)] = FIRMWARE
     bios = tmp_path / 'spin.bin'
     bios.write_bytes(firmware)
     qemu = QEMUProcess(caps.path, ['-machine', 'pc', '-accel', 'tcg', '-smp', '2',
@@ -48,19 +58,32 @@ def test_symbols_name_text_addresses(tmp_path):
 
 def test_snapshot_tells_a_spinning_vcpu_from_a_sleeping_one(spinning_vm, tmp_path):
     symbols = write_map(tmp_path / 'System.map', [
-        f'{RESET_RIP:016x} T reset_vector', f'{RESET_RIP + 16:016x} T _etext'])
+        f'{RESET_RIP:016x} T reset_vector', f'{RESET_RIP + 16:016x} T after_reset',
+        f'{STACKED - 0xbc:016x} T caller', f'{STACKED + 0x100:016x} T _etext'])
     states = snapshot(spinning_vm, symbols)
     assert [s.index for s in states] == [0, 1]
     bsp, ap = states
     assert bsp.thread_id != ap.thread_id
-    assert bsp.rip == RESET_RIP
-    assert bsp.symbol == 'reset_vector+0x0'
+    assert bsp.rip == SPIN_RIP
+    assert bsp.symbol == f'reset_vector+{SPIN_RIP - RESET_RIP:#x}'
     assert bsp.busy > ap.busy                 # one spins, the other waits
     assert ap.host_state == 'S'
     assert not bsp.halted
+    assert bsp.stack == ('caller',)           # read through the BSP's own SP
     text = describe(states)
-    assert 'vCPU 0: guest RIP 0xfff0 (reset_vector+0x0)' in text
+    assert f'vCPU 0: guest RIP {SPIN_RIP:#x} (reset_vector+0xc), stack: caller;' in text
     assert f'thread {ap.thread_id} S' in text
+
+
+def test_stack_functions_are_named_innermost_first_each_once(tmp_path):
+    symbols = write_map(tmp_path / 'System.map', [
+        'ffffffff81000000 T do_sync_core', 'ffffffff81000100 T on_each_cpu_cond_mask',
+        'ffffffff81000200 T text_poke_bp_batch', 'ffffffff81000300 T _etext'])
+    dump = ('ffffc90000013e00: 0xffffffff81000142 0x0000000000000000\n'
+            'ffffc90000013e10: 0xffffffff81000200 0xffffffff81000017\n'      # a pointer, then a return
+            'ffffc90000013e20: 0xffffffff81000150 0xffffffff81000210\n')     # seen already
+    assert stack_functions(dump, symbols) == ('on_each_cpu_cond_mask', 'do_sync_core',
+                                              'text_poke_bp_batch')
 
 
 def test_a_vcpu_waiting_for_a_blocked_peer_is_recognised():
