@@ -13,7 +13,7 @@ accel=ACCEL``).  WHAT is a subject (harness/qemu/subject.py): ``deb:SUITE``
 so that the build's progress shows) or a binary (path or name on $PATH:
 ``qemu_bin``).
 
-Rows are scenarios × transports (harness/tools/scenarios.py): a test method
+Rows are scenarios × transports (harness/report/scenarios.py): a test method
 as its class family tells it, once per transport its classes run it over,
 ``proxy`` (x-pci-proxy-dev), ``vfio-user`` or ``in-process`` (the control),
 read from each test's own tags and class.
@@ -74,7 +74,8 @@ from ..qemu import binary as qemu_binary
 from ..qemu import debroot, subject
 from ..qemu.buildcache import BuildError
 from ..qemu.source import GIT_URL_RE
-from . import scenarios
+from ..report import scenarios
+from ..report.cells import Cell, read_results, row_info, short as _short, test_row_name
 from .vfio_user_roles import CLIENT, SERVER, prepare, vfio_user_plan
 
 DEFAULT_QEMUS = ('debian-7.2=qemu-system-x86_64', 'src-10.0=debian:trixie',
@@ -82,12 +83,8 @@ DEFAULT_QEMUS = ('debian-7.2=qemu-system-x86_64', 'src-10.0=debian:trixie',
                  'deb-11.1=deb:trixie-backports')
 DEFAULT_TAGS = 'topology protocol qtest build agent vfio-user'
 DEFAULT_ACCELS = 'tcg,kvm'
-# harness/qemu/accel.py select_accel: the column asked for an accelerator
-# that cannot run this test's guest here, a capability, not a failure.
-ACCEL_MISSING = 'accel=kvm requested but KVM cannot run'
 JOB_TIMEOUT_S = 3600
 LIST_TIMEOUT_S = 120
-REASON_CHARS = 160
 # What a column decides; its jobs take them from its own -p, never from the
 # environment (harness/base/params.py would prefer $QEMU_SRC to -p qemu_bin).
 COLUMN_PARAMS = ('qemu_bin', 'qemu_src', 'qemu_deb', 'vfio_user_client', 'vfio_user_server',
@@ -157,85 +154,6 @@ def check_avocado_args(extra: Sequence[str]) -> None:
                    '$VFIO_USER_CLIENT / $VFIO_USER_SERVER' if match.group(1).startswith('vfio')
                    else 'use --qemu and --accel')
             raise ValueError(f"--avocado-arg {arg!r}: each column sets {match.group(1)}; {how}")
-
-
-@dataclasses.dataclass
-class Cell:
-    kind: str                   # pass, fixed?, known, skip, fail, not-run
-    text: str
-    detail: str = ''
-    issue: Optional[str] = None
-    # The row's scenario and transport (row_info), not part of the cell's JSON.
-    row: Optional[dict] = dataclasses.field(default=None, compare=False)
-
-    def to_json(self) -> dict:
-        data = dataclasses.asdict(self)
-        del data['row']
-        return data
-
-
-def _short(text: str, limit: int = REASON_CHARS) -> str:
-    text = ' '.join((text or '').split())
-    return text if len(text) <= limit else text[:limit - 1] + '…'
-
-
-def _whiteboard(test: dict) -> dict:
-    try:
-        return json.loads(test.get('whiteboard') or '{}')
-    except ValueError:
-        return {}
-
-
-def classify(test: dict) -> Cell:
-    """One Avocado result (an entry of results.json's "tests") as a cell."""
-    cell = _classify_status(test)
-    cell.row = row_info(test.get('name', ''), scenarios.transport(test.get('tags')))
-    return cell
-
-
-def _classify_status(test: dict) -> Cell:
-    status = test.get('status', '')
-    reason = test.get('fail_reason') or ''
-    if reason == '<unknown>':
-        reason = ''
-    board = _whiteboard(test)
-    if status == 'PASS':
-        return Cell('pass', 'pass')
-    if status == 'WARN':
-        if board.get('known_issue_not_reproduced'):
-            issue = board['known_issue_not_reproduced']
-            return Cell('fixed?', f'pass, fixed upstream? ({issue})', issue=issue)
-        return Cell('pass', 'pass (warnings)')
-    if status in ('CANCEL', 'SKIP'):
-        match = re.match(rf'{known_issues.KNOWN_ISSUE_PREFIX} (\S+)', reason)
-        if match:
-            return Cell('known', f'known issue: {match.group(1)}', _short(reason, 400),
-                        match.group(1))
-        return Cell('skip', f'skip: {_short(reason, 90)}', reason)
-    if status == 'ERROR' and ACCEL_MISSING in reason:
-        return Cell('skip', f'skip: {_short(reason[reason.index(ACCEL_MISSING):], 90)}', reason)
-    return Cell('fail', f'{status.lower()}: {_short(reason, 90)}', reason)
-
-
-def test_row_name(name: str) -> str:
-    """``tests/functional/test_x.py:Class.test_y`` → ``test_x:Class.test_y``."""
-    path, _, rest = name.partition(':')
-    return f'{os.path.splitext(os.path.basename(path))[0]}:{rest}' if rest else name
-
-
-def row_info(name: str, transport: str) -> dict:
-    """A row's scenario, transport and the class that ran it, from the
-    test's Avocado name."""
-    _, cls, method = scenarios.split_name(name)
-    if not method:
-        return {'scenario': name, 'transport': '', 'test_class': ''}
-    return {'scenario': scenarios.scenario(name), 'transport': transport, 'test_class': cls}
-
-
-def read_results(path: str) -> Dict[str, Cell]:
-    with open(path, encoding='utf-8') as f:
-        data = json.load(f)
-    return {test_row_name(t['name']): classify(t) for t in data.get('tests', [])}
 
 
 def _avocado(*args: str) -> List[str]:

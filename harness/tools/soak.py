@@ -32,7 +32,6 @@ the table; exit status 1 if anything is unexpected.
 """
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -45,6 +44,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..base import leftovers, lifeline, paths
 from ..base.figures import spread, write_report
+from ..report.results import read_tests
 from .cpu_hog import CpuHog
 
 DEFAULT_RUNS = 10
@@ -76,38 +76,6 @@ def job_command(job_dir: str, tags: str, avocado_args: str,
     return [os.path.join(paths.REPO_DIR, 'build', 'venv', 'bin', 'avocado'),
             '--config', os.path.join(paths.REPO_DIR, 'tests', 'functional', 'avocado.conf'),
             'run', '--job-results-dir', job_dir, *tag_args, *shlex.split(avocado_args), *suite]
-
-
-def numeric_figures(figures: dict, prefix: str = '') -> Dict[str, float]:
-    """The numbers of a whiteboard, nested dicts flattened to ``a.b``."""
-    found: Dict[str, float] = {}
-    for key, value in figures.items():
-        name = f'{prefix}{key}'
-        if isinstance(value, dict):
-            found.update(numeric_figures(value, f'{name}.'))
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            found[name] = value
-    return found
-
-
-def read_run(results_path: str) -> Dict[str, dict]:
-    """{test name: {status, reason, figures}} of one job's results.json."""
-    with open(results_path, encoding='utf-8') as f:
-        results = json.load(f)
-    tests = {}
-    for test in results.get('tests', []):
-        try:
-            whiteboard = json.loads(test.get('whiteboard') or '{}')
-        except ValueError:
-            whiteboard = {}
-        figures = numeric_figures(whiteboard) if isinstance(whiteboard, dict) else {}
-        if isinstance(test.get('time_elapsed'), (int, float)):
-            figures['time_s'] = test['time_elapsed']
-        reason = test.get('fail_reason') or ''
-        tests[test['name']] = {'status': test.get('status', ''),
-                               'reason': '' if reason == '<unknown>' else reason,
-                               'figures': figures}
-    return tests
 
 
 def compare(values: Sequence[float], hog: Sequence[bool]) -> dict:
@@ -158,7 +126,7 @@ def aggregate_test(runs: Sequence[dict], name: str) -> dict:
 
 def aggregate(runs: Sequence[dict], hog_threads: int = DEFAULT_HOG_THREADS) -> dict:
     """The soak's report from its runs: ``{'run', 'hog', 'tests'}`` each
-    (read_run()), with the run's own ``problems`` (no results, leftovers)."""
+    (read_tests()), with the run's own ``problems`` (no results, leftovers)."""
     names = sorted({name for run in runs for name in run['tests']})
     tests = {name: aggregate_test(runs, name) for name in names}
     jobs = [{key: run.get(key) for key in ('run', 'hog', 'hog_pids', 'dir', 'rc', 'wall_s')}
@@ -258,7 +226,7 @@ def run_once(number: int, hog: bool, out_dir: str, tags: str, avocado_args: str,
         lifeline.wait_gone(lifeline.kill_trees(left))
     results = os.path.join(job_dir, 'latest', 'results.json')
     if os.path.exists(results):
-        run['tests'] = read_run(results)
+        run['tests'] = read_tests(results)
         if run['rc'] and not any(t['status'] in FAILED for t in run['tests'].values()):
             run['problems'].append(f"exit status {run['rc']} without a failed test")
     else:

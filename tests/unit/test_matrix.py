@@ -14,7 +14,8 @@ from avocado.core.safeloader import find_avocado_tests
 
 from harness.base import known_issues, paths
 from harness.mpqemu import topology
-from harness.tools import matrix, scenarios, vfio_user_roles
+from harness.report import cells, scenarios
+from harness.tools import matrix, vfio_user_roles
 
 CRASH = ('KNOWN ISSUE proxy-realize-crash-without-kvm on QEMU 10.0.13: x-pci-proxy-dev '
          'crashes (SIGSEGV) at realize when KVM is not in use. Observed: …')
@@ -50,21 +51,21 @@ def write_results(tmp_path, label, tests):
 
 
 def test_statuses_become_cells():
-    assert matrix.classify(result('t.py:A.a', 'PASS')).kind == 'pass'
-    known = matrix.classify(result('t.py:A.a', 'CANCEL', CRASH))
+    assert cells.classify(result('t.py:A.a', 'PASS')).kind == 'pass'
+    known = cells.classify(result('t.py:A.a', 'CANCEL', CRASH))
     assert (known.kind, known.issue) == ('known', 'proxy-realize-crash-without-kvm')
     assert known.text == 'known issue: proxy-realize-crash-without-kvm'
-    skip = matrix.classify(result('t.py:A.a', 'CANCEL', 'QEMU at X has no qtest accelerator'))
+    skip = cells.classify(result('t.py:A.a', 'CANCEL', 'QEMU at X has no qtest accelerator'))
     assert skip.kind == 'skip' and 'no qtest' in skip.text
-    fixed = matrix.classify(result('t.py:A.a', 'WARN',
+    fixed = cells.classify(result('t.py:A.a', 'WARN',
                                    whiteboard={'known_issue_not_reproduced': 'x'}))
     assert fixed.kind == 'fixed?'
-    fail = matrix.classify(result('t.py:A.a', 'FAIL', 'AssertionError: 1 != 2'))
+    fail = cells.classify(result('t.py:A.a', 'FAIL', 'AssertionError: 1 != 2'))
     assert fail.kind == 'fail' and '1 != 2' in fail.text
 
 
 def test_a_guest_the_columns_kvm_cannot_run_is_a_skip_not_a_failure():
-    cell = matrix.classify(result('t.py:A.a', 'ERROR', "AccelError: accel=kvm requested but "
+    cell = cells.classify(result('t.py:A.a', 'ERROR', "AccelError: accel=kvm requested but "
                                   "KVM cannot run a linux guest here: this host's KVM is the "
                                   "PVM flavour"))
     assert cell.kind == 'skip' and 'PVM' in cell.detail
@@ -167,7 +168,7 @@ def test_rows_are_scenarios_by_transport(tmp_path):
     tests = [result(AGENT_VFU, 'PASS'), result(AGENT_CONTROL, 'PASS'), result(AGENT, 'PASS'),
              result(TOPOLOGY_VFU, 'PASS'), result(TOPOLOGY, 'CANCEL', CRASH)]
     column = matrix.Column('deb-11.1-kvm', 'trixie-backports', 'deb', 'kvm')
-    results = {column.label: matrix.read_results(write_results(tmp_path, 'a', tests))}
+    results = {column.label: cells.read_results(write_results(tmp_path, 'a', tests))}
     table = matrix.table([column], results)
     assert table['rows'] == ['test_agent:ProxiedAgent.test_agent_drives_the_lsi',
                              'test_agent:VfioUserAgent.test_agent_drives_the_lsi',
@@ -193,9 +194,9 @@ def test_table_and_markdown_with_evidence(tmp_path):
     for label, status, reason in (('a', 'PASS', ''), ('b', 'CANCEL', CRASH)):
         write_results(tmp_path, label, [result('test_build.py:BuiltQemu.test_x', status, reason)])
     columns = [matrix.Column('a', 'qemu-a', 'bin'), matrix.Column('b', 'qemu-b', 'src')]
-    results = {c.label: matrix.read_results(str(tmp_path / f'{c.label}.json'))
+    results = {c.label: cells.read_results(str(tmp_path / f'{c.label}.json'))
                for c in columns}
-    results['a']['test_qtest:Only.here'] = matrix.Cell('pass', 'pass')
+    results['a']['test_qtest:Only.here'] = cells.Cell('pass', 'pass')
     table = matrix.table(columns, results)
     table.update(generated='now', tags='build')
     assert table['rows'] == ['test_build:BuiltQemu.test_x', 'test_qtest:Only.here']

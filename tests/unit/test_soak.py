@@ -18,6 +18,7 @@ import pytest
 
 from harness.base import lifeline, paths, procfs
 from harness.base.waiting import wait_until
+from harness.report.results import read_tests
 from harness.tools import cpu_hog, soak
 
 FIXTURE = os.path.join('tests', 'jobs', 'soak_runs.py')
@@ -134,7 +135,7 @@ def test_a_test_missing_from_a_run_is_unexpected(two_runs, tmp_path):
     first = two_runs[0] / 'soak' / 'run-01' / 'latest' / 'results.json'
     assert run_soak(tmp_path, STEADY, runs=1, hog_runs=0)[0] == 0
     second = tmp_path / 'soak' / 'run-01' / 'latest' / 'results.json'
-    runs = [{'run': n, 'hog': False, 'tests': soak.read_run(str(path))}
+    runs = [{'run': n, 'hog': False, 'tests': read_tests(str(path))}
             for n, path in ((1, first), (2, second))]
     report = soak.aggregate(runs)
     assert report['tests'][FLAKY]['unexpected'] == [
