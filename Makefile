@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 
 # Debian packages the suite needs at run time.
 HOST_PACKAGES := qemu-system-x86 qemu-system-data seabios qemu-utils python3-venv gcc libc6-dev \
-                 binutils lz4 kmod openssh-client mtools syslinux mmdebstrap
+                 binutils lz4 kmod openssh-client mtools syslinux mmdebstrap chromium
 
 # Each TAGS word becomes one tag filter: 'a,b' = both tags, 'a b' = either tag.
 # SPEED=quick (the default) leaves out the tests tagged 'thorough', the long
@@ -56,10 +56,15 @@ check: host-deps venv
 # builds or finds what the selected tests need: a qemu_src or qemu_deb, the
 # vfio-user client and server, the guest images and the agent, showing each
 # build's progress; no test's timeout pays for one.
+# After the job, pass or fail, its report (harness/tools/report.py):
+# JOB_RESULTS/latest/report/index.html, beside Avocado's results.html.
 functional: host-deps venv
 	mkdir -p $(JOB_RESULTS)
-	$(VENV)/bin/avocado --config tests/functional/avocado.conf run \
-	    --job-results-dir $(JOB_RESULTS) $(TAG_ARGS) $(AVOCADO_ARGS) tests/functional
+	status=0; $(VENV)/bin/avocado --config tests/functional/avocado.conf run \
+	    --job-results-dir $(JOB_RESULTS) $(TAG_ARGS) $(AVOCADO_ARGS) tests/functional \
+	    || status=$$?; \
+	$(VPY) -m harness.tools.report $(JOB_RESULTS)/latest || [ $$status -ne 0 ] || status=1; \
+	exit $$status
 
 # Guest images from Debian packages and the agent (make functional builds them first too).
 images: host-deps venv
