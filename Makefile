@@ -17,7 +17,8 @@ PYTEST_ARGS ?=
 
 # Debian packages the suite needs at run time.
 HOST_PACKAGES := qemu-system-x86 qemu-system-data seabios qemu-utils python3-venv gcc libc6-dev \
-                 binutils lz4 kmod openssh-client mtools syslinux mmdebstrap chromium
+                 binutils lz4 kmod openssh-client mtools syslinux mmdebstrap chromium \
+                 openssh-server
 
 # Each TAGS word becomes one tag filter: 'a,b' = both tags, 'a b' = either tag.
 # SPEED=quick (the default) leaves out the tests tagged 'thorough', the long
@@ -65,6 +66,14 @@ functional: host-deps venv
 	    || status=$$?; \
 	$(VPY) -m harness.tools.report $(JOB_RESULTS)/latest || [ $$status -ne 0 ] || status=1; \
 	exit $$status
+
+# The suite spread over test hosts (README.md, "A fleet of test hosts"):
+# make qualify HOSTS=hosts.json [TAGS=...]; results in build/job-results-fleet.
+HOSTS ?=
+.PHONY: qualify
+qualify: host-deps venv
+	@test -n "$(HOSTS)" || { echo "make qualify needs HOSTS=<hosts file> (README.md)" >&2; exit 2; }
+	$(VPY) -m harness.tools.qualify --hosts '$(HOSTS)' --tags '$(TAGS)'
 
 # Guest images from Debian packages and the agent (make functional builds them first too).
 images: host-deps venv

@@ -11,6 +11,7 @@ the processes die with it (harness/base/lifeline.py).
 import contextlib
 import json
 import os
+import socket
 import time
 from typing import Iterator, Optional, Sequence, Union
 
@@ -167,6 +168,7 @@ class MultiprocessTest(avocado.Test):
         self.vm: Optional[Machine] = None        # the machine launched last
         self._sessions = []
         self.figures = {}
+        self.record(host=socket.gethostname())     # several in a fleet run (harness/fleet/)
         self._lookup = lookup = lambda name: self.params.get(name, default=None)  # noqa: E731
         probed = [self.probe_subject(spec, role)
                   for spec, role in zip(self.subjects(lookup), ('qemu', 'remote_qemu'))]

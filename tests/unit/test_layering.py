@@ -21,7 +21,7 @@ LAYERS = (
     ('harness.guest',),                      # a running Linux guest: console, SSH, IO
     ('harness.agent',),                      # a running bare-metal agent guest
     ('harness.testing',),                    # the Avocado test base
-    ('harness.report',),                     # a job's results as plots and tables
+    ('harness.report', 'harness.fleet'),     # a job's results read back; test hosts
     ('harness.tools',),                      # command-line programs
 )
 MAX_MODULE_LINES = 600
