@@ -14,7 +14,8 @@ directory at the same paths, as a real test host must
 so no packet can leave the machine.  The sshd runs in a UTS namespace of
 its own whose host name is the namespace's, so a test's
 ``socket.gethostname()`` names the host it ran on.  ``kill()`` is the
-host that dies mid-job: every process in its namespace gets SIGKILL.
+host that dies mid-job: every process in its namespace gets SIGKILL;
+``cut_off()`` the host that goes silent: its link goes down.
 Everything is undone on exit, whatever happened: processes, namespaces,
 links.
 """
@@ -149,6 +150,10 @@ class NamespaceHost:
                 self.sshd.wait()
         if self.pids():
             raise HarnessError(f'fleet: processes of {self.name} outlived SIGKILL: {self.pids()}')
+
+    def cut_off(self) -> None:
+        """The host goes silent: its link goes down, its processes live on."""
+        _run('ip', 'link', 'set', self.veth, 'down')
 
     def stop(self) -> None:
         self.kill()
