@@ -17,16 +17,19 @@ its own whose host name is the namespace's, so a test's
 host that dies mid-job: every process in its namespace gets SIGKILL;
 ``cut_off()`` the host that goes silent: its link goes down.
 Everything is undone on exit, whatever happened: processes, namespaces,
-links.
+links.  One fleet at a time per machine (a lock file, waited for with a
+deadline); what a killed earlier one left is removed first.
 """
 
 import os
+import contextlib
 import signal
 import socket
 import subprocess
 import time
 from typing import List, Optional
 
+from ..base import locking
 from ..base.errors import HarnessError
 from ..base.waiting import wait_until
 
@@ -39,6 +42,8 @@ SSHD = '/usr/sbin/sshd'
 SSHD_READY_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 10.0
 KILL_TIMEOUT_S = 5.0
+LOCK_PATH = '/run/lock/mpqemu-fleet.lock'
+LOCK_TIMEOUT_S = 600.0         # another fleet's test running to its end
 
 
 def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -170,10 +175,18 @@ class NamespaceFleet:
         self.identity = os.path.join(work_dir, 'id_fleet')
         self.count = count
         self.hosts: List[NamespaceHost] = []
+        self._lock = contextlib.ExitStack()
 
     def __enter__(self) -> 'NamespaceFleet':
         if os.geteuid() != 0:
             raise HarnessError('fleet: namespace test hosts need root (ip netns, sshd)')
+        self._lock.enter_context(locking.exclusive(
+            LOCK_PATH, LOCK_TIMEOUT_S, HarnessError, 'another fleet of namespace test hosts'))
+        try:
+            remove_leftovers()
+        except BaseException:
+            self._lock.close()
+            raise
         os.makedirs(self.work_dir, exist_ok=True)
         authorized = os.path.join(self.work_dir, 'authorized_keys')
         with open(authorized, 'w', encoding='ascii') as f:
@@ -193,9 +206,12 @@ class NamespaceFleet:
         return self
 
     def __exit__(self, *exc) -> None:
-        for host in self.hosts:
-            host.stop()
-        _run('ip', 'link', 'del', BRIDGE, check=False)
+        try:
+            for host in self.hosts:
+                host.stop()
+            _run('ip', 'link', 'del', BRIDGE, check=False)
+        finally:
+            self._lock.close()
 
 
 def leftovers() -> List[str]:
@@ -205,3 +221,14 @@ def leftovers() -> List[str]:
     links = _run('ip', '-o', 'link', 'show').stdout
     found += [BRIDGE] if f' {BRIDGE}:' in links else []
     return found
+
+
+def remove_leftovers() -> None:
+    """What a fleet killed before its exit left: its hosts' processes,
+    namespaces and links (call it holding the lock: no live fleet's)."""
+    for name in leftovers():
+        if name == BRIDGE:
+            _run('ip', 'link', 'del', BRIDGE, check=False)
+        else:
+            index = int(name.removeprefix('mpqhost'))
+            NamespaceHost(index, '/nonexistent', '/nonexistent').stop()

@@ -116,46 +116,56 @@ class FleetSpawner(RemoteSpawner):
         for service in runtime_task.task.status_services:
             TaskStatusService(service.uri).post(message)
 
-    def _end_as_error(self, runtime_task, started: bool, reason: str) -> None:
-        """The test ends as an ERROR with ``reason``, as its runner would
-        have reported it."""
+    def _end_as_error(self, runtime_task, reason: str) -> None:
+        """The test ends as an ERROR with ``reason``, posted as its runner
+        would have posted it (Avocado fills in what a test that never
+        started lacks)."""
         task = runtime_task.task
-        ids = {'id': str(task.identifier), 'job_id': task.job_id}
-        if not started:
-            self._post(runtime_task, messages.StartedMessage.get(
-                time=time.monotonic(), output_dir=task.runnable.output_dir, **ids))
-        self._post(runtime_task, messages.LogMessage.get(reason, **ids))
         self._post(runtime_task, messages.FinishedMessage.get(
-            'error', reason, time=time.monotonic(), **ids))
+            'error', reason, time=time.monotonic(), id=str(task.identifier),
+            job_id=task.job_id))
+
+    async def _run(self, slot: Slot, runtime_task, command: str, timeout: float,
+                   what: str) -> bool:
+        """Run one step of a task in its slot; False, with the test ended
+        as an ERROR, when the host was lost or the step failed."""
+        started_at = time.monotonic()
+        status, output = await self.run_remote_cmd_async(slot.session, command, timeout)
+        if not slot.alive():
+            slot.retire(f'its SSH session ended {time.monotonic() - started_at:.1f} s '
+                        f'into {what} of {runtime_task.task.identifier}')
+            self._end_as_error(runtime_task, f'test host {slot.host} lost during {what}: '
+                                             f'{output}')
+            return False
+        if status != 0:
+            # A runner posts its test's end before it exits: one that exits
+            # non-zero crashed (or never started) and posted nothing.
+            self._end_as_error(runtime_task, f'{what} on test host {slot.host} exited '
+                                             f'{status}: {output.strip()[-400:]}')
+            return False
+        return True
 
     async def spawn_task(self, runtime_task):
         self.create_task_output_dir(runtime_task)
         slot = await self._reserve()
         if slot is None:
             why = '; '.join(sorted({s.dead for s in self._slots() if s.dead})) or 'no slots'
-            self._end_as_error(runtime_task, False, f'no test host left to run on ({why})')
+            self._end_as_error(runtime_task, f'no test host left to run on ({why})')
             return True
         runtime_task.spawner_handle = slot.session
+        task = runtime_task.task
+        LOG.info('%s on %s', task.identifier, slot.host)
         try:
-            timeout = float(self.config.get('spawner.remote.test_timeout'))
             hook = self.config.get('spawner.remote.setup_hook')
-            runner = ['python3', '-m', runtime_task.task.runnable.
-                      pick_runner_module_from_entry_point_kind(runtime_task.task.runnable.kind),
-                      'task-run', *runtime_task.task.get_command_args()]
-            command = shlex.join(runner) + ' > /dev/null'
-            if hook:
-                command = f'{hook} && {command}'
-            LOG.info('%s on %s', runtime_task.task.identifier, slot.host)
-            started_at = time.monotonic()
-            status, output = await self.run_remote_cmd_async(slot.session, command, timeout)
-            if not slot.alive():
-                slot.retire(f'its SSH session ended {time.monotonic() - started_at:.1f} s '
-                            f'into {runtime_task.task.identifier}')
-                self._end_as_error(runtime_task, True,
-                                   f'test host {slot.host} lost during the test: {output}')
-            elif status != 0:
-                LOG.error('%s on %s: exit %s: %s', runtime_task.task.identifier, slot.host,
-                          status, output)
+            if hook and not await self._run(
+                    slot, runtime_task, hook,
+                    float(self.config.get('spawner.remote.setup_timeout')), 'the setup hook'):
+                return True
+            runner = ['python3', '-m', task.runnable.pick_runner_module_from_entry_point_kind(
+                task.runnable.kind), 'task-run', *task.get_command_args()]
+            await self._run(slot, runtime_task, shlex.join(runner) + ' > /dev/null',
+                            float(self.config.get('spawner.remote.test_timeout')),
+                            'the test')
         finally:
             slot.busy = False
         return True

@@ -39,6 +39,7 @@ SUITE_CONF = os.path.join(paths.REPO_DIR, 'tests', 'functional', 'avocado.conf')
 SUITE = os.path.join('tests', 'functional')
 # Per test on a host; the test's own timeout (harness/testing.py) ends it first.
 TEST_TIMEOUT_S = 3600
+SETUP_TIMEOUT_S = 120
 JOB_TIMEOUT_S = 4 * 3600
 
 
@@ -66,6 +67,7 @@ def write_config(path: str, slots: Sequence[str], token: Optional[str]) -> str:
         f.write(suite + '\n[spawner.remote]\n'
                 f'slots = {list(slots)!r}\n'
                 f'setup_hook = {setup_hook(token)}\n'
+                f'setup_timeout = {SETUP_TIMEOUT_S}\n'
                 f'test_timeout = {TEST_TIMEOUT_S}\n')
     return path
 
