@@ -93,8 +93,9 @@ class FleetSpawner(RemoteSpawner):
             slot.retire(f'login failed: {type(err).__name__}: {err}')
 
     async def _reserve(self) -> Optional[Slot]:
-        """A free slot whose host is up, waiting while all are busy; None
-        once every slot is retired."""
+        """A free slot whose host is up, waiting while all are busy (the
+        job runs at most one task per slot, so for at most a test's time);
+        None once every slot is retired."""
         while True:
             live = [s for s in self._slots() if not s.dead]
             if not live:
@@ -113,8 +114,12 @@ class FleetSpawner(RemoteSpawner):
 
     @staticmethod
     def _post(runtime_task, message) -> None:
-        for service in runtime_task.task.status_services:
-            TaskStatusService(service.uri).post(message)
+        for uri in {service.uri for service in runtime_task.task.status_services}:
+            service = TaskStatusService(uri)
+            try:
+                service.post(message)
+            finally:
+                service.close()
 
     def _end_as_error(self, runtime_task, reason: str) -> None:
         """The test ends as an ERROR with ``reason``, posted as its runner
