@@ -28,7 +28,8 @@ duration (``time_s``): median, min, max and spread over all runs
 runs, and their ratio.
 
 Writes ``soak.json`` and ``soak.md`` under ``--out`` (build/soak), prints
-the table; exit status 1 if anything is unexpected.
+the table, and the report of the runs side by side (``report/index.html``,
+harness/tools/report.py); exit status 1 if anything is unexpected.
 """
 
 import argparse
@@ -45,6 +46,7 @@ from typing import Dict, List, Optional, Sequence
 from ..base import leftovers, lifeline, paths
 from ..base.figures import spread, write_report
 from ..report.results import read_tests
+from . import report as report_tool
 from .cpu_hog import CpuHog
 
 DEFAULT_RUNS = 10
@@ -269,6 +271,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runs[-1]['problems'].append(f'the soak was interrupted after this run, of {args.runs}')
     report = aggregate(runs, args.hog_threads)
     write_report(out_dir, 'soak', report, markdown(report))
+    finished = [run for run in runs if run['tests']]
+    if finished:        # the runs side by side, their figures pooled (harness/report/)
+        index = report_tool.write([os.path.join(run['dir'], 'latest') for run in finished],
+                                  os.path.join(out_dir, 'report'),
+                                  [f"run {run['run']}{' (hog)' if run['hog'] else ''}"
+                                   for run in finished])
+        print(f'soak: report {index}')
     print(f"soak: {report['unexpected']} unexpected in {len(runs)} runs "
           f"({len(report['unexpected_tests'])} tests, {len(report['problem_runs'])} runs); "
           f"{os.path.join(out_dir, 'soak.md')}")

@@ -85,6 +85,8 @@ def test_report_files_and_exit_status(two_runs):
     assert [(j['run'], j['hog'], j['tests'], j['problems']) for j in report['jobs']] == [
         (1, False, 3, []), (2, True, 3, [])]
     assert os.path.exists(tmp_path / 'soak' / 'run-02' / 'latest' / 'results.json')
+    page = (tmp_path / 'soak' / 'report' / 'index.html').read_text(encoding='utf-8')
+    assert '<th>run 1</th><th>run 2 (hog)</th>' in page          # one column per run
 
 
 def test_pass_rates_and_what_is_unexpected(two_runs):
