@@ -1,6 +1,8 @@
 """The report's ``index.html``: the jobs, their plots, and every test as a
 coloured cell per job (harness/report/cells.py), the reason in its
-tooltip and under the table for the ones that did not pass.
+tooltip and under the table for the ones that did not pass; and the
+matrix's ``matrix.html``, the same cells as harness/tools/matrix.py
+tabulates them.
 
 One static page with relative links (to each job's ``results.html`` and
 ``job.log``, and to the PNGs beside it), so that the directory can be
@@ -100,10 +102,7 @@ def cells(jobs: Sequence[Job]) -> Tuple[List[str], List[List[Cell]]]:
 
 def _results_table(jobs: Sequence[Job]) -> List[str]:
     rows, grid = cells(jobs)
-    out = ['<p class="legend">' + ''.join(
-        f'<span class="{k}" style="border:1px solid #ccc">{_e(LABELS[k])}</span>'
-        for k in KINDS) + '</p>',
-        '<table><tr><th>test</th>' + ''.join(f'<th>{_e(j.label)}</th>' for j in jobs) + '</tr>']
+    out = [_legend(), '<table><tr><th>test</th>' + ''.join(f'<th>{_e(j.label)}</th>' for j in jobs) + '</tr>']
     for row, row_cells in zip(rows, grid):
         out.append(f'<tr><td>{_e(row)}</td>' + ''.join(
             f'<td class="{_e(c.kind)}" title="{_e(c.detail or c.text)}">{_e(c.text)}</td>'
@@ -119,6 +118,51 @@ def _results_table(jobs: Sequence[Job]) -> List[str]:
     return out
 
 
+def _write(path: str, title: str, body: Sequence[str]) -> str:
+    page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n'
+            + '\n'.join(body) + f'\n<script>{CHECK_IMAGES}</script>\n</body></html>\n')
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+        f.write(page)
+    os.replace(path + '.tmp', path)
+    return path
+
+
+def _legend() -> str:
+    return '<p class="legend">' + ''.join(
+        f'<span class="{k}" style="border:1px solid #ccc">{_e(LABELS[k])}</span>'
+        for k in KINDS) + '</p>'
+
+
+def render_matrix(matrix: dict, out_dir: str) -> str:
+    """``out_dir/matrix.html``: harness/tools/matrix.py's table (rows:
+    scenario × transport; columns: QEMU × accelerator) as coloured cells,
+    each cell's reason in its tooltip; returns its path."""
+    columns = matrix['columns']
+    head = ''.join(f"<th>{_e(c['label'])}<br><code>{_e(c.get('subject') or c['what'])}</code>"
+                   + (f"<br>accel={_e(c['accel'])}" if c.get('accel') else '') + '</th>'
+                   for c in columns)
+    rows = ['<table><tr><th>scenario</th><th>transport</th>' + head + '</tr>']
+    for row in matrix['rows']:
+        info = matrix.get('row_info', {}).get(row) or {'scenario': row, 'transport': ''}
+        transport = info.get('transport') or '—'
+        if info.get('test_class'):
+            transport += f" ({info['test_class']})"
+        cells = ''.join(
+            f'<td class="{_e(cell["kind"])}" title="{_e(cell.get("detail") or cell["text"])}">'
+            f'{_e(cell["text"])}</td>'
+            for cell in (matrix['cells'][row][c['label']] for c in columns))
+        rows.append(f"<tr><td>{_e(info['scenario'])}</td><td>{_e(transport)}</td>{cells}</tr>")
+    rows.append('</table>')
+    title = 'Multi-process QEMU test matrix'
+    return _write(os.path.join(out_dir, 'matrix.html'), title, [
+        f'<h1>{_e(title)}</h1>',
+        f"<p>Generated {_e(matrix.get('generated', ''))}; tags: "
+        f"<code>{_e(matrix.get('tags', ''))}</code>.  The known issues' evidence is in "
+        f'<a href="matrix.md">matrix.md</a>.</p>', _legend(), *rows])
+
+
 def render(jobs: Sequence[Job], plotted: Sequence[Tuple[Plot, Optional[str]]],
            out_dir: str, title: str = 'Multi-process QEMU test report') -> str:
     """Write ``out_dir/index.html``; returns its path."""
@@ -126,12 +170,4 @@ def render(jobs: Sequence[Job], plotted: Sequence[Tuple[Plot, Optional[str]]],
     body = [f'<h1>{_e(title)}</h1>', f'<p>Generated {_e(when)}.</p>', '<h2>Jobs</h2>',
             *_jobs_table(jobs, out_dir), '<h2>Figures</h2>', *_plots(plotted, out_dir),
             '<h2>Results</h2>', *_results_table(jobs)]
-    page = ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n'
-            + '\n'.join(body) + f'\n<script>{CHECK_IMAGES}</script>\n</body></html>\n')
-    path = os.path.join(out_dir, 'index.html')
-    os.makedirs(out_dir, exist_ok=True)
-    with open(path + '.tmp', 'w', encoding='utf-8') as f:
-        f.write(page)
-    os.replace(path + '.tmp', path)
-    return path
+    return _write(os.path.join(out_dir, 'index.html'), title, body)

@@ -49,7 +49,8 @@ For each column one Avocado job runs the tag selection; its
   not run          the test did not exist in that column's job
 
 Writes ``matrix.md`` (the table, then each known issue met with its
-observed/expected behaviour and evidence) and ``matrix.json`` under
+observed/expected behaviour and evidence), ``matrix.html`` (the table as
+coloured cells, harness/report/page.py) and ``matrix.json`` under
 ``build/matrix/``; each column's Avocado job is in ``build/matrix/jobs/``.
 Exit status 1 if any cell is a failure, 0 otherwise.
 """
@@ -74,7 +75,7 @@ from ..qemu import binary as qemu_binary
 from ..qemu import debroot, subject
 from ..qemu.buildcache import BuildError
 from ..qemu.source import GIT_URL_RE
-from ..report import scenarios
+from ..report import page, scenarios
 from ..report.cells import Cell, read_results, row_info, short as _short, test_row_name
 from .vfio_user_roles import CLIENT, SERVER, prepare, vfio_user_plan
 
@@ -447,7 +448,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     matrix = table(columns, results)
     matrix.update(generated=time.strftime('%Y-%m-%d %H:%M:%S %Z'), tags=args.tags)
     write_report(args.out, 'matrix', matrix, markdown(matrix, known_issues.load()))
-    say(f"written: {os.path.join(args.out, 'matrix.md')}, {os.path.join(args.out, 'matrix.json')}")
+    page.render_matrix(matrix, args.out)
+    say(f"written: {os.path.join(args.out, 'matrix.md')}, {os.path.join(args.out, 'matrix.json')}, "
+        f"{os.path.join(args.out, 'matrix.html')}")
     failed = any(cell['kind'] == 'fail' for cells in matrix['cells'].values()
                  for cell in cells.values())
     return 1 if failed else 0

@@ -14,7 +14,7 @@ from avocado.core.safeloader import find_avocado_tests
 
 from harness.base import known_issues, paths
 from harness.mpqemu import topology
-from harness.report import cells, scenarios
+from harness.report import cells, page, scenarios
 from harness.tools import matrix, vfio_user_roles
 
 CRASH = ('KNOWN ISSUE proxy-realize-crash-without-kvm on QEMU 10.0.13: x-pci-proxy-dev '
@@ -206,6 +206,11 @@ def test_table_and_markdown_with_evidence(tmp_path):
            'proxy-realize-crash-without-kvm |' in text
     assert '## Known issue `proxy-realize-crash-without-kvm`' in text
     assert 'tests/known_issues/proxy-realize-crash-without-kvm.json' in text
+    html = open(page.render_matrix(table, str(tmp_path)), encoding='utf-8').read()
+    assert ('<td>test_build:BuiltQemu.test_x</td><td>proxy (BuiltQemu)</td>'
+            '<td class="pass" title="pass">pass</td><td class="known" title="KNOWN ISSUE '
+            'proxy-realize-crash-without-kvm') in html
+    assert '<td class="not-run" title="not run">not run</td>' in html
 
 
 def test_a_qemu_plays_the_vfio_user_roles_its_probe_shows(caps, monkeypatch):
