@@ -19,7 +19,8 @@ AGENT_FIRMWARE_CHOICES = ('qboot', 'seabios')     # harness/images/agent.py
 # with the qemu-system-x86 package needs.
 PARAMETERS = {
     'qemu_bin': ('qemu-system-x86_64',
-                 'QEMU system emulator to test (path or name on $PATH)'),
+                 'QEMU system emulator to test: a path or name on $PATH, or a subject as '
+                 'vfio_user_client takes (deb:SUITE, src:QEMU_SRC)'),
     'qemu_src': ('', 'QEMU source to build and test instead of qemu_bin: debian:bookworm, '
                      'debian:trixie, a source tree or a git URL[#ref] (harness/qemu/build.py)'),
     'qemu_deb': ('', 'Debian QEMU package to test instead of qemu_bin: trixie or '

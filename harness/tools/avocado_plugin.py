@@ -29,6 +29,13 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _variant_params(runnable) -> dict:
+    """{key: value} of the runnable's variant (Avocado's varianters give
+    ``{'variant': [[path, [[path, key, value], ...]], ...]}``)."""
+    variant = getattr(runnable, 'variant', None) or {}
+    return {key: value for _, leaves in variant.get('variant') or [] for _, key, value in leaves}
+
+
 class PrepareSuite(JobPre):
     name = 'mpqemu-prepare'
     description = ("Prepares the QEMUs, guest images and agent that a job's "
@@ -40,8 +47,15 @@ class PrepareSuite(JobPre):
         if not runnables:
             return
         given = dict(job.config.get('run.test_parameters') or [])
-        vfio_user = any(VFIO_USER_TAG in (r.tags or {}) for r in runnables)
+        # One preparation per set of parameters: -p's, and each variant's
+        # (a varianter such as CIT: one QEMU, accelerator... per variant).
+        plans = {}
+        for runnable in runnables:
+            wanted = given | _variant_params(runnable)
+            key = tuple(sorted(wanted.items()))
+            plans[key] = plans.get(key, False) or VFIO_USER_TAG in (runnable.tags or {})
         try:
-            prepare(given, vfio_user, say=_say)
+            for key, vfio_user in plans.items():
+                prepare(dict(key), vfio_user, say=_say)
         except HarnessError as err:
             raise JobError(f'preparing the tests: {err}') from None

@@ -30,9 +30,10 @@ class PrepareError(HarnessError):
 
 
 def subjects(given: Mapping[str, str], vfio_user: bool) -> List[str]:
-    """The QEMUs (harness/qemu/subject.py) of a job whose test parameters
-    are ``given`` (Avocado's -p): its qemu_src or qemu_deb ($QEMU_SRC,
-    $QEMU_DEB) or qemu_bin, and with ``vfio_user`` the vfio-user tests'
+    """The QEMUs (harness/qemu/subject.py) to prepare for a job whose test
+    parameters are ``given`` (Avocado's -p, or a variant's): its qemu_src
+    or qemu_deb ($QEMU_SRC, $QEMU_DEB), or a qemu_bin that names a subject
+    still to build or unpack, and with ``vfio_user`` the vfio-user tests'
     client and server."""
     def lookup(name):
         return given.get(name)
@@ -42,6 +43,8 @@ def subjects(given: Mapping[str, str], vfio_user: bool) -> List[str]:
         found.append(subject.SRC + src)
     if deb:
         found.append(subject.DEB + deb)
+    if not src and not deb and not subject.ready(params.get('qemu_bin', lookup)):
+        found.append(params.get('qemu_bin', lookup))        # qemu_bin=deb:SUITE or src:SPEC
     if vfio_user:
         found += [params.get('vfio_user_client', lookup), params.get('vfio_user_server', lookup)]
     return found

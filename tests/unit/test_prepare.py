@@ -16,6 +16,9 @@ def test_parameters_name_the_qemus_to_prepare(monkeypatch):
     assert prepare.subjects({}, False) == []
     assert prepare.subjects({'qemu_deb': 'trixie', 'vfio_user_client': '/q'}, True) == \
         ['deb:trixie', '/q', 'src:debian:trixie+vfio-user-server']
+    # qemu_bin as a subject: prepared unless it is a binary or ready already.
+    assert prepare.subjects({'qemu_bin': 'src:/no/such/tree'}, False) == ['src:/no/such/tree']
+    assert prepare.subjects({'qemu_bin': '/usr/bin/qemu-system-x86_64'}, False) == []
 
 
 def test_a_job_whose_preparation_fails_ends_before_its_first_test(tmp_path):
@@ -25,5 +28,20 @@ def test_a_job_whose_preparation_fails_ends_before_its_first_test(tmp_path):
     job.end()
     assert job.proc.returncode != 0
     out = job.output()
+    assert 'JobError: preparing the tests:' in out and str(missing) in out, out
+    assert job.results()['tests'] == [], out
+
+
+def test_each_variant_of_a_varianter_job_is_prepared(tmp_path):
+    """A CIT parameter file instead of -p: the variant's QEMU is what the
+    preparation looks for (and here fails on, before any test)."""
+    missing = tmp_path / 'no-such-qemu-tree'
+    cit = tmp_path / 'variants.cit'
+    cit.write_text(f'PARAMETERS\nqemu_src [{missing}, {missing}-too]\naccel [tcg, kvm]\n')
+    job = AvocadoJob(tmp_path, 'early_stop.py', ['Fails.test_fails'],
+                     '--cit-parameter-file', str(cit), env={'EARLY_STOP_DIR': str(tmp_path)})
+    job.end()
+    out = job.output()
+    assert job.proc.returncode != 0
     assert 'JobError: preparing the tests:' in out and str(missing) in out, out
     assert job.results()['tests'] == [], out
