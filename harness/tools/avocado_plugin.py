@@ -48,7 +48,7 @@ class PrepareSuite(JobPre):
             return
         given = dict(job.config.get('run.test_parameters') or [])
         # One preparation per set of parameters: -p's, and each variant's
-        # (a varianter such as CIT: one QEMU, accelerator... per variant).
+        # (any varianter: --json-variants-load, CIT; one QEMU, accelerator... each).
         plans = {}
         for runnable in runnables:
             wanted = given | _variant_params(runnable)

@@ -3,6 +3,8 @@
 a job's parameters name, and a real Avocado job whose preparation fails,
 which must end before any test with the reason."""
 
+import json
+
 from harness.tools import prepare
 
 from avocado_job import AvocadoJob
@@ -33,13 +35,18 @@ def test_a_job_whose_preparation_fails_ends_before_its_first_test(tmp_path):
 
 
 def test_each_variant_of_a_varianter_job_is_prepared(tmp_path):
-    """A CIT parameter file instead of -p: the variant's QEMU is what the
-    preparation looks for (and here fails on, before any test)."""
+    """Variants instead of -p (Avocado's JSON variants, as any varianter
+    gives them): the variant's QEMU is what the preparation looks for,
+    and here fails on, before any test."""
     missing = tmp_path / 'no-such-qemu-tree'
-    cit = tmp_path / 'variants.cit'
-    cit.write_text(f'PARAMETERS\nqemu_src [{missing}, {missing}-too]\naccel [tcg, kvm]\n')
+    variants = tmp_path / 'variants.json'
+    variants.write_text(json.dumps([
+        {'paths': ['/'], 'variant_id': f'{accel}',
+         'variant': [['/', [['/', 'qemu_src', str(missing)], ['/', 'accel', accel]]]]}
+        for accel in ('tcg', 'kvm')]))
     job = AvocadoJob(tmp_path, 'early_stop.py', ['Fails.test_fails'],
-                     '--cit-parameter-file', str(cit), env={'EARLY_STOP_DIR': str(tmp_path)})
+                     '--json-variants-load', str(variants),
+                     env={'EARLY_STOP_DIR': str(tmp_path)})
     job.end()
     out = job.output()
     assert job.proc.returncode != 0
