@@ -92,13 +92,13 @@ class FleetSpawner(RemoteSpawner):
         except Exception as err:  # aexpect raises many kinds; each means no host
             slot.retire(f'login failed: {type(err).__name__}: {err}')
 
-    async def _reserve(self) -> Optional[Slot]:
+    async def _reserve(self, deadline: float) -> Optional[Slot]:
         """A free slot whose host is up, waiting while all are busy (the
-        job runs at most one task per slot, so for at most a test's time);
-        None once every slot is retired."""
+        job runs at most one task per slot, so for at most a test's time,
+        and never past ``deadline``); None once every slot is retired."""
         while True:
             live = [s for s in self._slots() if not s.dead]
-            if not live:
+            if not live or time.monotonic() > deadline:
                 return None
             for slot in live:
                 if not slot.busy:
@@ -152,9 +152,11 @@ class FleetSpawner(RemoteSpawner):
 
     async def spawn_task(self, runtime_task):
         self.create_task_output_dir(runtime_task)
-        slot = await self._reserve()
+        test_timeout = float(self.config.get('spawner.remote.test_timeout'))
+        slot = await self._reserve(time.monotonic() + test_timeout)
         if slot is None:
-            why = '; '.join(sorted({s.dead for s in self._slots() if s.dead})) or 'no slots'
+            why = '; '.join(sorted({s.dead for s in self._slots() if s.dead})) or \
+                f'every slot stayed busy for {test_timeout:.0f} s'
             self._end_as_error(runtime_task, f'no test host left to run on ({why})')
             return True
         runtime_task.spawner_handle = slot.session
@@ -169,8 +171,7 @@ class FleetSpawner(RemoteSpawner):
             runner = ['python3', '-m', task.runnable.pick_runner_module_from_entry_point_kind(
                 task.runnable.kind), 'task-run', *task.get_command_args()]
             await self._run(slot, runtime_task, shlex.join(runner) + ' > /dev/null',
-                            float(self.config.get('spawner.remote.test_timeout')),
-                            'the test')
+                            test_timeout, 'the test')
         finally:
             slot.busy = False
         return True
