@@ -35,7 +35,7 @@ from typing import Dict, Optional
 from aexpect import remote
 from aexpect.exceptions import ShellError
 from avocado.core.nrunner.task import TaskStatusService
-from avocado.core.plugin_interfaces import JobPost, JobPre
+from avocado.core.plugin_interfaces import JobPost
 from avocado.core.utils import messages
 from avocado_spawner_remote import RemoteSpawner
 
@@ -193,15 +193,12 @@ class FleetSpawner(RemoteSpawner):
         cls.slots.clear()
 
 
-class FleetSessions(JobPre, JobPost):
+class FleetSessions(JobPost):
     """Closes the fleet's SSH sessions (and their aexpect helpers) when the
     job ends, whatever the spawner."""
 
     name = 'mpqemu-fleet-sessions'
     description = "Closes the SSH sessions of the suite's fleet spawner when the job ends"
-
-    def pre(self, job):
-        pass
 
     def post(self, job):
         FleetSpawner.close_all()

@@ -118,7 +118,8 @@ def matches(name: str, patterns: Sequence[str]) -> bool:
 
 def short_test(name: str) -> str:
     """``tests/functional/test_x.py:Class.test_y`` → ``Class.test_y``."""
-    return scenarios.split_name(name)[1] + '.' + scenarios.split_name(name)[2]
+    _, cls, method = scenarios.split_name(name)
+    return f'{cls}.{method}'
 
 
 def bars(jobs: Sequence[Job], plot: Plot) -> List[Bar]:
