@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 # Debian packages the suite needs at run time.
 HOST_PACKAGES := qemu-system-x86 qemu-system-data seabios qemu-utils python3-venv gcc libc6-dev \
                  binutils lz4 kmod openssh-client mtools syslinux mmdebstrap chromium \
-                 openssh-server
+                 openssh-server gdb
 
 # Each TAGS word becomes one tag filter: 'a,b' = both tags, 'a b' = either tag.
 # SPEED=quick (the default) leaves out the tests tagged 'thorough', the long

@@ -56,7 +56,8 @@ class Finding:
             'signature': self.signature, 'qemu': self.qemu, 'transport': self.transport,
             'outcome': self.result.outcome, 'signal': self.result.signal,
             'exit_status': self.result.exit_status, 'detail': self.result.detail,
-            'remote_state': self.result.remote_state, 'log_tail': self.result.log,
+            'remote_state': self.result.remote_state, 'backtrace': self.result.backtrace,
+            'log_tail': self.result.log,
             'known_issue': self.known_issue, 'reproduced': self.reproduced,
             'occurrences': self.occurrences,
             'reproduce': f'python -m harness.tools.fuzz --transport {self.transport} '
@@ -232,6 +233,9 @@ class Fuzzer:
                      f'({",".join(case.families)}): {result.detail}; '
                      f'known issue: {finding.known_issue or "NO"}; '
                      f'reproduced alone: {finding.reproduced}')
+            if result.backtrace:
+                self.log(f'case {case.index}: the remote\'s threads while it was silent:\n'
+                         f'{result.backtrace}')
         if self.saved[sig] < SAVED_PER_SIGNATURE:
             self.saved[sig] += 1
             self.save(Finding(case, result, sig, finding.known_issue, finding.reproduced,

@@ -15,8 +15,10 @@ classifies:
   FD-LEAK   answered, but after the restore it holds more fds than after
             its set-up (transports that track fds)              -> finding
 
-A silent remote is sampled (CPU time, /proc state) to tell a busy loop
-from a blocked one before it counts as hung.  A case that ends the remote
+A silent remote is sampled (CPU time per thread, /proc state) to tell a
+busy loop from a blocked one before it counts as hung; a hung one's
+threads are then unwound with gdb (harness/qemu/backtrace.py), so the
+finding says where it looped or waited even when the replay answers.  A case that ends the remote
 gets a fresh one from the pool; after a surviving one the remote is
 restored (:meth:`FuzzRemote.restore`).
 """
@@ -29,6 +31,7 @@ from typing import Dict, List, Optional
 
 from ..base import procfs
 from ..base.fdstream import ProtocolError, RemoteError, RemoteGone, RemoteTimeout, close_fds
+from ..qemu import backtrace
 from ..qemu.guestmem import GuestMemory
 from ..qemu.process import QEMUProcess
 from .cases import Case, open_fd
@@ -77,6 +80,7 @@ class Result:
     log: str = ''                    # the remote's last log line(s) where it ended
     elapsed_s: float = 0.0
     remote_state: str = ''
+    backtrace: str = ''              # a hung remote's threads (gdb), while still hung
 
     @property
     def is_finding(self) -> bool:
@@ -209,14 +213,13 @@ class CaseRunner:
     def _after_hangup(self, remote: FuzzRemote) -> Result:
         if remote.process.wait_exit(EXIT_TIMEOUT_S):
             return self._exit_result(remote, 'hung up mid-message')
-        return Result(OUTCOME_HANG, f'still running {EXIT_TIMEOUT_S} s after the proxy hung up',
-                      remote_state=self._state(remote))
+        return self._hang(remote, f'still running {EXIT_TIMEOUT_S} s after the proxy hung up')
 
     def _ended(self, remote: FuzzRemote, err: Exception, detail: str) -> Result:
         if remote.process.wait_exit(EXIT_TIMEOUT_S):
             return self._exit_result(remote, detail)
-        return Result(OUTCOME_HANG, f'socket closed but the process still runs after '
-                      f'{EXIT_TIMEOUT_S} s ({err})', remote_state=self._state(remote))
+        return self._hang(remote, f'socket closed but the process still runs after '
+                          f'{EXIT_TIMEOUT_S} s ({err})')
 
     def _exit_result(self, remote: FuzzRemote, detail: str) -> Result:
         status = remote.process.exitcode
@@ -233,12 +236,12 @@ class CaseRunner:
         pid = remote.pid
         if not remote.process.is_running():
             return self._exit_result(remote, f'exited without closing first ({err})')
-        before = procfs.cpu_seconds(pid)
+        before = backtrace.thread_cpu(pid)
         time.sleep(BUSY_SAMPLE_S)       # a measurement window, not a settle delay
-        after = procfs.cpu_seconds(pid)
-        if before is None or after is None or not remote.process.is_running():
+        after = backtrace.thread_cpu(pid)
+        if not before or not after or not remote.process.is_running():
             return self._exit_result(remote, f'exited while silent ({err})')
-        busy = (after - before) / BUSY_SAMPLE_S
+        busy = (sum(after.values()) - sum(before.values())) / BUSY_SAMPLE_S
         state = self._state(remote)
         if busy < BUSY_FRACTION and case.may_stall:
             return Result(OUTCOME_STALLED, 'idle, waiting for the rest of a misframed message',
@@ -256,13 +259,18 @@ class CaseRunner:
         except RemoteGone as gone:
             return self._ended(remote, gone, str(gone))
         except ProtocolError as err:
-            return Result(OUTCOME_HANG, f'malformed late reply: {err}',
-                          remote_state=self._state(remote))
+            return self._hang(remote, f'malformed late reply: {err}')
         except RemoteTimeout:
             waited = FOLLOWUP_TIMEOUT_S + BUSY_SAMPLE_S + confirm
-            return Result(OUTCOME_HANG, f'no answer for {waited:.1f} s and {how} '
-                          f'({busy:.0%} CPU): ' + ('a loop' if how == 'busy' else 'blocked'),
-                          remote_state=self._state(remote))
+            threads = backtrace.busy_threads(pid, before, BUSY_SAMPLE_S, after)
+            return self._hang(remote, f'no answer for {waited:.1f} s and {how} '
+                              f'({busy:.0%} CPU' + (f': {threads}' if threads else '') + '): '
+                              + ('a loop' if how == 'busy' else 'blocked'))
+
+    def _hang(self, remote: FuzzRemote, detail: str) -> Result:
+        """A live remote that does not answer: where it is, while it is."""
+        return Result(OUTCOME_HANG, detail, remote_state=self._state(remote),
+                      backtrace=backtrace.backtraces(remote.pid))
 
     @staticmethod
     def _state(remote: FuzzRemote) -> str:
