@@ -6,8 +6,10 @@ cached: harness/qemu/build.py, features as ``+name``) or a binary's path or
 name on $PATH.
 """
 
-from typing import Callable
+from typing import Callable, Optional
 
+from ..base import params
+from ..base.errors import ParameterError
 from . import build, debroot
 
 DEB, SRC = 'deb:', 'src:'
@@ -30,3 +32,18 @@ def ready(spec: str) -> bool:
     if spec.startswith(SRC):
         return build.cached_result(spec[len(SRC):]) is not None
     return True
+
+
+def under_test(lookup: Optional[Callable[[str], Optional[str]]] = None) -> str:
+    """The subject the parameters name as the QEMU under test: qemu_src
+    (``src:``), qemu_deb (``deb:``), else qemu_bin (a binary, or itself a
+    subject).  ParameterError if both qemu_src and qemu_deb are given."""
+    src = params.get_optional('qemu_src', lookup)
+    deb = params.get_optional('qemu_deb', lookup)
+    if src and deb:
+        raise ParameterError(f"qemu_src={src} and qemu_deb={deb}: give one QEMU to test")
+    if src:
+        return SRC + src
+    if deb:
+        return DEB + deb
+    return params.get('qemu_bin', lookup)

@@ -37,14 +37,9 @@ def subjects(given: Mapping[str, str], vfio_user: bool) -> List[str]:
     client and server."""
     def lookup(name):
         return given.get(name)
-    found = []
-    src, deb = params.get_optional('qemu_src', lookup), params.get_optional('qemu_deb', lookup)
-    if src:
-        found.append(subject.SRC + src)
-    if deb:
-        found.append(subject.DEB + deb)
-    if not src and not deb and not subject.ready(params.get('qemu_bin', lookup)):
-        found.append(params.get('qemu_bin', lookup))        # qemu_bin=deb:SUITE or src:SPEC
+    spec = subject.under_test(lookup)
+    # A plain binary needs nothing; qemu_bin may itself name a subject.
+    found = [] if spec == params.get('qemu_bin', lookup) and subject.ready(spec) else [spec]
     if vfio_user:
         found += [params.get('vfio_user_client', lookup), params.get('vfio_user_server', lookup)]
     return found
