@@ -133,21 +133,21 @@ QEMU_SRC ?= debian:bookworm
 qemu: host-deps venv
 	$(VPY) -m harness.tools.qemu_build $(QEMU_SRC)
 
-# The suite against several QEMUs: build/matrix/matrix.md and matrix.json.
-# Rows: scenario x transport (proxy, vfio-user, in-process); columns: QEMU x
-# accelerator.  MATRIX_QEMUS: LABEL=WHAT words, WHAT a binary, a source
-# (debian:SUITE[+FEATURE]) or deb:SUITE; each plays the vfio-user role it can
-# (harness/tools/matrix.py).  MATRIX_TAGS: Avocado tags, each word one filter.
-MATRIX_QEMUS ?= debian-7.2=qemu-system-x86_64 src-10.0=debian:trixie \
-                src-10.0+vfu=debian:trixie+vfio-user-server deb-11.1=deb:trixie-backports
+# The qualification matrix: build/matrix/matrix.{md,html,json}, one Avocado
+# job over the variants of MATRIX (QEMU x accelerator x machine type, each
+# !mux node an axis, expanded by Avocado's multiplexer).  Rows: scenario x
+# transport (proxy, vfio-user, in-process); columns: the variants
+# (harness/tools/matrix.py).  MATRIX_TAGS: Avocado tags, each word one
+# filter.  MATRIX_ONLY: leaves to keep (/run/qemu/debian-7.2 /run/accel/tcg).
+MATRIX ?= tests/matrix/qualification.yaml
 MATRIX_TAGS ?= topology protocol qtest build agent vfio-user
-MATRIX_ACCELS ?= tcg,kvm
+MATRIX_ONLY ?=
 .PHONY: matrix
 matrix: host-deps venv
 	@# Guest images first (seconds when cached): no test's timeout pays for a build.
 	$(VPY) -m harness.tools.images build all
-	$(VPY) -m harness.tools.matrix --tags '$(MATRIX_TAGS)' --accel '$(MATRIX_ACCELS)' \
-	    $(foreach q,$(MATRIX_QEMUS),--qemu $(q))
+	$(VPY) -m harness.tools.matrix --variants '$(MATRIX)' --tags '$(MATRIX_TAGS)' \
+	    $(if $(strip $(MATRIX_ONLY)),--only $(MATRIX_ONLY))
 
 # The default suite RUNS times, HOG_RUNS of them (every other one for half)
 # beside a HOG_THREADS-thread CPU hog: build/soak/soak.md and soak.json, per

@@ -19,7 +19,7 @@ import avocado
 from avocado.core.exceptions import TestSkipError
 
 from .base import deadlines, known_issues, lifeline, params
-from .base.errors import HarnessError, ParameterError, QMPError
+from .base.errors import HarnessError, QMPError
 from .base.units import MIB, ms
 from .images.image import GuestImage, resolve_image
 from .agent.session import AgentSession
@@ -78,17 +78,11 @@ class MultiprocessTest(avocado.Test):
         """The QEMUs this test runs (harness/qemu/subject.py): the one
         under test, or over vfio-user the client and the server."""
         if self.placement == topology.VFIO_USER:
+            if params.get_optional('vfio_user_skip', lookup):
+                return []
             return [params.get('vfio_user_client', lookup),
                     params.get('vfio_user_server', lookup)]
-        src = params.get_optional('qemu_src', lookup)
-        deb = params.get_optional('qemu_deb', lookup)
-        if src and deb:
-            raise ParameterError(f"qemu_src={src} and qemu_deb={deb}: give one QEMU to test")
-        if src:
-            return [subject.SRC + src]
-        if deb:
-            return [subject.DEB + deb]
-        return [params.get('qemu_bin', lookup)]
+        return [subject.under_test(lookup)]
 
     def probe_subject(self, spec: str, role: str) -> qemu_binary.Capabilities:
         started = time.monotonic()
@@ -170,6 +164,9 @@ class MultiprocessTest(avocado.Test):
         self.figures = {}
         self.record(host=socket.gethostname())     # several in a fleet run (harness/fleet/)
         self._lookup = lookup = lambda name: self.params.get(name, default=None)  # noqa: E731
+        skip = params.get_optional('vfio_user_skip', lookup)
+        if self.placement == topology.VFIO_USER and skip:
+            self.cancel(f'vfio-user tests do not run here: {skip}')
         probed = [self.probe_subject(spec, role)
                   for spec, role in zip(self.subjects(lookup), ('qemu', 'remote_qemu'))]
         self.caps = probed[0]

@@ -7,7 +7,7 @@ environment name; Avocado wins when both are given, so that
 """
 
 import os
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 from .errors import ParameterError
 
@@ -31,6 +31,9 @@ PARAMETERS = {
     'vfio_user_server': ('src:debian:trixie+vfio-user-server',
                          'remote QEMU of the vfio-user tests (needs x-vfio-user-server): '
                          'deb:SUITE, src:QEMU_SRC or a binary'),
+    'vfio_user_skip': ('', 'why the vfio-user tests do not run here: they cancel with it '
+                           '(a matrix variant whose QEMU plays no vfio-user role sets it: '
+                           'harness/tools/matrix.py)'),
     'accel': ('auto', 'accelerator: auto (KVM when usable, else TCG), kvm or tcg'),
     'confine_remotes': ('auto', 'remotes run sandboxed (-sandbox) as an unprivileged user: '
                                 'auto (where the QEMU and the host allow), on (an error '
@@ -100,3 +103,10 @@ def get_int(name: str, lookup=None, minimum: int = 1) -> int:
     if value < minimum:
         raise ParameterError(f"{name}={value} is below the minimum {minimum}")
     return value
+
+
+def of_variant(variant: Optional[dict]) -> Dict[str, str]:
+    """{name: value} that an Avocado variant sets (any varianter: each
+    ``{'variant': [[node path, [[path, name, value], ...]], ...]}``)."""
+    return {name: value for _, leaves in (variant or {}).get('variant') or []
+            for _, name, value in leaves}

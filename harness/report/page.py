@@ -137,11 +137,12 @@ def _legend() -> str:
 
 def render_matrix(matrix: dict, out_dir: str) -> str:
     """``out_dir/matrix.html``: harness/tools/matrix.py's table (rows:
-    scenario × transport; columns: QEMU × accelerator) as coloured cells,
+    scenario × transport; columns: the variants) as coloured cells,
     each cell's reason in its tooltip; returns its path."""
     columns = matrix['columns']
-    head = ''.join(f"<th>{_e(c['label'])}<br><code>{_e(c.get('subject') or c['what'])}</code>"
-                   + (f"<br>accel={_e(c['accel'])}" if c.get('accel') else '') + '</th>'
+    head = ''.join(f"<th>{_e(c['label'])}"
+                   + (f"<br><code>{_e(c['subject'])}</code>" if c.get('subject') else '')
+                   + (f"<br>{_e(c['settings'])}" if c.get('settings') else '') + '</th>'
                    for c in columns)
     rows = ['<table><tr><th>scenario</th><th>transport</th>' + head + '</tr>']
     for row in matrix['rows']:
@@ -158,7 +159,8 @@ def render_matrix(matrix: dict, out_dir: str) -> str:
     title = 'Multi-process QEMU test matrix'
     return _write(os.path.join(out_dir, 'matrix.html'), title, [
         f'<h1>{_e(title)}</h1>',
-        f"<p>Generated {_e(matrix.get('generated', ''))}; tags: "
+        f"<p>Generated {_e(matrix.get('generated', ''))} from "
+        f"<code>{_e(matrix.get('variants', ''))}</code>; tags: "
         f"<code>{_e(matrix.get('tags', ''))}</code>.  The known issues' evidence is in "
         f'<a href="matrix.md">matrix.md</a>.</p>', _legend(), *rows])
 

@@ -12,7 +12,7 @@ import sys
 from avocado.core.exceptions import JobError
 from avocado.core.plugin_interfaces import JobPre
 
-from ..base import paths
+from ..base import params, paths
 from ..base.errors import HarnessError
 from .prepare import prepare
 
@@ -27,13 +27,6 @@ def _ours(uri: str) -> bool:
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def _variant_params(runnable) -> dict:
-    """{key: value} of the runnable's variant (Avocado's varianters give
-    ``{'variant': [[path, [[path, key, value], ...]], ...]}``)."""
-    variant = getattr(runnable, 'variant', None) or {}
-    return {key: value for _, leaves in variant.get('variant') or [] for _, key, value in leaves}
 
 
 class PrepareSuite(JobPre):
@@ -51,9 +44,12 @@ class PrepareSuite(JobPre):
         # (any varianter: --json-variants-load, CIT; one QEMU, accelerator... each).
         plans = {}
         for runnable in runnables:
-            wanted = given | _variant_params(runnable)
+            wanted = given | params.of_variant(getattr(runnable, 'variant', None))
             key = tuple(sorted(wanted.items()))
-            plans[key] = plans.get(key, False) or VFIO_USER_TAG in (runnable.tags or {})
+            # A variant may say its vfio-user tests cancel (vfio_user_skip):
+            # their QEMUs are not needed.
+            vfio_user = VFIO_USER_TAG in (runnable.tags or {}) and not wanted.get('vfio_user_skip')
+            plans[key] = plans.get(key, False) or vfio_user
         try:
             for key, vfio_user in plans.items():
                 prepare(dict(key), vfio_user, say=_say)

@@ -1,58 +1,59 @@
-"""Run the functional suite against several QEMUs and tabulate the results.
+"""The qualification matrix: one Avocado job over the variants of a file.
 
-    python -m harness.tools.matrix                                  # the default list
-    python -m harness.tools.matrix --tags 'protocol qtest agent' --accel tcg,kvm \\
-        --qemu debian-7.2=qemu-system-x86_64 --qemu deb-11.1=deb:trixie-backports
+    make matrix                               # tests/matrix/qualification.yaml
+    python -m harness.tools.matrix --variants tests/matrix/qualification.yaml \\
+        --only /run/qemu/debian-7.2 /run/accel/tcg --tags 'topology protocol'
 
-Columns are QEMU × accelerator: each ``--qemu LABEL=WHAT`` under each
-accelerator of ``--accel`` (``LABEL-ACCEL``, the job run with ``-p
-accel=ACCEL``).  WHAT is a subject (harness/qemu/subject.py): ``deb:SUITE``
-(Debian's package from trixie or trixie-backports, run from a cached root:
-``qemu_deb``), a source for harness/qemu/build.py (``debian:SUITE[+FEATURE]``,
-``src:SPEC``, a tree with ``configure``, a git URL: ``qemu_src``, built first
-so that the build's progress shows) or a binary (path or name on $PATH:
-``qemu_bin``).
+The variants are described once, in a YAML file for Avocado's multiplexer
+(avocado-framework-plugin-varianter-yaml-to-mux): each ``!mux`` node is an
+axis (the QEMU, the accelerator, the machine type), each of its leaves one
+value, the test parameters it sets (harness/base/params.py).  Avocado
+expands them (``avocado variants --json-variants-dump``; ``--only`` and
+``--out-of`` are its ``--mux-filter-only`` and ``--mux-filter-out``), and
+each variant is a column, named by its leaves (``debian-7.2-tcg-pc``).  The
+QEMU of a variant is a subject (harness/qemu/subject.py): ``qemu_bin`` (a
+binary, or itself a subject), ``qemu_src`` (built from source) or
+``qemu_deb`` (Debian's package, run from a cached root).
 
-Rows are scenarios × transports (harness/report/scenarios.py): a test method
-as its class family tells it, once per transport its classes run it over,
-``proxy`` (x-pci-proxy-dev), ``vfio-user`` or ``in-process`` (the control),
-read from each test's own tags and class.
+Before the job, each variant's QEMU is prepared and probed, so that a build
+shows its progress and a QEMU that fails to build or probe is a fail cell
+for its variants, which the job leaves out, not a lost job.  What it plays
+in the vfio-user tests is then added to its variant
+(harness/tools/vfio_user_roles.py): a vfio-user test runs two QEMUs, the
+client (``vfio-user-pci``, the guest's) and the server
+(``x-vfio-user-server``, the remote).  The variant's QEMU plays whichever
+it can, as probed; the other role's QEMU, its partner, is the variant's
+``vfio_user_client`` or ``vfio_user_server``, else the parameter's
+default (``$VFIO_USER_CLIENT``, ``$VFIO_USER_SERVER``).  A QEMU that plays
+neither gets ``vfio_user_skip``, with what it lacks: its vfio-user tests
+cancel with it.
 
-A vfio-user test runs two QEMUs, the client (``vfio-user-pci``, the
-guest's) and the server (``x-vfio-user-server``, the remote).  The column's
-QEMU, as probed (harness/qemu/binary.py), plays whichever of them it can:
-the server if it has ``x-vfio-user-server`` (``-p vfio_user_server=`` it,
-the client being ``vfio_user_client``'s, by default ``deb:trixie-backports``),
-the client if it has ``vfio-user-pci`` (``-p vfio_user_client=`` it, the
-server ``vfio_user_server``'s, by default
-``src:debian:trixie+vfio-user-server``), both if it has both.  The other
-role's QEMU is named in the column's header; ``$VFIO_USER_CLIENT`` and
-``$VFIO_USER_SERVER`` choose it.  A QEMU that can play neither role does
-not run the column's vfio-user tests: their cells say ``skip:`` with what
-it lacks.  Both multi-process roles need ``x-remote`` as well
-(harness/testing.py and harness/mpqemu/topology.py check it).
-
-For each column one Avocado job runs the tag selection; its
-``results.json`` gives one cell per test:
+Then one Avocado job runs the tag selection over every prepared variant
+(``--json-variants-load``), and its ``results.json`` gives a cell per test
+and variant.  Rows are scenarios × transports (harness/report/scenarios.py):
+a test method as its class family tells it, once per transport its classes
+run it over, ``proxy`` (x-pci-proxy-dev), ``vfio-user`` or ``in-process``
+(the control), read from each test's own tags and class.  The cells
+(harness/report/cells.py):
 
   pass             PASS
   pass, fixed?     WARN from a known-issue guard: the entry's bug did not
                    reproduce (fixed upstream? update the entry)
   known issue: ID  CANCEL whose reason is a known-issue entry
-  skip: reason     SKIP or CANCEL for another reason (missing capability…),
-                   the ERROR of a test whose guest the column's KVM cannot
-                   run (a Linux guest on a PVM host), or a vfio-user test
-                   whose roles the column's QEMU can play neither of
+  skip: reason     SKIP or CANCEL for another reason (missing capability,
+                   a vfio-user test whose roles the variant's QEMU plays
+                   neither of), or the ERROR of a test whose guest the
+                   variant's KVM cannot run (a Linux guest on a PVM host)
   fail: reason     FAIL, ERROR, INTERRUPTED; a QEMU that could not be
                    built, prepared or probed; a partner QEMU that cannot
                    play its vfio-user role
-  not run          the test did not exist in that column's job
+  not run          the test did not run in that variant
 
 Writes ``matrix.md`` (the table, then each known issue met with its
 observed/expected behaviour and evidence), ``matrix.html`` (the table as
-coloured cells, harness/report/page.py) and ``matrix.json`` under
-``build/matrix/``; each column's Avocado job is in ``build/matrix/jobs/``.
-Exit status 1 if any cell is a failure, 0 otherwise.
+coloured cells, harness/report/page.py), ``matrix.json`` and the variants
+the job ran (``variants.json``) under ``build/matrix/``; the job itself is
+in ``build/matrix/job/``.  Exit status 1 if any cell is a failure.
 """
 
 import argparse
@@ -68,93 +69,50 @@ import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
-from ..base import known_issues, paths
+from ..base import known_issues, params, paths
 from ..base.errors import HarnessError
 from ..base.figures import write_report
-from ..qemu import binary as qemu_binary
-from ..qemu import debroot, subject
+from ..qemu import subject
 from ..qemu.buildcache import BuildError
-from ..qemu.source import GIT_URL_RE
 from ..report import page, scenarios
-from ..report.cells import Cell, read_results, row_info, short as _short, test_row_name
+from ..report.cells import Cell, classify, row_info, short as _short, test_row_name
 from .vfio_user_roles import CLIENT, SERVER, prepare, vfio_user_plan
 
-DEFAULT_QEMUS = ('debian-7.2=qemu-system-x86_64', 'src-10.0=debian:trixie',
-                 'src-10.0+vfu=debian:trixie+vfio-user-server',
-                 'deb-11.1=deb:trixie-backports')
+DEFAULT_VARIANTS = os.path.join('tests', 'matrix', 'qualification.yaml')
 DEFAULT_TAGS = 'topology protocol qtest build agent vfio-user'
-DEFAULT_ACCELS = 'tcg,kvm'
-JOB_TIMEOUT_S = 3600
-LIST_TIMEOUT_S = 120
-# What a column decides; its jobs take them from its own -p, never from the
-# environment (harness/base/params.py would prefer $QEMU_SRC to -p qemu_bin).
-COLUMN_PARAMS = ('qemu_bin', 'qemu_src', 'qemu_deb', 'vfio_user_client', 'vfio_user_server',
-                 'accel')
-PARAM_KEYS = {'bin': 'qemu_bin', 'src': 'qemu_src', 'deb': 'qemu_deb'}
+JOB_TIMEOUT_S = 3600            # per variant
+VARIANTS_TIMEOUT_S = 120
+# Parameters that name a variant's QEMUs: set per variant only.  Its jobs
+# never take them from the environment (harness/base/params.py would
+# prefer $QEMU_SRC to a variant's qemu_bin), nor from -p.
+QEMU_PARAMS = ('qemu_bin', 'qemu_src', 'qemu_deb', 'vfio_user_client', 'vfio_user_server',
+               'vfio_user_skip')
+# The node the vfio-user facts are added under; the multiplexer's paths
+# (/run/*) must find it.
+MATRIX_NODE = '/run/matrix'
 
 
 @dataclasses.dataclass
 class Column:
+    """One variant: its parameters, its QEMU, and what came of preparing it."""
     label: str
-    what: str
-    kind: str                   # 'bin', 'src', 'deb', or 'results' (--from-results)
-    accel: Optional[str] = None  # -p accel=, None: the suite's default (auto)
+    variant_id: str
+    params: Dict[str, str]
+    subject: str = ''
     # Once the QEMU is probed (vfio_user_plan): which vfio-user role it
     # plays, the QEMUs of both roles, or why it plays none.
     vfio_user: Optional[dict] = None
+    error: Optional[Cell] = dataclasses.field(default=None, compare=False)
 
     @property
-    def subject(self) -> str:
-        """The QEMU as harness/qemu/subject.py spells it."""
-        return {'src': subject.SRC, 'deb': subject.DEB}.get(self.kind, '') + self.what
+    def settings(self) -> str:
+        """The variant's parameters other than its QEMUs: ``accel=tcg machine=q35``."""
+        return ' '.join(f'{name}={value}' for name, value in sorted(self.params.items())
+                        if name not in QEMU_PARAMS)
 
-    def avocado_params(self) -> List[str]:
-        result = ['-p', f'{PARAM_KEYS.get(self.kind, "qemu_bin")}={self.what}']
-        if self.vfio_user and self.vfio_user.get('plays'):
-            result += ['-p', f"vfio_user_client={self.vfio_user['client']}",
-                       '-p', f"vfio_user_server={self.vfio_user['server']}"]
-        return result + (['-p', f'accel={self.accel}'] if self.accel else [])
-
-    def under(self, accel: str) -> 'Column':
-        return Column(f'{self.label}-{accel}', self.what, self.kind, accel)
-
-
-def parse_column(text: str) -> Column:
-    """``LABEL=WHAT`` as a column; ValueError naming what is wrong."""
-    label, sep, what = text.partition('=')
-    if not sep or not label or not what:
-        raise ValueError(f"--qemu {text!r}: expected LABEL=WHAT, WHAT a binary, a source or "
-                         f"deb:SUITE (e.g. src-10.0=debian:trixie, deb-11.1=deb:trixie-backports)")
-    if what.startswith(subject.DEB):
-        suite = what[len(subject.DEB):]
-        try:
-            debroot.check_suite(suite)
-        except HarnessError as err:
-            raise ValueError(f"--qemu {text!r}: {err}") from None
-        return Column(label, suite, 'deb')
-    if what.startswith(subject.SRC):
-        if not what[len(subject.SRC):]:
-            raise ValueError(f"--qemu {text!r}: src: needs a source (src:debian:trixie)")
-        return Column(label, what[len(subject.SRC):], 'src')
-    if (what.startswith('debian:') or GIT_URL_RE.search(what)
-            or os.path.isfile(os.path.join(what, 'configure'))):
-        return Column(label, what, 'src')
-    try:
-        qemu_binary.find_binary(what)
-    except HarnessError as err:
-        raise ValueError(f"--qemu {text!r}: not a source, not deb:SUITE, and {err}") from None
-    return Column(label, what, 'bin')
-
-
-def check_avocado_args(extra: Sequence[str]) -> None:
-    """ValueError for an extra Avocado argument that sets what a column decides."""
-    for arg in extra:
-        match = re.match(rf"(?:-p\s*)?({'|'.join(COLUMN_PARAMS)})=", arg.strip())
-        if match:
-            how = ('choose the partner of a column that plays one vfio-user role with '
-                   '$VFIO_USER_CLIENT / $VFIO_USER_SERVER' if match.group(1).startswith('vfio')
-                   else 'use --qemu and --accel')
-            raise ValueError(f"--avocado-arg {arg!r}: each column sets {match.group(1)}; {how}")
+    def to_json(self) -> dict:
+        return {'label': self.label, 'variant_id': self.variant_id, 'params': self.params,
+                'subject': self.subject, 'settings': self.settings, 'vfio_user': self.vfio_user}
 
 
 def _avocado(*args: str) -> List[str]:
@@ -163,28 +121,67 @@ def _avocado(*args: str) -> List[str]:
             *args]
 
 
-def tag_filters(tags: str, vfio_user: Optional[bool] = None) -> List[str]:
-    """Avocado's tag options for ``tags`` (each word one filter: either),
-    narrowed to the vfio-user tests (True) or to the others (False).  The
-    ``=`` form, since ``-t -vfio-user`` would read as an option."""
-    words = tags.split() or ['']
-    extra = {None: '', True: scenarios.VFIO_USER_TAG, False: '-' + scenarios.VFIO_USER_TAG}
-    return [f"--filter-by-tags={','.join(filter(None, (word, extra[vfio_user])))}"
-            for word in words if word or vfio_user is not None]
-
-
-def list_tests(tags: str, suite: Sequence[str], vfio_user: bool) -> List[str]:
-    """Avocado names of the tests the selection holds, vfio-user ones or the others."""
+def expand(variants_file: str, only: Sequence[str] = (),
+           out_of: Sequence[str] = ()) -> List[dict]:
+    """The variants Avocado's multiplexer makes of ``variants_file``, as
+    its JSON variants (HarnessError naming the file when it cannot)."""
+    if not os.path.isfile(variants_file):
+        raise HarnessError(f'{variants_file}: no such variants file')
     with tempfile.TemporaryDirectory(prefix='mpqemu-matrix-') as tmp:
-        listing = os.path.join(tmp, 'list.json')
-        cmd = _avocado('list', '--json', listing, *tag_filters(tags, vfio_user), *suite)
+        dump = os.path.join(tmp, 'variants.json')
+        cmd = _avocado('variants', '--mux-yaml', os.path.abspath(variants_file),
+                       *(['--mux-filter-only', *only] if only else []),
+                       *(['--mux-filter-out', *out_of] if out_of else []),
+                       '--json-variants-dump', dump)
         run = subprocess.run(cmd, cwd=paths.REPO_DIR, capture_output=True, text=True,
-                             timeout=LIST_TIMEOUT_S, check=False)
-        if run.returncode != 0 or not os.path.exists(listing):
-            raise HarnessError(f"{shlex.join(cmd)} failed (exit {run.returncode}): "
-                               f"{run.stderr.strip()[-500:]}")
-        with open(listing, encoding='utf-8') as f:
-            return [entry['Test'] for entry in json.load(f)]
+                             timeout=VARIANTS_TIMEOUT_S, check=False)
+        if run.returncode != 0 or not os.path.exists(dump):
+            why = (run.stderr.strip() or run.stdout.strip())[-500:]
+            raise HarnessError(f'{variants_file}: Avocado could not expand its variants '
+                               f'(exit {run.returncode}): {why}')
+        with open(dump, encoding='utf-8') as f:
+            variants = json.load(f)
+    # Filtered to nothing, the multiplexer still gives one variant: empty.
+    if not any(leaves for variant in variants for _, leaves in variant['variant']):
+        raise HarnessError(f'{variants_file}: no variants' + (' left by --only/--out-of'
+                                                              if only or out_of else ''))
+    return variants
+
+
+def label_of(variant: dict) -> str:
+    """The variant's leaves, the QEMU's first: ``debian-7.2-tcg-pc``."""
+    nodes = [(path, {name for _, name, _ in leaves}) for path, leaves in variant['variant']]
+    nodes.sort(key=lambda node: not node[1] & {'qemu_bin', 'qemu_src', 'qemu_deb'})
+    return '-'.join(os.path.basename(path.rstrip('/')) for path, _ in nodes) or 'default'
+
+
+def columns_of(variants: Sequence[dict]) -> List[Column]:
+    columns = []
+    for variant in variants:
+        values = {name: str(value) for name, value in params.of_variant(variant).items()}
+        columns.append(Column(label_of(variant), variant['variant_id'], values))
+    labels = [c.label for c in columns]
+    if len(set(labels)) != len(labels):
+        raise HarnessError(f'variants {labels}: two have the same leaves; name each leaf '
+                           f'of an axis differently')
+    return columns
+
+
+def check_avocado_args(extra: Sequence[str], decided: Sequence[str] = QEMU_PARAMS) -> None:
+    """ValueError for an extra Avocado argument that sets a parameter the
+    variants decide (their QEMUs, and whatever their leaves set)."""
+    for arg in extra:
+        match = re.match(r"(?:-p\s*)?(\w+)=", arg.strip())
+        if match and match.group(1) in decided:
+            raise ValueError(f"--avocado-arg {arg!r}: the variants decide {match.group(1)}; "
+                             f"set it in the variants file (the vfio-user partners also "
+                             f"through $VFIO_USER_CLIENT / $VFIO_USER_SERVER)")
+
+
+def tag_filters(tags: str) -> List[str]:
+    """Avocado's tag options for ``tags`` (each word one filter: either).
+    The ``=`` form, since ``-t -vfio-user`` would read as an option."""
+    return [f'--filter-by-tags={word}' for word in tags.split()]
 
 
 def _prepare_failed(column: Column, err: Exception) -> Cell:
@@ -193,83 +190,124 @@ def _prepare_failed(column: Column, err: Exception) -> Cell:
                 row=row_info('(prepare)', ''))
 
 
-@dataclasses.dataclass
-class Selection:
-    """The Avocado names of the tests the tags select, vfio-user or not."""
-    vfio_user: List[str]
-    others: List[str]
-
-    @classmethod
-    def listed(cls, tags: str, suite: Sequence[str]) -> 'Selection':
-        return cls(list_tests(tags, suite, vfio_user=True),
-                   list_tests(tags, suite, vfio_user=False))
-
-
-def run_column(column: Column, tags: str, out_dir: str, extra_args: Sequence[str],
-               selection: Selection, log=print,
-               suite: Sequence[str] = ('tests/functional',)) -> Dict[str, Cell]:
-    """Prepare and probe its QEMU, decide its vfio-user role, run the
-    Avocado job, classify its results.  The selection's vfio-user tests
-    become skip (or fail) cells where they cannot run."""
-    try:
-        caps = prepare(column.subject, log)
-        column.vfio_user = vfio_user_plan(caps, column.subject, log)
-    except HarnessError as err:
-        log(f"{column.label}: {err}")
-        return {'(prepare)': _prepare_failed(column, err)}
-    cells: Dict[str, Cell] = {}
-    plan = column.vfio_user
-    blocked = plan.get('partner_error') or (None if plan['plays'] else plan['reason'])
-    if blocked and selection.vfio_user:
-        detail = plan.get('partner_error') or plan['detail']
-        log(f"{column.label}: vfio-user tests not run: {detail}")
-        kind = 'fail' if plan.get('partner_error') else 'skip'
-        for name in selection.vfio_user:
-            cells[test_row_name(name)] = Cell(kind, f'{kind}: {_short(blocked, 90)}', detail,
-                                              row=row_info(name, scenarios.VFIO_USER))
-    if blocked and not selection.others:
-        return cells
-    filters = tag_filters(tags, False if blocked else None)
-    cells.update(_run_job(column, filters, out_dir, extra_args, log, suite))
-    return cells
+def prepare_columns(columns: Sequence[Column], log=print) -> None:
+    """Prepare and probe each variant's QEMU (once per QEMU) and decide
+    its vfio-user roles; a QEMU that fails sets ``error`` on its columns."""
+    probed: dict = {}
+    for column in columns:
+        lookup = column.params.get
+        try:
+            column.subject = subject.under_test(lookup)
+            if column.subject not in probed:
+                try:
+                    probed[column.subject] = prepare(column.subject, log)
+                except HarnessError as err:
+                    probed[column.subject] = err
+            caps = probed[column.subject]
+            if isinstance(caps, HarnessError):
+                raise caps
+            column.vfio_user = vfio_user_plan(caps, column.subject, log, lookup)
+        except HarnessError as err:
+            log(f'{column.label}: {err}')
+            column.error = _prepare_failed(column, err)
 
 
-def _job_env() -> Dict[str, str]:
+def vfio_user_params(plan: dict) -> Dict[str, str]:
+    """What a variant's vfio-user plan adds to its parameters."""
+    if plan.get('partner_error'):
+        return {'vfio_user_skip': plan['partner_error']}
+    if not plan.get('plays'):
+        return {'vfio_user_skip': f"{plan['reason']} ({plan['detail']})"}
+    return {'vfio_user_client': plan[CLIENT], 'vfio_user_server': plan[SERVER]}
+
+
+def job_variants(variants: Sequence[dict], columns: Sequence[Column]) -> List[dict]:
+    """The prepared columns' variants, each with its vfio-user parameters."""
+    by_id = {c.variant_id: c for c in columns}
+    result = []
+    for variant in variants:
+        column = by_id[variant['variant_id']]
+        if column.error:
+            continue
+        extra = vfio_user_params(column.vfio_user)
+        variant = json.loads(json.dumps(variant))
+        variant['variant'] = [[path, [leaf for leaf in leaves if leaf[1] not in extra]]
+                              for path, leaves in variant['variant']]
+        variant['variant'].append([MATRIX_NODE, [[MATRIX_NODE, name, value]
+                                                 for name, value in extra.items()]])
+        result.append(variant)
+    return result
+
+
+def _job_env(columns: Sequence[Column]) -> Dict[str, str]:
     env = dict(os.environ)
-    for name in COLUMN_PARAMS:
+    for name in set(QEMU_PARAMS).union(*(c.params for c in columns)):
         env.pop(name.upper(), None)
     return env
 
 
-def _run_job(column: Column, filters: Sequence[str], out_dir: str, extra_args: Sequence[str],
-             log, suite: Sequence[str]) -> Dict[str, Cell]:
-    job_dir = os.path.join(out_dir, 'jobs', column.label)
+def run_job(columns: Sequence[Column], variants: Sequence[dict], tags: str, out_dir: str,
+            extra_args: Sequence[str], log=print,
+            suite: Sequence[str] = ('tests/functional',)) -> Optional[Cell]:
+    """One Avocado job over ``variants``; its results.json is
+    ``out_dir/job/latest/results.json``.  A Cell when it left none."""
+    job_dir = os.path.join(out_dir, 'job')
     os.makedirs(job_dir, exist_ok=True)
-    results = os.path.join(job_dir, 'latest', 'results.json')
+    latest = os.path.join(job_dir, 'latest')
     # An earlier run's results must never stand in for a job that left none.
-    if os.path.lexists(os.path.dirname(results)):
-        os.unlink(os.path.dirname(results))
-    cmd = _avocado('run', '--job-results-dir', job_dir, *filters, *column.avocado_params(),
-                   *extra_args, *suite)
-    log(f"{column.label}: {shlex.join(cmd)}")
-    started = time.monotonic()
+    if os.path.lexists(latest):
+        os.unlink(latest)
+    variants_file = os.path.join(out_dir, 'variants.json')
+    with open(variants_file, 'w', encoding='utf-8') as f:
+        json.dump(list(variants), f, indent=1)
+    cmd = _avocado('run', '--job-results-dir', job_dir, '--json-variants-load', variants_file,
+                   *tag_filters(tags), *extra_args, *suite)
+    log(shlex.join(cmd))
+    limit = JOB_TIMEOUT_S * len(variants)
     # Its own session, so that a job past its deadline goes down with
     # every process it started, not just the avocado front end.
-    with subprocess.Popen(cmd, cwd=paths.REPO_DIR, stdin=subprocess.DEVNULL, env=_job_env(),
-                          start_new_session=True) as job:
+    with subprocess.Popen(cmd, cwd=paths.REPO_DIR, stdin=subprocess.DEVNULL,
+                          env=_job_env(columns), start_new_session=True) as job:
         try:
-            job.wait(timeout=JOB_TIMEOUT_S)
+            job.wait(timeout=limit)
         except subprocess.TimeoutExpired:
             os.killpg(job.pid, signal.SIGKILL)
             job.wait()
-            return {'(job)': Cell('fail', f'job overran {JOB_TIMEOUT_S} s',
-                                  f'{shlex.join(cmd)} was killed after {JOB_TIMEOUT_S} s',
-                                  row=row_info('(job)', ''))}
-    if not os.path.exists(results):
-        return {'(job)': Cell('fail', 'no results.json', f'{shlex.join(cmd)} left none',
-                              row=row_info('(job)', ''))}
-    cells = read_results(results)
-    log(f"{column.label}: {len(cells)} tests in {time.monotonic() - started:.0f} s")
+            return Cell('fail', f'job overran {limit} s',
+                        f'{shlex.join(cmd)} was killed after {limit} s', row=row_info('(job)', ''))
+    if not os.path.exists(os.path.join(latest, 'results.json')):
+        return Cell('fail', 'no results.json', f'{shlex.join(cmd)} left none',
+                    row=row_info('(job)', ''))
+    return None
+
+
+def read_job(path: str) -> Dict[str, Dict[str, Cell]]:
+    """{variant id ('' for a test without one): {row: cell}} of a job's results.json."""
+    with open(path, encoding='utf-8') as f:
+        data = json.load(f)
+    cells: Dict[str, Dict[str, Cell]] = {}
+    for test in data.get('tests', []):
+        name, _, variant_id = test['name'].partition(';')
+        cells.setdefault(variant_id, {})[test_row_name(name)] = classify(dict(test, name=name))
+    return cells
+
+
+def column_cells(column: Column, job: Dict[str, Dict[str, Cell]],
+                 job_error: Optional[Cell]) -> Dict[str, Cell]:
+    """A column's cells: its preparation's failure, the job's, or its
+    tests'; a partner that cannot play its vfio-user role fails the
+    tests it made cancel."""
+    if column.error:
+        return {'(prepare)': column.error}
+    if job_error:
+        return {'(job)': job_error}
+    cells = job.get(column.variant_id, {})
+    partner_error = (column.vfio_user or {}).get('partner_error')
+    if partner_error:
+        for name, cell in cells.items():
+            if cell.row and cell.row['transport'] == scenarios.VFIO_USER and cell.kind == 'skip':
+                cells[name] = Cell('fail', f'fail: {_short(partner_error, 90)}', partner_error,
+                                   row=cell.row)
     return cells
 
 
@@ -294,7 +332,7 @@ def table(columns: List[Column], results: Dict[str, Dict[str, Cell]]) -> dict:
     rows = sorted(info, key=lambda name: _row_order(info[name], name))
     grid = {row: {c.label: results[c.label].get(row, Cell('not-run', 'not run'))
                   for c in columns} for row in rows}
-    return {'columns': [dict(dataclasses.asdict(c), subject=c.subject) for c in columns],
+    return {'columns': [c.to_json() for c in columns],
             'rows': rows,
             'row_info': {row: info[row] for row in rows},
             'cells': {row: {label: cell.to_json() for label, cell in cells.items()}
@@ -314,9 +352,11 @@ def _vfio_user_role(column: dict) -> str:
 
 
 def _header(column: dict) -> str:
-    parts = [column['label'], f"`{column.get('subject') or column['what']}`"]
-    if column.get('accel'):
-        parts.append(f"accel={column['accel']}")
+    parts = [column['label']]
+    if column.get('subject'):
+        parts.append(f"`{column['subject']}`")
+    if column.get('settings'):
+        parts.append(column['settings'])
     role = _vfio_user_role(column)
     return '<br>'.join(parts + ([role] if role else []))
 
@@ -327,10 +367,9 @@ def _role_notes(columns: Sequence[dict]) -> List[str]:
     plans = {}
     for column in columns:
         if column.get('vfio_user'):
-            key = column.get('subject') or column['what']
-            key += json.dumps(column['vfio_user'], sort_keys=True)
+            key = column['subject'] + json.dumps(column['vfio_user'], sort_keys=True)
             labels.setdefault(key, []).append(column['label'])
-            plans[key] = (column.get('subject') or column['what'], column['vfio_user'])
+            plans[key] = (column['subject'], column['vfio_user'])
     lines = []
     for key, (what, plan) in plans.items():
         if plan.get('plays'):
@@ -347,7 +386,8 @@ def _role_notes(columns: Sequence[dict]) -> List[str]:
 def markdown(matrix: dict, issues: Sequence[known_issues.KnownIssue]) -> str:
     labels = [c['label'] for c in matrix['columns']]
     lines = ['# Multi-process QEMU test matrix', '',
-             f"Generated {matrix['generated']}; tags: `{matrix['tags']}`.", '',
+             f"Generated {matrix['generated']} from `{matrix['variants']}`; "
+             f"tags: `{matrix['tags']}`.", '',
              '| scenario | transport | ' + ' | '.join(_header(c) for c in matrix['columns'])
              + ' |', '|---|---|' + '---|' * len(labels)]
     met, previous = set(), None
@@ -397,56 +437,59 @@ def markdown(matrix: dict, issues: Sequence[known_issues.KnownIssue]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m harness.tools.matrix',
                                      description=__doc__.split('\n\n')[0])
-    parser.add_argument('--qemu', action='append', metavar='LABEL=WHAT',
-                        help=f"a column (repeat); default: {' '.join(DEFAULT_QEMUS)}")
+    parser.add_argument('--variants', default=os.environ.get('MATRIX') or DEFAULT_VARIANTS,
+                        help='YAML file for Avocado\'s multiplexer, each !mux node an axis; '
+                             f'default {DEFAULT_VARIANTS} or $MATRIX')
+    parser.add_argument('--only', nargs='+', default=[], metavar='PATH',
+                        help='keep only these leaves of their axes (--mux-filter-only), '
+                             'e.g. /run/qemu/debian-7.2 /run/accel/tcg')
+    parser.add_argument('--out-of', nargs='+', default=[], metavar='PATH',
+                        help='leave these leaves out (--mux-filter-out)')
     parser.add_argument('--tags', default=os.environ.get('MATRIX_TAGS') or DEFAULT_TAGS,
                         help="Avocado tags, each word one filter (either), 'a,b' both; "
                              f"default {DEFAULT_TAGS!r} or $MATRIX_TAGS")
-    parser.add_argument('--accel', default=os.environ.get('MATRIX_ACCELS') or DEFAULT_ACCELS,
-                        help="accelerators, each a column per QEMU (comma list, 'auto' for "
-                             f"the suite's choice); default {DEFAULT_ACCELS!r} or $MATRIX_ACCELS")
     parser.add_argument('--out', default=os.path.join(paths.build_dir(), 'matrix'))
     parser.add_argument('--avocado-arg', action='append', default=[],
-                        help='extra argument for every Avocado job (e.g. -p machine=q35); '
-                             'not the parameters a column sets: ' + ', '.join(COLUMN_PARAMS))
+                        help='extra argument for the Avocado job (e.g. --max-parallel-tasks=1); '
+                             'not the parameters of the QEMUs: ' + ', '.join(QEMU_PARAMS))
     parser.add_argument('--suite', nargs='+', default=['tests/functional'],
                         help='test files or directories to run (default tests/functional)')
-    parser.add_argument('--from-results', nargs='+', metavar='LABEL=RESULTS_JSON',
-                        help='tabulate existing results.json files instead of running jobs')
+    parser.add_argument('--from-results', metavar='RESULTS_JSON',
+                        help="tabulate a matrix job's results.json instead of running one")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    results: Dict[str, Dict[str, Cell]] = {}
     if args.from_results:
-        columns = []
-        for item in args.from_results:
-            label, _, path = item.partition('=')
-            columns.append(Column(label, path, 'results'))
-            results[label] = read_results(path)
+        job = read_job(args.from_results)
+        columns = [Column(variant_id or 'default', variant_id, {}) for variant_id in job]
+        results = {c.label: column_cells(c, job, None) for c in columns}
     else:
         try:
-            check_avocado_args(args.avocado_arg)
-            columns = [parse_column(text).under(accel)
-                       for text in (args.qemu or DEFAULT_QEMUS)
-                       for accel in args.accel.replace(',', ' ').split()]
-            selection = Selection.listed(args.tags, args.suite)
-            if not selection.vfio_user and not selection.others:
-                raise ValueError(f"--tags {args.tags!r} select no test in "
-                                 f"{' '.join(args.suite)}")
+            variants = expand(args.variants, args.only, args.out_of)
+            columns = columns_of(variants)
+            check_avocado_args(args.avocado_arg,
+                               set(QEMU_PARAMS).union(*(c.params for c in columns)))
         except (ValueError, HarnessError) as err:
             parser.error(str(err))
-        labels = [c.label for c in columns]
-        if len(set(labels)) != len(labels) or not columns:
-            parser.error(f"columns {labels}: each --qemu needs a label of its own, "
-                         f"and --accel at least one accelerator")
-        for column in columns:
-            results[column.label] = run_column(column, args.tags, args.out, args.avocado_arg,
-                                               selection, log=say, suite=args.suite)
+        say(f"{args.variants}: {len(columns)} variants: {' '.join(c.label for c in columns)}")
+        prepare_columns(columns, log=say)
+        ready = job_variants(variants, columns)
+        job_error, job = None, {}
+        if ready:
+            started = time.monotonic()
+            job_error = run_job(columns, ready, args.tags, args.out, args.avocado_arg,
+                                log=say, suite=args.suite)
+            if not job_error:
+                job = read_job(os.path.join(args.out, 'job', 'latest', 'results.json'))
+                say(f'{sum(map(len, job.values()))} tests in '
+                    f'{time.monotonic() - started:.0f} s')
+        results = {c.label: column_cells(c, job, job_error) for c in columns}
     matrix = table(columns, results)
-    matrix.update(generated=time.strftime('%Y-%m-%d %H:%M:%S %Z'), tags=args.tags)
+    matrix.update(generated=time.strftime('%Y-%m-%d %H:%M:%S %Z'), tags=args.tags,
+                  variants=args.from_results or args.variants)
     write_report(args.out, 'matrix', matrix, markdown(matrix, known_issues.load()))
     page.render_matrix(matrix, args.out)
     say(f"written: {os.path.join(args.out, 'matrix.md')}, {os.path.join(args.out, 'matrix.json')}, "

@@ -10,7 +10,7 @@ harness checks ``x-remote`` on both (harness/testing.py,
 harness/mpqemu/topology.py).
 """
 
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from ..base import params
 from ..base.errors import HarnessError
@@ -45,11 +45,13 @@ def prepare(spec: str, log=print) -> qemu_binary.Capabilities:
     return qemu_binary.probe(subject.binary(spec, log=log))
 
 
-def vfio_user_plan(caps: qemu_binary.Capabilities, spec: str, log=print) -> dict:
+def vfio_user_plan(caps: qemu_binary.Capabilities, spec: str, log=print,
+                   lookup: Optional[Callable[[str], Optional[str]]] = None) -> dict:
     """What the column's QEMU plays in the vfio-user tests (see the module
-    docstring), with the QEMU of each role; ``reason`` and ``detail`` when
-    it plays neither, ``partner_error`` when the other role's QEMU cannot
-    play its part."""
+    docstring), with the QEMU of each role (the partner as ``lookup``, the
+    column's parameters, names it); ``reason`` and ``detail`` when it plays
+    neither, ``partner_error`` when the other role's QEMU cannot play its
+    part."""
     lacks = roles_of(caps)
     roles = [role for role in (SERVER, CLIENT) if lacks[role] is None]
     if not roles:
@@ -63,7 +65,7 @@ def vfio_user_plan(caps: qemu_binary.Capabilities, spec: str, log=print) -> dict
         if role in roles:
             plan[role] = spec
             continue
-        plan[role] = partner = params.get(f'vfio_user_{role}')
+        plan[role] = partner = params.get(f'vfio_user_{role}', lookup)
         try:
             lack = roles_of(prepare(partner, log))[role]
         except HarnessError as err:

@@ -1,7 +1,8 @@
-"""harness/tools/matrix.py: Avocado results become cells, rows are scenarios
-× transports, each column's QEMU plays the vfio-user role it can, and the
-table and its known-issue section come out of them (no Avocado job is run
-here)."""
+"""harness/tools/matrix.py: Avocado's multiplexer expands the variants file
+(a real ``avocado variants``), each variant's QEMU plays the vfio-user role
+it can and its variant says so, Avocado results become cells, rows are
+scenarios × transports, and the table and its known-issue section come out
+of them (tests/functional/test_matrix.py runs real matrix jobs)."""
 
 import dataclasses
 import glob
@@ -12,8 +13,11 @@ import os
 import pytest
 from avocado.core.safeloader import find_avocado_tests
 
-from harness.base import known_issues, paths
+from harness.base import known_issues, params, paths
+from harness.base.errors import HarnessError
 from harness.mpqemu import topology
+from harness.qemu import subject
+from harness.qemu.buildcache import BuildError
 from harness.report import cells, page, scenarios
 from harness.tools import matrix, vfio_user_roles
 
@@ -71,53 +75,139 @@ def test_a_guest_the_columns_kvm_cannot_run_is_a_skip_not_a_failure():
     assert cell.kind == 'skip' and 'PVM' in cell.detail
 
 
-def test_one_column_per_accelerator():
-    column = matrix.parse_column('d=qemu-system-x86_64').under('kvm')
-    assert column.label == 'd-kvm'
-    assert column.avocado_params() == ['-p', 'qemu_bin=qemu-system-x86_64', '-p', 'accel=kvm']
+SMALL = """
+qemu: !mux
+    debian-7.2:
+        qemu_bin: qemu-system-x86_64
+    src-10.0:
+        qemu_src: debian:trixie
+accel: !mux
+    tcg:
+        accel: tcg
+    kvm:
+        accel: kvm
+"""
 
 
-def test_columns_from_labels():
-    assert matrix.parse_column('d=qemu-system-x86_64').kind == 'bin'
-    assert matrix.parse_column('s=debian:trixie').kind == 'src'
-    assert matrix.parse_column('s=debian:trixie').avocado_params() == \
-        ['-p', 'qemu_src=debian:trixie']
-    vfu = matrix.parse_column('s=src:debian:trixie+vfio-user-server')
-    assert (vfu.kind, vfu.what, vfu.subject) == \
-        ('src', 'debian:trixie+vfio-user-server', 'src:debian:trixie+vfio-user-server')
-    deb = matrix.parse_column('n=deb:trixie-backports')
-    assert (deb.kind, deb.subject) == ('deb', 'deb:trixie-backports')
-    assert deb.avocado_params() == ['-p', 'qemu_deb=trixie-backports']
+def variants_file(tmp_path, text=SMALL):
+    path = tmp_path / 'variants.yaml'
+    path.write_text(text)
+    return str(path)
+
+
+def test_avocados_multiplexer_expands_the_axes_into_columns(tmp_path):
+    """Each variant a column named by its leaves, the QEMU's first, with
+    the parameters its leaves set."""
+    variants = matrix.expand(variants_file(tmp_path))
+    columns = matrix.columns_of(variants)
+    assert [c.label for c in columns] == ['debian-7.2-tcg', 'debian-7.2-kvm', 'src-10.0-tcg',
+                                          'src-10.0-kvm']
+    assert columns[0].params == {'qemu_bin': 'qemu-system-x86_64', 'accel': 'tcg'}
+    assert columns[0].settings == 'accel=tcg'
+    assert columns[3].params == {'qemu_src': 'debian:trixie', 'accel': 'kvm'}
+    assert all(c.variant_id == v['variant_id'] for c, v in zip(columns, variants))
+    only = matrix.expand(variants_file(tmp_path), only=['/run/accel/tcg'])
+    assert [matrix.label_of(v) for v in only] == ['debian-7.2-tcg', 'src-10.0-tcg']
+    out_of = matrix.expand(variants_file(tmp_path), out_of=['/run/qemu/src-10.0'])
+    assert [matrix.label_of(v) for v in out_of] == ['debian-7.2-tcg', 'debian-7.2-kvm']
+
+
+def test_the_qualification_matrix_is_qemu_by_accelerator_by_machine():
+    columns = matrix.columns_of(matrix.expand(os.path.join(paths.REPO_DIR,
+                                                           matrix.DEFAULT_VARIANTS)))
+    assert len(columns) == 4 * 2 * 2
+    assert {c.params['machine'] for c in columns} == {'pc', 'q35'}
+    assert {c.params['accel'] for c in columns} == {'tcg', 'kvm'}
+    assert {subject.under_test(c.params.get) for c in columns} == \
+        {'qemu-system-x86_64', 'src:debian:trixie', 'src:debian:trixie+vfio-user-server',
+         'deb:trixie-backports'}
+    assert 'debian-7.2-tcg-pc' in [c.label for c in columns]
 
 
 @pytest.mark.parametrize('text, cause', [
-    ('no-label', 'expected LABEL=WHAT'),
-    ('=qemu-system-x86_64', 'expected LABEL=WHAT'),
-    ('s=src:', 'src: needs a source'),
-    ('n=deb:sid', 'qemu_deb=sid: not a suite this harness prepares; use one of trixie'),
-    ('b=/no/such/qemu-system-x86_64', '/no/such/qemu-system-x86_64 does not exist'),
-    ('b=no-such-qemu', 'no-such-qemu is not on $PATH'),
+    (None, 'no such variants file'),
+    ('qemu: !mux\n  a: [unclosed\n', 'Avocado could not expand its variants'),
+    ('qemu: !mux\n  a:\n    qemu_bin: x\n  b:\n    qemu_bin: y\n', 'no variants left'),
 ])
-def test_a_bad_column_names_its_cause(text, cause):
-    with pytest.raises(ValueError, match='--qemu') as err:
-        matrix.parse_column(text)
-    assert cause in str(err.value)
+def test_a_bad_variants_file_names_its_cause(tmp_path, text, cause):
+    path = variants_file(tmp_path, text) if text else str(tmp_path / 'missing.yaml')
+    with pytest.raises(HarnessError, match=cause) as err:
+        matrix.expand(path, out_of=['/run/qemu'] if text and 'qemu_bin: y' in text else ())
+    assert path in str(err.value)
 
 
-def test_avocado_args_may_not_set_what_a_column_decides():
-    matrix.check_avocado_args(['-p', 'machine=q35'])
-    for arg in ('qemu_deb=trixie', '-p accel=tcg', 'vfio_user_server=x'):
-        with pytest.raises(ValueError, match='each column sets'):
+def test_two_variants_with_the_same_leaves_are_refused():
+    variant = {'variant_id': 'v', 'variant': [['/run/q/a', [['/run/q/a', 'accel', 'tcg']]]]}
+    with pytest.raises(HarnessError, match='the same leaves'):
+        matrix.columns_of([variant, dict(variant, variant_id='w')])
+
+
+def test_avocado_args_may_not_set_what_the_variants_decide():
+    matrix.check_avocado_args(['-p', 'machine=q35', '--max-parallel-tasks=1'])
+    for arg in ('qemu_deb=trixie', 'vfio_user_server=x'):
+        with pytest.raises(ValueError, match='the variants decide'):
             matrix.check_avocado_args(['-p', arg])
+    with pytest.raises(ValueError, match='the variants decide machine'):
+        matrix.check_avocado_args(['-p', 'machine=q35'], matrix.QEMU_PARAMS + ('machine',))
 
 
-def test_tag_filters_narrow_to_vfio_user_or_the_rest():
+def test_tag_filters():
     assert matrix.tag_filters('topology agent,kvm') == \
         ['--filter-by-tags=topology', '--filter-by-tags=agent,kvm']
-    assert matrix.tag_filters('topology agent', vfio_user=False) == \
-        ['--filter-by-tags=topology,-vfio-user', '--filter-by-tags=agent,-vfio-user']
-    assert matrix.tag_filters('', vfio_user=True) == ['--filter-by-tags=vfio-user']
     assert matrix.tag_filters('') == []
+
+
+def test_each_prepared_variant_carries_its_vfio_user_parameters(tmp_path, caps, monkeypatch):
+    """A QEMU is prepared once for all its variants; one that fails to
+    prepare is a fail cell and its variants are left out of the job; the
+    others carry their partner or the reason their vfio-user tests cancel."""
+    variants = matrix.expand(variants_file(tmp_path))
+    columns = matrix.columns_of(variants)
+    prepared = []
+
+    def prepare(spec, log):
+        prepared.append(spec)
+        if spec.startswith('src:'):
+            raise BuildError('configure failed: see build.log')
+        return caps
+    monkeypatch.setattr(matrix, 'prepare', prepare)
+    matrix.prepare_columns(columns, log=lambda message: None)
+    assert prepared == ['qemu-system-x86_64', 'src:debian:trixie']
+    failed = 'build failed: configure failed: see build.log'
+    assert [c.error.text if c.error else None for c in columns] == [None, None, failed, failed]
+    assert columns[0].vfio_user['plays'] is None
+    ready = matrix.job_variants(variants, columns)
+    assert [v['variant_id'] for v in ready] == [c.variant_id for c in columns[:2]]
+    added = ready[0]['variant'][-1]
+    assert added[0] == matrix.MATRIX_NODE
+    skip = params.of_variant(ready[0])['vfio_user_skip']
+    assert 'no x-vfio-user-server, no vfio-user-pci' in skip and '--enable-vfio-user-server' in skip
+    assert params.of_variant(ready[0])['qemu_bin'] == 'qemu-system-x86_64'
+    assert matrix.column_cells(columns[2], {}, None)['(prepare)'].kind == 'fail'
+
+
+def test_a_job_s_results_are_grouped_by_variant(tmp_path):
+    tests = [dict(result(TOPOLOGY, 'PASS'), name=f'tests/functional/{TOPOLOGY};v1'),
+             dict(result(TOPOLOGY_VFU, 'CANCEL', 'vfio-user tests do not run here: x'),
+                  name=f'tests/functional/{TOPOLOGY_VFU};v1'),
+             dict(result(TOPOLOGY, 'FAIL', 'boom'), name=f'tests/functional/{TOPOLOGY};v2')]
+    job = matrix.read_job(write_results(tmp_path, 'job', tests))
+    row, row_vfu = 'test_topology:Topology.test_two_remotes_one_proxy', \
+        'test_topology:TopologyOverVfioUser.test_two_remotes_one_proxy'
+    assert sorted(job) == ['v1', 'v2']
+    assert job['v1'][row].kind == 'pass' and job['v2'][row].kind == 'fail'
+    assert job['v1'][row_vfu].row['transport'] == 'vfio-user'
+    plays = matrix.Column('a', 'v1', {}, vfio_user={'plays': None})
+    assert matrix.column_cells(plays, job, None)[row_vfu].kind == 'skip'
+    # A partner that cannot play its part: the tests it made cancel fail.
+    broken = matrix.Column('a', 'v1', {}, vfio_user={'plays': 'server', 'partner_error':
+                                                     'vfio_user_client=x cannot be the client'})
+    cell = matrix.column_cells(broken, matrix.read_job(write_results(tmp_path, 'job', tests)),
+                               None)[row_vfu]
+    assert (cell.kind, cell.detail) == ('fail', 'vfio_user_client=x cannot be the client')
+    lost = matrix.Column('a', 'v1', {})
+    assert matrix.column_cells(lost, job, cells.Cell('fail', 'no results.json')) == \
+        {'(job)': cells.Cell('fail', 'no results.json')}
 
 
 def test_transport_from_tags_and_scenario_from_the_class_family():
@@ -167,7 +257,8 @@ def test_rows_are_scenarios_by_transport(tmp_path):
     """Twins share a scenario; its rows come proxy, vfio-user, in-process."""
     tests = [result(AGENT_VFU, 'PASS'), result(AGENT_CONTROL, 'PASS'), result(AGENT, 'PASS'),
              result(TOPOLOGY_VFU, 'PASS'), result(TOPOLOGY, 'CANCEL', CRASH)]
-    column = matrix.Column('deb-11.1-kvm', 'trixie-backports', 'deb', 'kvm')
+    column = matrix.Column('deb-11.1-kvm', 'v', {'qemu_deb': 'trixie-backports', 'accel': 'kvm'},
+                           'deb:trixie-backports')
     results = {column.label: cells.read_results(write_results(tmp_path, 'a', tests))}
     table = matrix.table([column], results)
     assert table['rows'] == ['test_agent:ProxiedAgent.test_agent_drives_the_lsi',
@@ -181,7 +272,7 @@ def test_rows_are_scenarios_by_transport(tmp_path):
     assert info['test_topology:TopologyOverVfioUser.test_two_remotes_one_proxy'] == \
         {'scenario': 'test_topology:Topology.test_two_remotes_one_proxy',
          'transport': 'vfio-user', 'test_class': 'TopologyOverVfioUser'}
-    table.update(generated='now', tags='agent topology')
+    table.update(generated='now', tags='agent topology', variants='v.yaml')
     text = matrix.markdown(table, known_issues.load())
     assert '| scenario | transport | deb-11.1-kvm<br>`deb:trixie-backports`<br>accel=kvm |' \
         in text
@@ -193,12 +284,13 @@ def test_rows_are_scenarios_by_transport(tmp_path):
 def test_table_and_markdown_with_evidence(tmp_path):
     for label, status, reason in (('a', 'PASS', ''), ('b', 'CANCEL', CRASH)):
         write_results(tmp_path, label, [result('test_build.py:BuiltQemu.test_x', status, reason)])
-    columns = [matrix.Column('a', 'qemu-a', 'bin'), matrix.Column('b', 'qemu-b', 'src')]
+    columns = [matrix.Column('a', 'va', {'qemu_bin': 'qemu-a'}, 'qemu-a'),
+               matrix.Column('b', 'vb', {'qemu_src': 'qemu-b'}, 'src:qemu-b')]
     results = {c.label: cells.read_results(str(tmp_path / f'{c.label}.json'))
                for c in columns}
     results['a']['test_qtest:Only.here'] = cells.Cell('pass', 'pass')
     table = matrix.table(columns, results)
-    table.update(generated='now', tags='build')
+    table.update(generated='now', tags='build', variants='v.yaml')
     assert table['rows'] == ['test_build:BuiltQemu.test_x', 'test_qtest:Only.here']
     assert table['cells']['test_qtest:Only.here']['b']['kind'] == 'not-run'
     text = matrix.markdown(table, known_issues.load())
@@ -240,33 +332,19 @@ def test_a_qemu_plays_the_vfio_user_roles_its_probe_shows(caps, monkeypatch):
     assert broken['partner_error'].startswith('vfio_user_client=/partner/server cannot be '
                                               'the client: QEMU 7.2.')
 
-    column = matrix.Column('c', 'debian:trixie+vfio-user-server', 'src', 'tcg',
-                           vfio_user={'plays': 'server', 'server': 'src:x', 'client': 'deb:y'})
-    assert column.avocado_params() == ['-p', 'qemu_src=debian:trixie+vfio-user-server',
-                                       '-p', 'vfio_user_client=deb:y',
-                                       '-p', 'vfio_user_server=src:x', '-p', 'accel=tcg']
-
-
-def test_vfio_user_tests_a_column_cannot_play_are_skips_not_runs(caps, monkeypatch, tmp_path):
-    monkeypatch.setattr(matrix, 'prepare', lambda spec, log: caps)
-    monkeypatch.setattr(matrix, '_run_job', lambda *a, **k: pytest.fail('a job was run'))
-    selection = matrix.Selection(vfio_user=[f'tests/functional/{TOPOLOGY_VFU}'], others=[])
-    column = matrix.Column('debian-7.2-tcg', caps.path, 'bin', 'tcg')
-    cells = matrix.run_column(column, 'vfio-user', str(tmp_path), [], selection,
-                              log=lambda message: None)
-    cell = cells['test_topology:TopologyOverVfioUser.test_two_remotes_one_proxy']
-    assert cell.kind == 'skip'
-    assert cell.text.startswith('skip: QEMU 7.2.') and 'no vfio-user-pci' in cell.text
-    assert cell.row['scenario'] == 'test_topology:Topology.test_two_remotes_one_proxy'
-    assert column.vfio_user['plays'] is None
+    assert matrix.vfio_user_params(broken) == {'vfio_user_skip': broken['partner_error']}
+    # The variant's own partner comes before the environment's.
+    lookup = {'vfio_user_client': '/partner/client'}.get
+    assert matrix.vfio_user_params(vfio_user_roles.vfio_user_plan(server, 'src:x',
+                                                                  lookup=lookup)) == \
+        {'vfio_user_client': '/partner/client', 'vfio_user_server': 'src:x'}
 
 
 def test_make_matrix_defaults_are_the_tools():
     """``make matrix`` and ``python -m harness.tools.matrix`` run the same matrix."""
     with open(os.path.join(paths.REPO_DIR, 'Makefile'), encoding='utf-8') as f:
         text = f.read().replace('\\\n', ' ')
-    defaults = dict(line.split(' ?= ', 1) for line in text.splitlines()
-                    if line.startswith('MATRIX_') and ' ?= ' in line)
-    assert defaults['MATRIX_QEMUS'].split() == list(matrix.DEFAULT_QEMUS)
+    defaults = dict(line.split(' ?=', 1) for line in text.splitlines()
+                    if line.startswith('MATRIX') and ' ?=' in line)
+    assert defaults['MATRIX'].strip() == matrix.DEFAULT_VARIANTS
     assert defaults['MATRIX_TAGS'].split() == matrix.DEFAULT_TAGS.split()
-    assert defaults['MATRIX_ACCELS'].strip() == matrix.DEFAULT_ACCELS
