@@ -121,17 +121,10 @@ def _avocado(*args: str) -> List[str]:
             *args]
 
 
-def expand(variants_file: str, only: Sequence[str] = (),
-           out_of: Sequence[str] = ()) -> List[dict]:
-    """The variants Avocado's multiplexer makes of ``variants_file``, as
-    its JSON variants (HarnessError naming the file when it cannot)."""
-    if not os.path.isfile(variants_file):
-        raise HarnessError(f'{variants_file}: no such variants file')
+def _dump(variants_file: str, filters: Sequence[str] = ()) -> List[dict]:
     with tempfile.TemporaryDirectory(prefix='mpqemu-matrix-') as tmp:
         dump = os.path.join(tmp, 'variants.json')
-        cmd = _avocado('variants', '--mux-yaml', os.path.abspath(variants_file),
-                       *(['--mux-filter-only', *only] if only else []),
-                       *(['--mux-filter-out', *out_of] if out_of else []),
+        cmd = _avocado('variants', '--mux-yaml', os.path.abspath(variants_file), *filters,
                        '--json-variants-dump', dump)
         run = subprocess.run(cmd, cwd=paths.REPO_DIR, capture_output=True, text=True,
                              timeout=VARIANTS_TIMEOUT_S, check=False)
@@ -140,7 +133,37 @@ def expand(variants_file: str, only: Sequence[str] = (),
             raise HarnessError(f'{variants_file}: Avocado could not expand its variants '
                                f'(exit {run.returncode}): {why}')
         with open(dump, encoding='utf-8') as f:
-            variants = json.load(f)
+            return json.load(f)
+
+
+def _nodes(variants: Sequence[dict]) -> List[str]:
+    """Every node path the variants hold, and their parents."""
+    found = set()
+    for variant in variants:
+        for path, _ in variant['variant']:
+            while path not in ('', '/'):
+                found.add(path)
+                path = os.path.dirname(path)
+    return sorted(found)
+
+
+def expand(variants_file: str, only: Sequence[str] = (),
+           out_of: Sequence[str] = ()) -> List[dict]:
+    """The variants Avocado's multiplexer makes of ``variants_file``, as
+    its JSON variants (HarnessError naming the file when it cannot, or a
+    filter that names no node of it)."""
+    if not os.path.isfile(variants_file):
+        raise HarnessError(f'{variants_file}: no such variants file')
+    variants = _dump(variants_file)
+    nodes = _nodes(variants)
+    for option, given in (('--only', only), ('--out-of', out_of)):
+        for path in given:
+            if path.rstrip('/') not in nodes:
+                raise HarnessError(f'{option} {path}: no such node in {variants_file}; '
+                                   f'its nodes: {" ".join(nodes)}')
+    if only or out_of:
+        variants = _dump(variants_file, [*(['--mux-filter-only', *only] if only else []),
+                                         *(['--mux-filter-out', *out_of] if out_of else [])])
     # Filtered to nothing, the multiplexer still gives one variant: empty.
     if not any(leaves for variant in variants for _, leaves in variant['variant']):
         raise HarnessError(f'{variants_file}: no variants' + (' left by --only/--out-of'

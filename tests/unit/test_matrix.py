@@ -136,6 +136,16 @@ def test_a_bad_variants_file_names_its_cause(tmp_path, text, cause):
     assert path in str(err.value)
 
 
+def test_a_filter_that_names_no_node_is_refused(tmp_path):
+    """A typo in --only would otherwise leave its axis empty: columns of
+    the default QEMU under a misleading name."""
+    with pytest.raises(HarnessError, match='--only /run/qemu/nope: no such node') as err:
+        matrix.expand(variants_file(tmp_path), only=['/run/qemu/nope'])
+    assert '/run/qemu/debian-7.2' in str(err.value)
+    with pytest.raises(HarnessError, match='--out-of /run/acel: no such node'):
+        matrix.expand(variants_file(tmp_path), out_of=['/run/acel'])
+
+
 def test_two_variants_with_the_same_leaves_are_refused():
     variant = {'variant_id': 'v', 'variant': [['/run/q/a', [['/run/q/a', 'accel', 'tcg']]]]}
     with pytest.raises(HarnessError, match='the same leaves'):
