@@ -47,7 +47,9 @@ HANG_CONFIRM_S = 2.0            # more silence before an idle remote counts as h
 # (a 'hang busy' that did not reproduce alone, once in ~10 CI runs).
 BUSY_CONFIRM_S = 3.0
 BUSY_SAMPLE_S = 0.2             # CPU sampling window to tell busy from idle
-BUSY_FRACTION = 0.5             # of one CPU, over BUSY_SAMPLE_S
+BUSY_FRACTION = 0.5             # of one CPU, over BUSY_SAMPLE_S, or runnable
+                                # (state R) at both ends of it: a loop starved
+                                # by a loaded host gets 40% and is still a loop
 EXIT_TIMEOUT_S = 3.0            # from closed socket (or our hang-up) to exit status
 LOG_TAIL_LINES = 8
 # The remotes run with this trace (the proxy transport waits for it: see
@@ -236,17 +238,18 @@ class CaseRunner:
         pid = remote.pid
         if not remote.process.is_running():
             return self._exit_result(remote, f'exited without closing first ({err})')
-        before = backtrace.thread_cpu(pid)
+        before, runnable = backtrace.thread_cpu(pid), procfs.state(pid) == 'R'
         time.sleep(BUSY_SAMPLE_S)       # a measurement window, not a settle delay
-        after = backtrace.thread_cpu(pid)
+        after, runnable = backtrace.thread_cpu(pid), runnable and procfs.state(pid) == 'R'
         if not before or not after or not remote.process.is_running():
             return self._exit_result(remote, f'exited while silent ({err})')
         busy = (sum(after.values()) - sum(before.values())) / BUSY_SAMPLE_S
         state = self._state(remote)
-        if busy < BUSY_FRACTION and case.may_stall:
+        looping = busy >= BUSY_FRACTION or runnable
+        if not looping and case.may_stall:
             return Result(OUTCOME_STALLED, 'idle, waiting for the rest of a misframed message',
                           remote_state=state)
-        how = 'busy' if busy >= BUSY_FRACTION else 'idle'
+        how = 'busy' if looping else 'idle'
         confirm = BUSY_CONFIRM_S if how == 'busy' else HANG_CONFIRM_S
         try:
             if marker:
