@@ -35,6 +35,7 @@ class ProtocolFuzz(MultiprocessTest):
 
     transport = PROXY_TRANSPORT
     timeout = deadlines.test_timeout(waits_s=TIME_LIMIT_S + deadlines.COMMAND_S)
+    fuzzer = None               # until setUp has made it
 
     def setUp(self):
         super().setUp()
@@ -46,7 +47,8 @@ class ProtocolFuzz(MultiprocessTest):
                                       self.seed, self.issues, log=self.log.info)
 
     def tearDown(self):
-        self.fuzzer.close()
+        if self.fuzzer is not None:
+            self.fuzzer.close()
         super().tearDown()
 
     def test_random_messages(self):

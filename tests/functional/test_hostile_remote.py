@@ -59,6 +59,7 @@ class HostileRemoteTest(MultiprocessTest):
 
     guest = 'agent'
     timeout = deadlines.test_timeout(agent_boots=2, waits_s=60)
+    fuzzing = None              # a campaign, for the classes whose setUp makes one
 
     def boot_target(self, peer: HostileRemote = None, **vm_kwargs) -> Target:
         """A new machine (``new_vm()``'s parameters), its proxy device
@@ -155,10 +156,11 @@ class IllegalReplies(HostileRemoteTest):
 
     def setUp(self):
         super().setUp()
-        self.fuzz = self.campaign()
+        self.fuzzing = self.campaign()
 
     def tearDown(self):
-        self.fuzz.close()
+        if self.fuzzing is not None:
+            self.fuzzing.close()
         super().tearDown()
 
     def run_replies(self, *replies: Reply, accesses: Sequence[Access] = (READ, CONFIG_READ)):
@@ -169,7 +171,7 @@ class IllegalReplies(HostileRemoteTest):
         for reply in replies:
             for access in accesses:
                 case = self.case(access, reply, index=len(outcomes))
-                result = self.fuzz.run_case(case)
+                result = self.fuzzing.run_case(case)
                 self.log.info('%s -> %s %s guest=%s fds%+d log=%r', case.notes(),
                               result.outcome, result.flags, result.guest, result.fd_delta,
                               result.log[-300:])
@@ -207,7 +209,7 @@ class IllegalReplies(HostileRemoteTest):
 
     def test_a_silent_remote_does_not_hold_the_vcpu(self):
         outcomes = self.run_replies(Reply('ends', end='silent'))
-        self.assertEqual(self.fuzz.killed, 0, 'a hang-up did not free the vCPU')
+        self.assertEqual(self.fuzzing.killed, 0, 'a hang-up did not free the vCPU')
         self.assert_copes(outcomes, known=['proxy-waits-for-ever-for-a-reply'])
 
     def test_remote_gone_mid_reply_reads_all_ones(self):
@@ -221,7 +223,7 @@ class IllegalReplies(HostileRemoteTest):
         for case, result in outcomes:
             self.assertEqual(result.guest, ALL_ONES[case.access.size], case.notes())
             self.assertFalse(result.flags, case.notes())
-        self.assertEqual(self.fuzz.replugs, len(outcomes))
+        self.assertEqual(self.fuzzing.replugs, len(outcomes))
 
     def test_late_and_fragmented_replies_are_taken(self):
         outcomes = self.run_replies(Reply('late', delay_s=0.3), Reply('late', delay_s=3.0),
@@ -510,10 +512,11 @@ class HostileFuzz(HostileRemoteTest):
         super().setUp()
         lookup = lambda name: self.params.get(name, default=None)  # noqa: E731
         self.seed = params.get_int('fuzz_seed', lookup, minimum=0)
-        self.fuzz = self.campaign()
+        self.fuzzing = self.campaign()
 
     def tearDown(self):
-        self.fuzz.close()
+        if self.fuzzing is not None:
+            self.fuzzing.close()
         super().tearDown()
 
     def test_hostile_replies(self):
@@ -521,7 +524,7 @@ class HostileFuzz(HostileRemoteTest):
 
         :avocado: tags=thorough
         """
-        summary = self.fuzz.run(self.seed, self.cases, time_limit_s=self.time_limit_s)
+        summary = self.fuzzing.run(self.seed, self.cases, time_limit_s=self.time_limit_s)
         with open(os.path.join(self.outputdir, 'fuzz-summary.json'), 'w',
                   encoding='utf-8') as f:
             json.dump(summary.to_json(), f, indent=1)
@@ -529,8 +532,8 @@ class HostileFuzz(HostileRemoteTest):
         self.record(fuzz_seed=self.seed, fuzz_cases=summary.cases,
                     fuzz_elapsed_s=round(summary.elapsed_s, 1), fuzz_outcomes=summary.outcomes,
                     fuzz_families=summary.families, fuzz_findings=summary.findings,
-                    fuzz_replugs=self.fuzz.replugs, fuzz_boots=self.fuzz.boots,
-                    fuzz_killed=self.fuzz.killed,
+                    fuzz_replugs=self.fuzzing.replugs, fuzz_boots=self.fuzzing.boots,
+                    fuzz_killed=self.fuzzing.killed,
                     fuzz_slowest_case_s=round(summary.slowest_case_s, 2))
         self.assertGreaterEqual(summary.cases, self.cases,
                                 f'only {summary.cases} cases within {self.time_limit_s:.0f} s')
@@ -554,7 +557,7 @@ class HostileFuzz(HostileRemoteTest):
             with open(path, encoding='utf-8') as f:
                 data = json.load(f)
             case = fuzz.Case.from_json(data.get('minimized') or data['case'])
-            result = self.fuzz.replay(case)
+            result = self.fuzzing.replay(case)
             name = os.path.basename(path)
             if result.outcome != data['outcome']:
                 changed.append({'reproducer': name, 'expected': data['outcome'],

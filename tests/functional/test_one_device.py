@@ -57,9 +57,9 @@ class OneDevicePerRemote(MultiprocessTest):
     transport = topology.PROXY
 
     def setUp(self):
+        self._shared = []
         super().setUp()
         self.disks = [self.scratch_disk(DISK_MB, f'disk{i}.raw') for i in (1, 2)]
-        self._shared = []
 
     def tearDown(self):
         for shared in self._shared:

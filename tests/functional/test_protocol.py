@@ -54,6 +54,7 @@ class RemoteLsiOverProtocol(MultiprocessTest):
     # with .remote, .access, .memory, .irq, device_reset(),
     # map_new_regions(), reply_timeout() and close().
     launcher = staticmethod(fake_remote.launch)
+    served = None               # until setUp has launched it
 
     def setUp(self):
         super().setUp()
@@ -70,7 +71,8 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         self.record(remote_up_ms=ms(time.monotonic() - started))
 
     def tearDown(self):
-        self.served.close()
+        if self.served is not None:
+            self.served.close()
         super().tearDown()
 
     # ------------------------------------------------------------ config space

@@ -1,13 +1,31 @@
 """Fixtures shared by the harness's own tests: they run real QEMU (the
 binary named by $QEMU_BIN, Debian's qemu-system-x86_64 by default)."""
 
+import glob
+import importlib.util
 import os
 import socket
 
 import pytest
+from avocado.core.safeloader import find_avocado_tests
 
-from harness.base import params, procfs
+from harness.base import params, paths, procfs
 from harness.qemu import binary as qemu_binary
+
+
+def functional_tests():
+    """(``test_x.py:Class.test_y``, the class, its Avocado tags) of every
+    test in tests/functional, as Avocado finds them."""
+    for path in sorted(glob.glob(os.path.join(paths.REPO_DIR, 'tests', 'functional',
+                                              'test_*.py'))):
+        name = 'functional_' + os.path.splitext(os.path.basename(path))[0]
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        found, _ = find_avocado_tests(path)
+        for cls, methods in found.items():
+            for method, tags, _ in methods:
+                yield f'{os.path.basename(path)}:{cls}.{method}', getattr(module, cls), tags
 
 
 def pytest_report_header(config):

@@ -5,13 +5,12 @@ scenarios × transports, and the table and its known-issue section come out
 of them (tests/functional/test_matrix.py runs real matrix jobs)."""
 
 import dataclasses
-import glob
-import importlib.util
 import json
 import os
 
 import pytest
 from avocado.core.safeloader import find_avocado_tests
+from conftest import functional_tests
 
 from harness.base import known_issues, params, paths
 from harness.base.errors import HarnessError
@@ -239,24 +238,11 @@ def test_transport_from_tags_and_scenario_from_the_class_family():
     assert scenarios.scenario('(prepare)') == '(prepare)'
 
 
-def _functional_classes():
-    for path in sorted(glob.glob(os.path.join(paths.REPO_DIR, 'tests', 'functional',
-                                              'test_*.py'))):
-        name = 'functional_' + os.path.splitext(os.path.basename(path))[0]
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        found, _ = find_avocado_tests(path)
-        for cls, methods in found.items():
-            for method, tags, _ in methods:
-                yield f'{os.path.basename(path)}:{cls}.{method}', getattr(module, cls), tags
-
-
 def test_every_functional_tests_tags_name_its_placement():
     """The matrix reads a test's transport from its tags: they must say
     what its class's placement is."""
     checked = 0
-    for name, cls, tags in _functional_classes():
+    for name, cls, tags in functional_tests():
         assert scenarios.transport(tags) == cls.placement, \
             f'{name}: placement {cls.placement!r} but tags {sorted(tags)}'
         checked += 1
