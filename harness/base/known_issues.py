@@ -137,8 +137,15 @@ def applies(issue: KnownIssue, version: Tuple[int, ...], **context: str) -> bool
     return True
 
 
+def _without_variant(test_name: str) -> str:
+    """``1-tests/x.py:A.b;run-accel-tcg-1a2b`` -> ``1-tests/x.py:A.b``: the
+    patterns name tests, whichever variant of a job runs them."""
+    return test_name.split(';', 1)[0]
+
+
 def for_test(test_name: str, issues: Optional[List[KnownIssue]] = None) -> List[KnownIssue]:
     """Entries whose "tests" patterns match an Avocado test name."""
+    test_name = _without_variant(test_name)
     return [issue for issue in (load() if issues is None else issues)
             if any(fnmatch.fnmatch(test_name, pattern) for pattern in issue.data.get('tests', [])
                    if any(ch in pattern for ch in '*?:.'))]
@@ -148,7 +155,8 @@ def covers(issue: KnownIssue, test_name: str) -> bool:
     """True unless the entry's "tests" patterns leave ``test_name`` out
     (entries without patterns, such as the fuzzer's, cover every test)."""
     patterns = [p for p in issue.data.get('tests', []) if any(ch in p for ch in '*?:.')]
-    return not patterns or any(fnmatch.fnmatch(test_name, p) for p in patterns)
+    return not patterns or any(fnmatch.fnmatch(_without_variant(test_name), p)
+                               for p in patterns)
 
 
 def explain(issue: KnownIssue, version: Tuple[int, ...]) -> str:

@@ -96,6 +96,9 @@ def test_test_patterns_limit_which_tests_an_entry_covers():
               'test_interrupt_reaches_the_ioapic'
     assert known_issues.covers(intx, proxied)
     assert not known_issues.covers(intx, proxied.replace('Proxied', 'InProcess'))
+    # The same test in one variant of a varianter job (the matrix).
+    assert known_issues.covers(intx, f'{proxied};run-accel-tcg-machine-pc-qemu-debian-7.2-924c')
+    assert known_issues.for_test(f'{proxied};v1') == known_issues.for_test(proxied) != []
     fuzz_entry = known_issues.by_id('remote-resamplefd-dev-zero-busy-loop')
     assert known_issues.covers(fuzz_entry, 'anything')
 
