@@ -48,15 +48,27 @@ def configure_features(help_text: str) -> Tuple[set, set]:
     Meson-era configure lists features as two-space-indented names under
     "Optional features"; older ones spell out ``--enable-X``."""
     options = set(re.findall(r'(--[a-z][a-z0-9-]*)', help_text))
-    features = set()
-    _, header, section = help_text.partition('Optional features')
-    if header:
-        features.update(re.findall(r'^  ([a-z0-9][a-z0-9_-]*)  ', section, re.MULTILINE))
+    features = _listed_features(help_text)
     for option in options:
         for prefix in ('--enable-', '--disable-'):
             if option.startswith(prefix):
                 features.add(option[len(prefix):])
     return features, options
+
+
+def _listed_features(help_text: str) -> set:
+    _, header, section = help_text.partition('Optional features')
+    if not header:
+        return set()
+    return set(re.findall(r'^  ([a-z0-9][a-z0-9_-]*)  ', section, re.MULTILINE))
+
+
+def _enablable(help_text: str, options: set) -> set:
+    """Features that take a plain ``--enable-X``: listed ones, and those
+    spelled so.  5.2 documents only ``--disable-slirp`` (its enable takes
+    ``=git|system``, and "auto" finds Debian's libslirp)."""
+    return _listed_features(help_text) | {o[len('--enable-'):] for o in options
+                                          if o.startswith('--enable-')}
 
 
 def multiprocess_option(help_text: str, tree: str = '') -> str:
@@ -82,7 +94,8 @@ def configure_args(help_text: str, tree: str = '',
         args.append('--without-default-features')
     else:
         args += [f'--disable-{name}' for name in UNNEEDED_FEATURES if name in features]
-    args += [f'--enable-{name}' for name in REQUIRED_FEATURES if name in features]
+    enablable = _enablable(help_text, options)
+    args += [f'--enable-{name}' for name in REQUIRED_FEATURES if name in enablable]
     args += [a for a in ALWAYS_ARGS
              if a in options or a[len('--disable-'):] in features]
     return args + list(extra)

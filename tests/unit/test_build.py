@@ -47,6 +47,7 @@ V8_HELP = textwrap.dedent("""\
       --disable-werror         disable compilation abort on warning
       --enable-kvm             enable KVM acceleration support
       --disable-docs           disable documentation build
+      --disable-slirp          disable SLIRP userspace network connectivity
     """)
 NO_MULTIPROCESS_HELP = MESON_HELP.replace(
     '  multiprocess    Out of process device emulation support\n', '')
@@ -94,6 +95,9 @@ def test_old_configure_gets_only_the_disables_it_knows():
     assert '--disable-gtk' in args and '--disable-docs' in args
     assert '--without-default-features' not in args
     assert '--disable-sdl' not in args           # this configure does not know it
+    # 5.2 documents only --disable-slirp; its --enable-slirp wants =git|system
+    # and plain --enable-slirp is "unknown option" (auto finds libslirp).
+    assert '--enable-kvm' in args and '--enable-slirp' not in args
     assert args[-1] == '--enable-debug'
 
 
