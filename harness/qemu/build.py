@@ -36,7 +36,7 @@ from ..base.errors import HarnessError
 from . import binary as qemu_binary
 from .buildcache import BuildError, cache_dir, digest, locked, run_step
 from .configure import TARGET_LIST, build_python, configure_args, python_args
-from .source import SourceSpec, fetch_debian, parse_spec, resolve
+from .source import SourceSpec, fetch, parse_spec, resolve
 
 LOG = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def build(spec_text: str, extra_args: Sequence[str] = (),
                 f"in {result.request_s:.2f} s")
             return result
         if tree is None:
-            tree = fetch_debian(spec, fingerprint.split(':', 1)[1], log)
+            tree = fetch(spec, fingerprint, log)
         result = _build_tree(spec, tree, fingerprint, key, key_dir, extra_args, log)
     result.request_s = round(time.monotonic() - started, 3)
     return result

@@ -22,11 +22,15 @@ import shutil
 import subprocess
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from . import seed
 from .buildcache import BuildError, cache_dir, digest, locked, run_step
 
 LOG = logging.getLogger(__name__)
 
-DEBIAN_SUITES = ('bookworm', 'trixie')
+DEBIAN_SUITES = ('bookworm', 'trixie')         # debian:SUITE
+# Whose qemu source apt must know: also bullseye's 5.2, the base of the
+# v8 series (seed:v8, harness/qemu/seed.py).
+SOURCE_SUITES = DEBIAN_SUITES + ('bullseye',)
 DEBIAN_SOURCE_PACKAGE = 'qemu'
 APT_TIMEOUT_S = 600         # apt-get update / source, git clone / fetch
 
@@ -35,8 +39,8 @@ APT_TIMEOUT_S = 600         # apt-get update / source, git clone / fetch
 
 @dataclasses.dataclass(frozen=True)
 class SourceSpec:
-    kind: str                   # 'debian', 'local' or 'git'
-    location: str               # suite, absolute path, or URL
+    kind: str                   # 'debian', 'seed', 'local' or 'git'
+    location: str               # suite, seed name, absolute path, or URL
     ref: Optional[str] = None   # Debian version or git ref, when pinned
 
     def __str__(self) -> str:
@@ -44,6 +48,8 @@ class SourceSpec:
             return f'debian:{self.location}' + (f'={self.ref}' if self.ref else '')
         if self.kind == 'git':
             return self.location + (f'#{self.ref}' if self.ref else '')
+        if self.kind == 'seed':
+            return f'seed:{self.location}'
         return self.location
 
 
@@ -54,8 +60,8 @@ def parse_spec(text: str, cwd: Optional[str] = None) -> SourceSpec:
     """What ``qemu_src`` names, or a BuildError saying what it accepts."""
     text = text.strip()
     if not text:
-        raise BuildError("qemu_src is empty: give debian:bookworm, debian:trixie, a QEMU source "
-                         "directory or a git URL")
+        raise BuildError("qemu_src is empty: give debian:bookworm, debian:trixie, seed:v8 "
+                         "(the original series), a QEMU source directory or a git URL")
     if text.startswith('debian:'):
         suite, _, version = text[len('debian:'):].partition('=')
         if suite not in DEBIAN_SUITES:
@@ -63,6 +69,8 @@ def parse_spec(text: str, cwd: Optional[str] = None) -> SourceSpec:
                              f"builds from; use one of "
                              f"{', '.join('debian:' + s for s in DEBIAN_SUITES)}")
         return SourceSpec('debian', suite, version or None)
+    if text.startswith('seed:'):
+        return SourceSpec('seed', seed.by_name(text[len('seed:'):]).name)
     if GIT_URL_RE.search(text) and not os.path.isdir(text):
         url, _, ref = text.partition('#')
         return SourceSpec('git', url, ref or None)
@@ -84,13 +92,13 @@ DEB_SRC_TEXT = """\
 # packages for building QEMU.  Source entries only: nothing installs from them.
 Types: deb-src
 URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates trixie
+Suites: bookworm bookworm-updates trixie bullseye bullseye-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb-src
 URIs: http://deb.debian.org/debian-security
-Suites: bookworm-security
+Suites: bookworm-security bullseye-security
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 """
@@ -177,18 +185,26 @@ def _deb_src_instructions() -> str:
 
 
 def ensure_deb_src() -> None:
-    """Make ``apt-get source`` find bookworm's and trixie's qemu."""
-    if all(parse_madison(madison(), suite) for suite in DEBIAN_SUITES):
+    """Make ``apt-get source`` find the qemu of every SOURCE_SUITES suite."""
+    def known() -> bool:
+        return all(parse_madison(madison(), suite) for suite in SOURCE_SUITES)
+    if known():
         return
     if os.geteuid() != 0:
         raise BuildError("apt knows no source package qemu for "
-                         f"{' and '.join(DEBIAN_SUITES)}: {_deb_src_instructions()}")
-    LOG.info("adding deb-src entries (%s) and running apt-get update", DEB_SRC_FILE)
-    with open(DEB_SRC_FILE, 'w', encoding='utf-8') as f:
-        f.write(DEB_SRC_TEXT)
-    with open(APT_PIN_FILE, 'w', encoding='utf-8') as f:
-        f.write(APT_PIN_TEXT)
-    run_step(['apt-get', 'update', '-q'], timeout_s=APT_TIMEOUT_S, what='apt-get update')
+                         f"{' and '.join(SOURCE_SUITES)}: {_deb_src_instructions()}")
+    # Tests and preparations may ask at once; apt-get update takes its
+    # lock without waiting.
+    with locked(cache_dir('src', 'deb-src.lock')):
+        if known():
+            return
+        LOG.info("adding deb-src entries (%s) and running apt-get update", DEB_SRC_FILE)
+        with open(DEB_SRC_FILE, 'w', encoding='utf-8') as f:
+            f.write(DEB_SRC_TEXT)
+        with open(APT_PIN_FILE, 'w', encoding='utf-8') as f:
+            f.write(APT_PIN_TEXT)
+        run_step(['apt-get', 'update', '-q', '-o', f'DPkg::Lock::Timeout={APT_TIMEOUT_S}'],
+                 timeout_s=APT_TIMEOUT_S, what='apt-get update')
 
 
 def debian_version(spec: SourceSpec) -> str:
@@ -299,7 +315,20 @@ def resolve(spec: SourceSpec, log: Callable[[str], None]) -> Tuple[str, Optional
     """(fingerprint, tree or None if not fetched yet) of a spec."""
     if spec.kind == 'debian':
         return f'debian:{debian_version(spec)}', None
+    if spec.kind == 'seed':
+        recipe = seed.by_name(spec.location)
+        return recipe.fingerprint(debian_version(SourceSpec('debian', recipe.base_suite))), None
     if spec.kind == 'local':
         return tree_fingerprint(spec.location), spec.location
     tree, commit = git_checkout(spec, log)
     return f'git:{commit}', tree
+
+
+def fetch(spec: SourceSpec, fingerprint: str, log: Callable[[str], None]) -> str:
+    """The tree of a spec that resolve() left unfetched (debian, seed)."""
+    if spec.kind == 'seed':
+        recipe = seed.by_name(spec.location)
+        version = fingerprint.split(':', 2)[2].rsplit(':', 1)[0]
+        base = fetch_debian(SourceSpec('debian', recipe.base_suite), version, log)
+        return seed.patched_tree(recipe, base, version, log)
+    return fetch_debian(spec, fingerprint.split(':', 1)[1], log)
