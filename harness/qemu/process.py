@@ -13,6 +13,7 @@ Files in ``log_dir`` for a process called NAME:
 
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -200,6 +201,16 @@ class QEMUProcess:
             cpu_index: Optional[int] = None) -> str:
         kwargs = {'timeout_s': timeout_s} if timeout_s is not None else {}
         return self._channel().hmp(command_line, cpu_index=cpu_index, **kwargs)
+
+    def inl(self, port: int) -> int:
+        """A 32-bit read of I/O port ``port`` in this QEMU (HMP ``i /w``),
+        however its version prints it (5.2 pads to 8 characters with the
+        0x, later QEMUs to 8 digits)."""
+        text = self.hmp(f'i /w {port:#x}')
+        match = re.search(r'\] = (0x[0-9a-fA-F]+)', text)
+        if not match:
+            raise QMPError(f'{self.name}: HMP i /w {port:#x} answered {text!r}')
+        return int(match.group(1), 16)
 
     def send_fd(self, fd: int, fdname: str) -> None:
         self._channel().send_fd(fd, fdname)

@@ -135,7 +135,7 @@ class ProxiedAgent(AgentTest):
                 access.bar_write(base + lsi_regs.SCRATCHA, value, size, memory)
                 self.assertEqual(access.bar_read(base + lsi_regs.SCRATCHA, size, memory), value)
                 # The process that emulates the LSI holds the value itself.
-                self.assertIn(f'= {value:#010x}', emulator.hmp(f'i /w {io + lsi_regs.SCRATCHA:#x}'))
+                self.assertEqual(emulator.inl(io + lsi_regs.SCRATCHA), value)
 
         samples = [Command(Op.CFG_READ, arg=self.bdf, addr=0, size=4) for _ in range(200)]
         agent.run(samples)
