@@ -21,12 +21,17 @@ from harness.base.errors import QMPError
 from harness.guest.pci import find_device
 from harness.guest.ssh import CommandTimeout
 from harness.mpqemu import fake_remote, topology
-from harness.qemu import vcpus
+from harness.qemu import backtrace, vcpus
 from harness.base.units import MIB, ms
 from harness.testing import MultiprocessTest
 from harness.base.waiting import wait_until
 
 DETECT_TIMEOUT_S = 5.0          # only keeps a broken watchdog from hanging the test
+# The v8 heartbeat pings every NOP_INTERVAL (1000 ms) of QEMU_CLOCK_VIRTUAL
+# (hw/pci/proxy.c, patch 17): a kill is noticed at the next ping.
+HEARTBEAT_PERIOD_MS = 1000
+HEARTBEAT_EXIT_TIMEOUT_S = 3 * HEARTBEAT_PERIOD_MS / 1000
+HEARTBEAT_INJECTIONS = 5
 LATENCY_INJECTIONS = 10
 ALL_ONES_32 = 0xffffffff
 BLOCKED_WHILE_HUNG_S = 1.5      # how long the guest's access must stay blocked
@@ -116,20 +121,75 @@ class RemoteDetection(FaultTest):
         self.assertEqual(remote.process.exitcode, 0)
         self.record(remote_exit_after_proxy_death_ms=ms(event.latency_s, 2))
 
-    def test_qemu_heartbeat(self):
-        """The v8 series' own heartbeat made QEMU exit with "Lost contact
-        with device"; upstream dropped it.  Assert it where it exists."""
+    def require_heartbeat(self) -> None:
         if self.caps.multiprocess.flavour != 'v8':
             self.record(qemu_heartbeat='none: upstream multi-process QEMU has no '
                                        'proxy-remote heartbeat (v8 PROXY_PING was dropped)')
             self.cancel(f'{self.caps.version_string} has no heartbeat of its own '
                         f'(upstream names, not the v8 series); nothing to check')
+
+    def test_qemu_heartbeat(self):
+        """The v8 series' own heartbeat (patch 17: a PROXY_PING every second
+        of guest time; a failed exchange is "Lost contact with device" and
+        exit): a killed remote makes the proxy exit with that message,
+        within two ping periods.  Each injection also times the suite's
+        watchdog on the same remote: the two columns of one table.
+        Upstream dropped the heartbeat; there the test cancels."""
+        self.require_heartbeat()
+        proxy_exit, watchdog = [], []
+        for _ in range(HEARTBEAT_INJECTIONS):
+            vm, remote = self.launch_topology()
+            fault = remote.faults.kill()
+            exited = vm.qemu.wait_exit(HEARTBEAT_EXIT_TIMEOUT_S)
+            noticed = time.monotonic()
+            self.assertTrue(exited, f'QEMU did not exit within {HEARTBEAT_EXIT_TIMEOUT_S} s '
+                                    f'of losing its remote')
+            with open(vm.qemu.log_path, encoding='utf-8', errors='replace') as log:
+                self.assertIn('Lost contact with device lsi1', log.read())
+            self.assertNotEqual(vm.qemu.exitcode, 0, 'QEMU exited as if all were well')
+            proxy_exit.append(noticed - fault.injected_at)
+            watchdog.append(remote.watchdog.wait_for('dead', DETECT_TIMEOUT_S).latency_s)
+            vm.shutdown()
+        self.record(heartbeat_kill_proxy_exit_ms=_spread_ms(proxy_exit),
+                    heartbeat_kill_watchdog_ms=_spread_ms(watchdog),
+                    heartbeat_period_ms=HEARTBEAT_PERIOD_MS)
+
+    def test_qemu_heartbeat_on_a_stopped_remote(self):
+        """A stopped remote (SIGSTOP) never answers the ping either: the
+        heartbeat should report lost contact as it does for a dead one,
+        and the proxy's monitor keep answering meanwhile; the suite's
+        watchdog calls the remote hung."""
+        self.require_heartbeat()
         vm, remote = self.launch_topology()
-        remote.faults.kill()
-        self.assertTrue(vm.qemu.wait_exit(REMOTE_EXIT_TIMEOUT_S),
-                        'QEMU did not exit after losing its remote')
-        with open(vm.qemu.log_path, encoding='utf-8', errors='replace') as log:
-            self.assertIn('Lost contact with device', log.read())
+        fault = remote.faults.hang()
+        hung = remote.watchdog.wait_for('hung', DETECT_TIMEOUT_S)
+        self.record(heartbeat_stop_watchdog_ms=ms(hung.latency_s, 2))
+        with self.known_issue_guard('v8-heartbeat-blocks-on-a-stopped-remote'):
+            exited = vm.qemu.wait_exit(HEARTBEAT_EXIT_TIMEOUT_S)
+            if not exited:
+                try:
+                    vm.qemu.qmp('query-status', timeout_s=QMP_WEDGED_TIMEOUT_S)
+                except QMPError:
+                    self.record(proxy_main_thread=_main_thread(vm.qemu.pid))
+                    raise AssertionError(
+                        f'the proxy neither exited nor answered QMP '
+                        f'{time.monotonic() - fault.injected_at:.1f} s after its remote '
+                        f'stopped: its heartbeat waits for the reply') from None
+            self.assertTrue(exited, 'the heartbeat did not notice the stopped remote within '
+                                    f'{HEARTBEAT_EXIT_TIMEOUT_S} s')
+        remote.faults.resume()
+
+
+def _spread_ms(values) -> dict:
+    return {'median': ms(statistics.median(values), 2), 'min': ms(min(values), 2),
+            'max': ms(max(values), 2), 'n': len(values)}
+
+
+def _main_thread(pid: int) -> str:
+    """The first frames of a process's main thread (gdb), for the evidence."""
+    trace = backtrace.backtraces(pid)
+    main = trace.split('Thread 1 ', 1)[-1].splitlines()[1:9]
+    return ' < '.join(line.split(' in ', 1)[-1].split(' (')[0] for line in main) or trace
 
 
 class RemoteDetectionOverVfioUser(RemoteDetection):

@@ -126,8 +126,9 @@ def test_shutdown_twice_and_before_launch_are_harmless(qemu):
 def test_inl_reads_an_io_port_through_the_monitor(caps, tmp_path):
     """The PCI host bridge latches CONFIG_ADDRESS (0xcf8): what HMP writes
     there, inl reads back as a number, whatever the version's format."""
-    qemu = QEMUProcess(caps.path, ['-machine', 'pc', '-S', '-nodefaults', '-display', 'none'],
-                       name='pc', log_dir=str(tmp_path))
+    firmware = [arg for d in caps.firmware_dirs for arg in ('-L', d)]
+    qemu = QEMUProcess(caps.path, ['-machine', 'pc', '-S', '-nodefaults', '-display', 'none',
+                                   *firmware], name='pc', log_dir=str(tmp_path))
     qemu.launch()
     try:
         qemu.hmp('o /w 0xcf8 0x80000a5c')
