@@ -513,6 +513,8 @@ class RestartKeepsFlushedData(FaultTest):
     :avocado: tags=faults,protocol
     """
 
+    harness_speaks = 'mpqemu'
+
     def test_flushed_data_survives_a_killed_remote(self):
         image = bytecheck.write_random_image(os.path.join(self.workdir, 'disk.raw'), 16 * MIB)
         payload = os.urandom(2 * MIB)

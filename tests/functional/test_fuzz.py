@@ -34,6 +34,7 @@ class ProtocolFuzz(MultiprocessTest):
     """
 
     transport = PROXY_TRANSPORT
+    harness_speaks = 'mpqemu'
     timeout = deadlines.test_timeout(waits_s=TIME_LIMIT_S + deadlines.COMMAND_S)
     fuzzer = None               # until setUp has made it
 
@@ -112,3 +113,4 @@ class VfioUserFuzz(ProtocolFuzz):
 
     transport = VFIO_USER_TRANSPORT
     placement = topology.VFIO_USER
+    harness_speaks = 'vfio-user'

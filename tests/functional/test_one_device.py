@@ -55,6 +55,7 @@ class OneDevicePerRemote(MultiprocessTest):
     """
 
     transport = topology.PROXY
+    harness_speaks = 'mpqemu'
 
     def setUp(self):
         self._shared = []
@@ -206,6 +207,7 @@ class OneDevicePerRemoteOverVfioUser(OneDevicePerRemote):
     """
 
     placement = topology.VFIO_USER
+    harness_speaks = 'vfio-user'
     transport = topology.VFIO_USER
 
     def subjects(self, lookup):

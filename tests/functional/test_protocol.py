@@ -54,6 +54,7 @@ class RemoteLsiOverProtocol(MultiprocessTest):
     # with .remote, .access, .memory, .irq, device_reset(),
     # map_new_regions(), reply_timeout() and close().
     launcher = staticmethod(fake_remote.launch)
+    harness_speaks = 'mpqemu'
     served = None               # until setUp has launched it
 
     def setUp(self):
@@ -209,6 +210,7 @@ class RemoteLsiOverVfioUser(RemoteLsiOverProtocol):
     """
 
     placement = topology.VFIO_USER
+    harness_speaks = 'vfio-user'
     launcher = staticmethod(vfu_server.launch)
 
     def test_scripts_run_from_the_on_chip_ram(self):
