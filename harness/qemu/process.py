@@ -113,12 +113,15 @@ class QEMUProcess:
             return ''
         return '\n'.join(data.splitlines()[-lines:])
 
-    def count_log_lines(self, prefix: str) -> int:
-        """How many lines of the log start with ``prefix`` (e.g. a trace
-        event name such as ``lsi_reset``)."""
+    def count_trace_events(self, name: str) -> int:
+        """How many times trace event ``name`` (e.g. ``lsi_reset``) is in
+        the log: a line ``name args``, or ``PID@SECONDS.MICROS:name args``
+        as QEMU 5.2 always writes it and later ones do with ``-msg
+        timestamp=on`` (harness/qemu/tracelog.py)."""
+        event = re.compile(rf'^(?:\d+@\d+\.\d+:)?{re.escape(name)}(?: |$)')
         try:
             with open(self.log_path, encoding='utf-8', errors='replace') as f:
-                return sum(1 for line in f if line.startswith(prefix))
+                return sum(1 for line in f if event.match(line))
         except OSError:
             return 0
 

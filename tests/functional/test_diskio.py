@@ -281,7 +281,7 @@ class DiskIORemoteFaults(DiskIOTest):
         self.record(reboot_s=round(reboot_s, 1), diskio=result.figures())
 
     def count_resets(self, vm) -> int:
-        return vm.remote(LSI).process.count_log_lines('lsi_reset')
+        return vm.remote(LSI).process.count_trace_events('lsi_reset')
 
 
 class DiskIOHotpluggedMemory(DiskIOTest):

@@ -150,7 +150,7 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         remote's log) and clears its registers; being a device reset, not
         a bus reset, it leaves the BARs where the proxy (or client) put
         them."""
-        resets = self.remote.process.count_log_lines(RESET_TRACE_EVENT)
+        resets = self.remote.process.count_trace_events(RESET_TRACE_EVENT)
         for register in (lsi_regs.SCRATCHA, lsi_regs.SCRATCHB, lsi_regs.DSA):
             self.lsi.write_reg(register, 0xdead_beef, 4)
         self.lsi.write_reg(lsi_regs.DIEN, lsi_regs.DSTAT_SIR)
@@ -160,7 +160,7 @@ class RemoteLsiOverProtocol(MultiprocessTest):
         for register in (lsi_regs.SCRATCHA, lsi_regs.SCRATCHB, lsi_regs.DSA):
             self.assertEqual(self.lsi.read_reg(register, 4), 0, lsi_regs.REGISTER_NAMES[register])
         self.assertEqual(self.lsi.read_reg(lsi_regs.DIEN), 0)
-        self.assertEqual(self.remote.process.count_log_lines(RESET_TRACE_EVENT), resets + 1)
+        self.assertEqual(self.remote.process.count_trace_events(RESET_TRACE_EVENT), resets + 1)
         mmio = self.lsi.function.bar(lsi_regs.MMIO_BAR)
         self.assertEqual(self.served.access.config_read(pci.BASE_ADDRESS_0 + 4 * mmio.index, 4)
                          & pci.BAR_MEM_MASK, mmio.address)

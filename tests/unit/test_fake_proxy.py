@@ -65,7 +65,7 @@ def remote(caps, image, tmp_path):
 
 
 def lsi_resets_logged(remote: Remote) -> int:
-    return remote.process.count_log_lines('lsi_reset')
+    return remote.process.count_trace_events('lsi_reset')
 
 
 # ---------------------------------------------------------------- config space

@@ -135,3 +135,13 @@ def test_inl_reads_an_io_port_through_the_monitor(caps, tmp_path):
         assert qemu.inl(0xcf8) == 0x80000a5c
     finally:
         qemu.shutdown()
+
+
+def test_trace_events_are_counted_in_either_log_format(tmp_path):
+    qemu = QEMUProcess('qemu-system-x86_64', [], name='t', log_dir=str(tmp_path))
+    with open(qemu.log_path, 'w', encoding='utf-8') as f:
+        f.write('lsi_reset Reset\n'                              # 7.2
+                '20571@1796423806.679625:lsi_reset Reset\n'      # 5.2, or -msg timestamp=on
+                'lsi_reset_other x\nsomething lsi_reset\nlsi_reset\n')
+    assert qemu.count_trace_events('lsi_reset') == 3
+    assert qemu.count_trace_events('lsi_reg_write') == 0

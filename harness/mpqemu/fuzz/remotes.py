@@ -86,7 +86,7 @@ class FuzzRemote:
         if self.started:
             return
         def reset_traced():
-            if self.process.count_log_lines(RESET_TRACE_EVENT):
+            if self.process.count_trace_events(RESET_TRACE_EVENT):
                 return True
             if not self.process.is_running():
                 raise p.RemoteGone(f"the remote exited while starting (status "
