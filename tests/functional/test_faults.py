@@ -12,6 +12,7 @@ fresh remote.
 
 import contextlib
 import os
+import re
 import statistics
 import time
 
@@ -118,7 +119,8 @@ class RemoteDetection(FaultTest):
         vm.faults.kill()
         event = remote.watchdog.wait_for('dead', REMOTE_EXIT_TIMEOUT_S)
         self.assertTrue(remote.process.wait_exit(REMOTE_EXIT_TIMEOUT_S))
-        self.assertEqual(remote.process.exitcode, 0)
+        with self.known_issue_guard('v8-remote-crashes-finalizing-its-object'):
+            self.assertEqual(remote.process.exitcode, 0)
         self.record(remote_exit_after_proxy_death_ms=ms(event.latency_s, 2))
 
     def require_heartbeat(self) -> None:
@@ -170,7 +172,7 @@ class RemoteDetection(FaultTest):
                 try:
                     vm.qemu.qmp('query-status', timeout_s=QMP_WEDGED_TIMEOUT_S)
                 except QMPError:
-                    self.record(proxy_main_thread=_main_thread(vm.qemu.pid))
+                    self.record(proxy_waits_in=_waiting_threads(vm.qemu.pid))
                     raise AssertionError(
                         f'the proxy neither exited nor answered QMP '
                         f'{time.monotonic() - fault.injected_at:.1f} s after its remote '
@@ -185,11 +187,24 @@ def _spread_ms(values) -> dict:
             'max': ms(max(values), 2), 'n': len(values)}
 
 
-def _main_thread(pid: int) -> str:
-    """The first frames of a process's main thread (gdb), for the evidence."""
-    trace = backtrace.backtraces(pid)
-    main = trace.split('Thread 1 ', 1)[-1].splitlines()[1:9]
-    return ' < '.join(line.split(' in ', 1)[-1].split(' (')[0] for line in main) or trace
+def _frame_name(line: str) -> str:
+    """``#3  0x55.. in proxy_bar_rw (...) at ...`` -> ``proxy_bar_rw``; an
+    unnamed frame by its module and offset."""
+    match = re.match(r'#\d+\s+(?:0x[0-9a-f]+ in )?(\S*) ?\(', line)
+    where = re.search(r'\[(\S+\+0x[0-9a-f]+)\]', line)
+    return (match.group(1) if match else '') or (where.group(1) if where else '?')
+
+
+def _waiting_threads(pid: int) -> list:
+    """Each thread of a process as ``name: f0 < f1 < ...`` (gdb), the
+    innermost frames first, for the evidence."""
+    threads = []
+    for block in re.split(r'(?m)^Thread ', backtrace.backtraces(pid))[1:]:
+        lines = block.splitlines()
+        name = lines[0].split('"')[1] if '"' in lines[0] else lines[0][:20]
+        frames = [_frame_name(line) for line in lines[1:12] if line.startswith('#')]
+        threads.append(f"{name}: {' < '.join(frames)}")
+    return threads
 
 
 class RemoteDetectionOverVfioUser(RemoteDetection):
@@ -234,7 +249,7 @@ class ProxyWithStoppedRemote(FaultTest):
         status = wait_until(lambda: self._status_or_none(), COMPLETE_TIMEOUT_S,
                             'the proxy monitor coming back after SIGCONT')
         self.assertEqual(status, 'prelaunch')        # -S: the reset did not start the VM
-        wait_until(lambda: remote.process.count_log_lines(RESET_TRACE) > resets_before,
+        wait_until(lambda: remote.process.count_trace_events(RESET_TRACE) > resets_before,
                    COMPLETE_TIMEOUT_S, 'the remote saw no reset')
         self.record(monitor_back_after_resume_ms=ms(time.monotonic() - started, 2))
 
@@ -245,7 +260,7 @@ class ProxyWithStoppedRemote(FaultTest):
         waits in its main loop with no timeout: a known issue)."""
         # -S: no vCPU runs, so only the reset touches the device.
         self.vm, remote = self.launch_topology(proxy_args=['-S'])
-        resets_before = remote.process.count_log_lines(RESET_TRACE)
+        resets_before = remote.process.count_trace_events(RESET_TRACE)
         remote.faults.hang()
         remote.watchdog.wait_for('hung', DETECT_TIMEOUT_S)
 
