@@ -114,12 +114,12 @@ def test_avocados_multiplexer_expands_the_axes_into_columns(tmp_path):
 def test_the_qualification_matrix_is_qemu_by_accelerator_by_machine():
     columns = matrix.columns_of(matrix.expand(os.path.join(paths.REPO_DIR,
                                                            matrix.DEFAULT_VARIANTS)))
-    assert len(columns) == 4 * 2 * 2
+    assert len(columns) == 5 * 2 * 2
     assert {c.params['machine'] for c in columns} == {'pc', 'q35'}
     assert {c.params['accel'] for c in columns} == {'tcg', 'kvm'}
     assert {subject.under_test(c.params.get) for c in columns} == \
         {'qemu-system-x86_64', 'src:debian:trixie', 'src:debian:trixie+vfio-user-server',
-         'deb:trixie-backports'}
+         'deb:trixie-backports', 'src:seed:v8'}
     assert 'debian-7.2-tcg-pc' in [c.label for c in columns]
 
 
