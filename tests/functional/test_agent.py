@@ -364,25 +364,27 @@ class ProxiedAgentFaults(AgentTest):
         source = self.intx()
         with self.known_issue_guard(INTX_ISSUE):
             source.check(self.agent.run(source.cycle(IRQ_TIMEOUT_MS))[1], 'a SCRIPTS INT')
-        remote = self.vm.remote('lsi1')
-        agent = self.agent
+        with self.known_issue_guard('v8-proxy-exits-when-its-remote-dies'):
+            remote = self.vm.remote('lsi1')
+            agent = self.agent
 
-        def kill_once_the_guest_waits():
-            wait_until(lambda: agent.header('request_seq') != agent.header('done_seq'),
-                       WAITING_TIMEOUT_S, 'the agent to start waiting', 0.005)
-            remote.faults.kill()
-        killer = threading.Thread(target=kill_once_the_guest_waits)
-        killer.start()
-        try:        # the remote dies while the guest waits for its interrupt
-            wait = self.agent.one(Op.IRQ_WAIT, arg=IRQ_TIMEOUT_MS)
-        finally:
-            killer.join()
-        self.assertEqual(wait.status, Status.TIMEOUT, 'an interrupt from a killed remote')
-        restart = self.agent.run([source.start(), source.wait(NO_IRQ_MS)])
-        self.assertEqual(restart[1].status, Status.TIMEOUT, 'a dead remote interrupted')
-        self.assertEqual(self.access.bar_read(self.mmio(lsi_regs.SCRATCHA), 4, True), ALL_ONES_32)
-        self.assertEqual(self.access.config_read(pci.VENDOR_ID, 4), ALL_ONES_32)
-        self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
+            def kill_once_the_guest_waits():
+                wait_until(lambda: agent.header('request_seq') != agent.header('done_seq'),
+                           WAITING_TIMEOUT_S, 'the agent to start waiting', 0.005)
+                remote.faults.kill()
+            killer = threading.Thread(target=kill_once_the_guest_waits)
+            killer.start()
+            try:        # the remote dies while the guest waits for its interrupt
+                wait = self.agent.one(Op.IRQ_WAIT, arg=IRQ_TIMEOUT_MS)
+            finally:
+                killer.join()
+            self.assertEqual(wait.status, Status.TIMEOUT, 'an interrupt from a killed remote')
+            restart = self.agent.run([source.start(), source.wait(NO_IRQ_MS)])
+            self.assertEqual(restart[1].status, Status.TIMEOUT, 'a dead remote interrupted')
+            scratcha = self.access.bar_read(self.mmio(lsi_regs.SCRATCHA), 4, True)
+            self.assertEqual(scratcha, ALL_ONES_32)
+            self.assertEqual(self.access.config_read(pci.VENDOR_ID, 4), ALL_ONES_32)
+            self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
 
     def test_stopped_remote_blocks_the_access_until_it_continues(self):
         self.boot()
@@ -390,13 +392,14 @@ class ProxiedAgentFaults(AgentTest):
         self.access.bar_write(scratcha, 0x5a5a1234, 4, True)
         remote = self.vm.remote('lsi1')
         remote.faults.hang()
-        with self.assertRaises(AgentTimeout) as caught:
-            self.agent.run([Command(Op.MEM_READ, addr=scratcha, size=4)], timeout_s=BLOCKED_S)
-        message = str(caught.exception)
-        self.assertIn(f'command #0 of 1 (MEM_READ {scratcha:#010x}/4) within', message)
-        self.assertIn("the guest's timer stopped at tick", message)
-        self.assertIn(self.stopped_remote_wait, message)
-        self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
+        with self.known_issue_guard('v8-heartbeat-blocks-on-a-stopped-remote'):
+            with self.assertRaises(AgentTimeout) as caught:
+                self.agent.run([Command(Op.MEM_READ, addr=scratcha, size=4)], timeout_s=BLOCKED_S)
+            message = str(caught.exception)
+            self.assertIn(f'command #0 of 1 (MEM_READ {scratcha:#010x}/4) within', message)
+            self.assertIn("the guest's timer stopped at tick", message)
+            self.assertIn(self.stopped_remote_wait, message)
+            self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
         remote.faults.resume()
         read, = self.agent.finish_late(LATE_TIMEOUT_S)
         with self.known_issue_guard(*self.stopped_remote_issues):

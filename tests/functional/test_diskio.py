@@ -209,7 +209,8 @@ class DiskIORemoteFaults(DiskIOTest):
         run = dio.start(self.LONG, 'hang')
         self.wait_for_writes(vm, 64 * 1024)
 
-        held_s, qmp_ms = self.hold_the_remote_stopped(vm, remote)
+        with self.known_issue_guard('v8-heartbeat-blocks-on-a-stopped-remote'):
+            held_s, qmp_ms = self.hold_the_remote_stopped(vm, remote)
 
         result = run.wait(self.LONG.deadline_s)
         self.assertTrue(result.ok, f'{result.status}: {result.error}')
@@ -235,20 +236,21 @@ class DiskIORemoteFaults(DiskIOTest):
         run = dio.start(workload, 'kill')
         self.wait_for_writes(vm, 64 * 1024)
 
-        remote.faults.kill()
-        killed_at = time.monotonic()
-        result = run.wait(FAULT_BOUND_S + 30)
-        error_s = time.monotonic() - killed_at
-        self.assertTrue(remote.process.wait_exit(5))
-        self.assertFalse(result.ok)
-        if dio.path == diskio.PATH_POLLED:
-            # Reads of a dead remote's BARs come back all-ones
-            # (docs/multiprocess-qemu.md, "A stopped or dead remote").
-            self.assertEqual(result.status, 'gone', result.report)
-        else:
-            self.assertIn(result.status, ('device', 'timeout'), result.report)
-        self.assertEqual(vm.qemu.qmp('query-status')['status'], 'running')
-        self.assertTrue(session.ssh.run('true', timeout_s=30).ok)
+        with self.known_issue_guard('v8-proxy-exits-when-its-remote-dies'):
+            remote.faults.kill()
+            killed_at = time.monotonic()
+            result = run.wait(FAULT_BOUND_S + 30)
+            error_s = time.monotonic() - killed_at
+            self.assertTrue(remote.process.wait_exit(5))
+            self.assertFalse(result.ok)
+            if dio.path == diskio.PATH_POLLED:
+                # Reads of a dead remote's BARs come back all-ones
+                # (docs/multiprocess-qemu.md, "A stopped or dead remote").
+                self.assertEqual(result.status, 'gone', result.report)
+            else:
+                self.assertIn(result.status, ('device', 'timeout'), result.report)
+            self.assertEqual(vm.qemu.qmp('query-status')['status'], 'running')
+            self.assertTrue(session.ssh.run('true', timeout_s=30).ok)
         self.record(kill_to_error_s=round(error_s, 2), error=result.error,
                     status=result.status)
 

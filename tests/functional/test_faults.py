@@ -299,13 +299,16 @@ class GuestFaultTest(FaultTest):
                   f"{self.lsi.bar_write32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA, value)}; "
                   f"{self.lsi.bar_read32_command(lsi_regs.IO_BAR, lsi_regs.SCRATCHA)} "
                   f"> {BLOCKED_OUT}.tmp; mv {BLOCKED_OUT}.tmp {BLOCKED_OUT}")
-        with self.guest_must_answer(self.vm, self.session):
-            self.ssh.run(f'rm -f {BLOCKED_OUT} {BLOCKED_STARTED}', check=True,
-                         timeout_s=GUEST_ANSWER_S)
-            self.ssh.spawn(access, cpu=GUEST_SMP - 1)
-            wait_until(lambda: self.ssh.run(f'test -e {BLOCKED_STARTED}',
-                                            timeout_s=GUEST_ANSWER_S).ok,
-                       COMPLETE_TIMEOUT_S, 'the guest starting its device access')
+        # The v8 heartbeat's ping waits for the stopped remote in the main
+        # loop: the guest's network (slirp) stops with it.
+        with self.known_issue_guard('v8-heartbeat-blocks-on-a-stopped-remote'):
+            with self.guest_must_answer(self.vm, self.session):
+                self.ssh.run(f'rm -f {BLOCKED_OUT} {BLOCKED_STARTED}', check=True,
+                             timeout_s=GUEST_ANSWER_S)
+                self.ssh.spawn(access, cpu=GUEST_SMP - 1)
+                wait_until(lambda: self.ssh.run(f'test -e {BLOCKED_STARTED}',
+                                                timeout_s=GUEST_ANSWER_S).ok,
+                           COMPLETE_TIMEOUT_S, 'the guest starting its device access')
         return event
 
     def blocked_result(self):
@@ -344,8 +347,9 @@ class GuestFaults(GuestFaultTest):
         event = self.remote.watchdog.wait_for('dead', DETECT_TIMEOUT_S)
         self.assertGreaterEqual(event.detected_at, fault.injected_at)
 
-        self.assertEqual(self.lsi.bar_read32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA), ALL_ONES_32)
-        self.assertEqual(self.lsi.config_read32(0), ALL_ONES_32)
+        with self.known_issue_guard('v8-dead-remote-reads-as-zero'):
+            self.assertEqual(self.lsi.bar_read32(lsi_regs.IO_BAR, lsi_regs.SCRATCHA), ALL_ONES_32)
+            self.assertEqual(self.lsi.config_read32(0), ALL_ONES_32)
         self.assertEqual(self.vm.qemu.qmp('query-status')['status'], 'running')
         self.assertEqual(self.ssh.run('echo alive', check=True).stdout, 'alive\n')
 
