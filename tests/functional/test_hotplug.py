@@ -177,7 +177,8 @@ class DimmBoundaries(HotplugTest):
     """
 
     # The known issues each boundary meets on this transport.
-    region_limit_issues = ('remote-rejects-eighth-ram-section',)
+    region_limit_issues = ('remote-rejects-eighth-ram-section',
+                           'v8-remote-ignores-an-eighth-ram-section')
     non_fd_ram_issues = ('proxy-omits-non-fd-ram',)
     private_file_issues = ('proxy-syncs-private-file-ram',)
 
