@@ -208,9 +208,9 @@ class QEMUProcess:
     def inl(self, port: int) -> int:
         """A 32-bit read of I/O port ``port`` in this QEMU (HMP ``i /w``),
         however its version prints it (5.2 pads to 8 characters with the
-        0x, later QEMUs to 8 digits)."""
+        0x, and prints 0 as ``00000000``; later QEMUs 8 digits after 0x)."""
         text = self.hmp(f'i /w {port:#x}')
-        match = re.search(r'\] = (0x[0-9a-fA-F]+)', text)
+        match = re.search(r'\] = (?:0x)?([0-9a-fA-F]+)', text)
         if not match:
             raise QMPError(f'{self.name}: HMP i /w {port:#x} answered {text!r}')
         return int(match.group(1), 16)

@@ -184,7 +184,7 @@ class ResetWithBrokenRemote(ResetTest):
     """
 
     # Known issues a reset with the remote dead meets.
-    dead_remote_issues = ()
+    dead_remote_issues = ('v8-proxy-exits-when-its-remote-dies',)
 
     def test_reset_with_the_remote_killed(self):
         vm, session, device = self.boot()
