@@ -118,3 +118,16 @@ def patched_tree(seed: Seed, base_tree: str, debian_version: str,
             with open(done, 'w', encoding='utf-8') as f:
                 f.write(fingerprint + '\n' + ''.join(f'left out {x}\n' for x in left_out))
     return tree
+
+
+def new_file(seed: Seed, path: str) -> str:
+    """The text of a file that one of the series' patches creates (such as
+    v8's scripts/mpqemu-launcher.py), as posted."""
+    for patch in seed.patches('series'):
+        with open(patch, encoding='utf-8') as f:
+            for name, text in split_files(f.read()):
+                if name == path and '\n--- /dev/null\n' in text:
+                    body = text.split('\n@@ ', 1)[1].split('\n', 1)[1]
+                    return ''.join(line[1:] + '\n' for line in body.splitlines()
+                                   if line.startswith('+'))
+    raise BuildError(f"seed:{seed.name}: no patch of the series creates {path}")
