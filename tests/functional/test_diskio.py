@@ -236,7 +236,8 @@ class DiskIORemoteFaults(DiskIOTest):
         run = dio.start(workload, 'kill')
         self.wait_for_writes(vm, 64 * 1024)
 
-        with self.known_issue_guard('v8-proxy-exits-when-its-remote-dies'):
+        with self.known_issue_guard('v8-proxy-exits-when-its-remote-dies',
+                                    'v8-dead-remote-reads-as-zero'):
             remote.faults.kill()
             killed_at = time.monotonic()
             result = run.wait(FAULT_BOUND_S + 30)
