@@ -51,6 +51,18 @@ class MatrixRunner(MultiprocessTest):
         self.log.info('%s', text)
         return run.returncode, table, text
 
+    def vfio_user_roles_played(self) -> list:
+        """The vfio-user roles the QEMU under test plays; cancels if it
+        plays one whose partner is not prepared (a build inside the test)."""
+        lacks = vfio_user_roles.roles_of(self.caps)
+        playing = [role for role, lack in lacks.items() if lack is None]
+        partners = [params.get(f'vfio_user_{role}') for role in lacks if role not in playing]
+        if playing and not all(subject.ready(p) for p in partners):
+            self.cancel(f"this QEMU plays the vfio-user {'+'.join(playing)}; its partner "
+                        f"{' '.join(partners)} is not prepared (make functional "
+                        f"TAGS=vfio-user prepares it)")
+        return playing
+
     @property
     def leaf(self) -> str:
         return f'qemu-{".".join(map(str, self.caps.version))}'
@@ -90,13 +102,7 @@ class MatrixRunner(MultiprocessTest):
         ones run where the QEMU under test plays a role, and are skips
         naming what it lacks (the variant's vfio_user_skip) where it plays
         none."""
-        lacks = vfio_user_roles.roles_of(self.caps)
-        playing = [role for role, lack in lacks.items() if lack is None]
-        partners = [params.get(f'vfio_user_{role}') for role in lacks if role not in playing]
-        if playing and not all(subject.ready(p) for p in partners):
-            self.cancel(f"this QEMU plays the vfio-user {'+'.join(playing)}; its partner "
-                        f"{' '.join(partners)} is not prepared (make functional "
-                        f"TAGS=vfio-user prepares it)")
+        playing = self.vfio_user_roles_played()
         status, table, text = self.run_matrix('topology', 'tests/functional/test_topology.py',
                                               {self.leaf: self.caps.path},
                                               machines=('pc', 'q35'))
