@@ -208,10 +208,8 @@ class DiskIORemoteFaults(DiskIOTest):
         remote = vm.remote(LSI)
         run = dio.start(self.LONG, 'hang')
         self.wait_for_writes(vm, 64 * 1024)
-
         with self.known_issue_guard('v8-heartbeat-blocks-on-a-stopped-remote'):
             held_s, qmp_ms = self.hold_the_remote_stopped(vm, remote)
-
         result = run.wait(self.LONG.deadline_s)
         self.assertTrue(result.ok, f'{result.status}: {result.error}')
         self.assert_image_holds(self.LONG)
