@@ -37,6 +37,20 @@ def cpu_seconds(pid: int, tid: Optional[int] = None) -> Optional[float]:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK if fields else None
 
 
+def cpu_wanted_seconds(pid: int) -> Optional[float]:
+    """Time the process's threads ran or waited runnable for a CPU so far
+    (``schedstat``: run and run-queue wait): a loop on a loaded host wants
+    its whole window even when it gets a fraction of it, an idle process
+    woken by timers wants little.  None once it is gone."""
+    total, found = 0, False
+    for tid in threads(pid):
+        fields = read(pid, 'schedstat', tid).split()
+        if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+            total += int(fields[0]) + int(fields[1])
+            found = True
+    return total / 1e9 if found else None
+
+
 def read(pid: int, name: str, tid: Optional[int] = None) -> str:
     """A small /proc file (``wchan``, ``syscall``...), stripped; the error
     in parentheses when it cannot be read."""

@@ -47,9 +47,9 @@ HANG_CONFIRM_S = 2.0            # more silence before an idle remote counts as h
 # (a 'hang busy' that did not reproduce alone, once in ~10 CI runs).
 BUSY_CONFIRM_S = 3.0
 BUSY_SAMPLE_S = 0.2             # CPU sampling window to tell busy from idle
-BUSY_FRACTION = 0.5             # of one CPU, over BUSY_SAMPLE_S, or runnable
-                                # (state R) at both ends of it: a loop starved
-                                # by a loaded host gets 40% and is still a loop
+BUSY_FRACTION = 0.5             # of one CPU used or wanted (run + run-queue wait)
+                                # over BUSY_SAMPLE_S: a loop starved by a loaded
+                                # host gets 20-45% but wants all of it
 EXIT_TIMEOUT_S = 3.0            # from closed socket (or our hang-up) to exit status
 LOG_TAIL_LINES = 8
 # The remotes run with this trace (the proxy transport waits for it: see
@@ -238,14 +238,16 @@ class CaseRunner:
         pid = remote.pid
         if not remote.process.is_running():
             return self._exit_result(remote, f'exited without closing first ({err})')
-        before, runnable = backtrace.thread_cpu(pid), procfs.state(pid) == 'R'
+        before, wanted_before = backtrace.thread_cpu(pid), procfs.cpu_wanted_seconds(pid)
         time.sleep(BUSY_SAMPLE_S)       # a measurement window, not a settle delay
-        after, runnable = backtrace.thread_cpu(pid), runnable and procfs.state(pid) == 'R'
+        after, wanted_after = backtrace.thread_cpu(pid), procfs.cpu_wanted_seconds(pid)
         if not before or not after or not remote.process.is_running():
             return self._exit_result(remote, f'exited while silent ({err})')
         busy = (sum(after.values()) - sum(before.values())) / BUSY_SAMPLE_S
+        wanted = ((wanted_after - wanted_before) / BUSY_SAMPLE_S
+                  if wanted_before is not None and wanted_after is not None else busy)
         state = self._state(remote)
-        looping = busy >= BUSY_FRACTION or runnable
+        looping = max(busy, wanted) >= BUSY_FRACTION
         if not looping and case.may_stall:
             return Result(OUTCOME_STALLED, 'idle, waiting for the rest of a misframed message',
                           remote_state=state)
@@ -267,7 +269,8 @@ class CaseRunner:
             waited = FOLLOWUP_TIMEOUT_S + BUSY_SAMPLE_S + confirm
             threads = backtrace.busy_threads(pid, before, BUSY_SAMPLE_S, after)
             return self._hang(remote, f'no answer for {waited:.1f} s and {how} '
-                              f'({busy:.0%} CPU' + (f': {threads}' if threads else '') + '): '
+                              f'({busy:.0%} CPU, {wanted:.0%} wanted'
+                              + (f': {threads}' if threads else '') + '): '
                               + ('a loop' if how == 'busy' else 'blocked'))
 
     def _hang(self, remote: FuzzRemote, detail: str) -> Result:

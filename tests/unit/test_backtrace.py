@@ -2,12 +2,14 @@
 QEMU's threads and leaves it running, frames without a name get their
 module and offset, and the busy threads are told from the idle ones."""
 
+import os
 import subprocess
 import sys
 import time
 
 import pytest
 
+from harness.base import procfs
 from harness.qemu import backtrace
 
 QEMU_IDLE = ['qemu-system-x86_64', '-M', 'none', '-nodefaults', '-display', 'none',
@@ -73,3 +75,22 @@ def test_the_busy_thread_is_named(running):
     before = backtrace.thread_cpu(idle.pid)
     time.sleep(0.3)
     assert backtrace.busy_threads(idle.pid, before, 0.3) == ''
+
+
+def test_cpu_wanted_tells_a_starved_loop_from_a_sleeper_woken_often(running):
+    """Beside one spinning process per CPU, a loop gets a fraction of a CPU
+    but wants all of it (run + run-queue wait); a process woken every
+    0.5 ms wants little, though it is often caught runnable (a vfio-user
+    server with a timer was called busy that way, and its stall a hang)."""
+    hogs = [running([sys.executable, '-c', 'while True: pass'])
+            for _ in range(os.cpu_count() or 2)]
+    loop = hogs[0]
+    sleeper = running([sys.executable, '-c', 'import time\nwhile True: time.sleep(0.0005)'])
+
+    def wanted(pid: int) -> float:
+        before = procfs.cpu_wanted_seconds(pid)
+        time.sleep(0.3)                 # the measurement window
+        return (procfs.cpu_wanted_seconds(pid) - before) / 0.3
+    assert wanted(loop.pid) >= 0.8
+    assert wanted(sleeper.pid) < 0.3
+    assert procfs.cpu_wanted_seconds(2 ** 22 + 1) is None     # no such process

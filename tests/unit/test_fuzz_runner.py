@@ -32,7 +32,7 @@ def test_a_stopped_remote_is_an_idle_hang_with_its_backtrace(caps, tmp_path):
         os.kill(remote.pid, signal.SIGSTOP)
         result = fuzzer.runner.run(case)
         assert result.outcome == runner.OUTCOME_HANG, result
-        assert 'idle (0% CPU): blocked' in result.detail, result.detail
+        assert 'idle (0% CPU, 0% wanted): blocked' in result.detail, result.detail
         assert 'state=T' in result.remote_state
         assert 'main_loop_wait' in result.backtrace, result.backtrace
         assert not remote.process.is_running(), 'the hung remote was not retired'
