@@ -4,10 +4,11 @@ When a remote is silent but busy, /proc says only that it runs.  A short
 gdb attach (bounded; the process is stopped for the moment it takes, then
 detached and left running) gives every thread's backtrace.  In a stripped
 binary, such as Debian's, gdb names library frames only; this module
-rewrites the others (``?? ()`` or `` ()``) as ``module+0xoffset`` from /proc/PID/maps, the form
-``addr2line -e`` or a debug-symbols package resolves later, so the
-evidence outlives the process.  :func:`busy_threads` says which threads
-used the CPU over a window.
+rewrites the others (``?? ()`` or `` ()``) as ``module+0xoffset`` from
+/proc/PID/maps, the form ``addr2line -e`` or a debug-symbols package
+resolves later, so the evidence outlives the process.  :func:`summary`
+gives one line per thread for a whiteboard; :func:`busy_threads` says
+which threads used the CPU over a window.
 """
 
 import os
@@ -69,6 +70,26 @@ def backtraces(pid: int, timeout_s: float = GDB_TIMEOUT_S) -> str:
         last = (done.stderr.strip().splitlines() or ['no output'])[-1]
         return f'(no backtrace: gdb: {last})'
     return name_addresses('\n'.join(lines), maps)
+
+
+def _frame_name(line: str) -> str:
+    """``#3  0x55.. in proxy_bar_rw (...) at ...`` -> ``proxy_bar_rw``; an
+    unnamed frame by its module and offset."""
+    match = re.match(r'#\d+\s+(?:0x[0-9a-f]+ in )?(\S*) ?\(', line)
+    where = re.search(r'\[(\S+\+0x[0-9a-f]+)\]', line)
+    return (match.group(1) if match else '') or (where.group(1) if where else '?')
+
+
+def summary(pid: int, frames: int = 11) -> List[str]:
+    """Each thread as ``name: f0 < f1 < ...``, innermost first: where a
+    process waits, in one line a thread (an empty list without gdb)."""
+    threads = []
+    for block in re.split(r'(?m)^Thread ', backtraces(pid))[1:]:
+        lines = block.splitlines()
+        name = lines[0].split('"')[1] if '"' in lines[0] else lines[0][:20]
+        names = [_frame_name(line) for line in lines[1:frames + 1] if line.startswith('#')]
+        threads.append(f"{name}: {' < '.join(names)}")
+    return threads
 
 
 def thread_cpu(pid: int) -> Dict[int, float]:

@@ -108,10 +108,10 @@ def patched_tree(seed: Seed, base_tree: str, debian_version: str,
             for path in seed.patches('series'):
                 with open(path, encoding='utf-8') as f:
                     parts = split_files(f.read())
-                kept = [text for name, text in parts if not re.search(seed.left_out, name)]
-                left_out += [f'{os.path.basename(path)}: {name}' for name, _ in parts
-                             if name and re.search(seed.left_out, name)]
-                _apply(tree, ''.join(kept), os.path.basename(path))
+                dropped = [name for name, _ in parts if name and re.search(seed.left_out, name)]
+                left_out += [f'{os.path.basename(path)}: {name}' for name in dropped]
+                _apply(tree, ''.join(text for name, text in parts if name not in dropped),
+                       os.path.basename(path))
             for path in seed.patches('port'):
                 with open(path, encoding='utf-8') as f:
                     _apply(tree, f.read(), f'port {os.path.basename(path)}')

@@ -12,11 +12,11 @@ fresh remote.
 
 import contextlib
 import os
-import re
 import statistics
 import time
 
 from harness.base import bytecheck
+from harness.base.figures import spread
 from harness.devices.lsi import driver as lsi, registers as lsi_regs
 from harness.base.errors import QMPError
 from harness.guest.pci import find_device
@@ -152,8 +152,8 @@ class RemoteDetection(FaultTest):
             proxy_exit.append(noticed - fault.injected_at)
             watchdog.append(remote.watchdog.wait_for('dead', DETECT_TIMEOUT_S).latency_s)
             vm.shutdown()
-        self.record(heartbeat_kill_proxy_exit_ms=_spread_ms(proxy_exit),
-                    heartbeat_kill_watchdog_ms=_spread_ms(watchdog),
+        self.record(heartbeat_kill_proxy_exit_ms=spread(proxy_exit, 1000, 2),
+                    heartbeat_kill_watchdog_ms=spread(watchdog, 1000, 2),
                     heartbeat_period_ms=HEARTBEAT_PERIOD_MS)
 
     def test_qemu_heartbeat_on_a_stopped_remote(self):
@@ -172,7 +172,7 @@ class RemoteDetection(FaultTest):
                 try:
                     vm.qemu.qmp('query-status', timeout_s=QMP_WEDGED_TIMEOUT_S)
                 except QMPError:
-                    self.record(proxy_waits_in=_waiting_threads(vm.qemu.pid))
+                    self.record(proxy_waits_in=backtrace.summary(vm.qemu.pid))
                     raise AssertionError(
                         f'the proxy neither exited nor answered QMP '
                         f'{time.monotonic() - fault.injected_at:.1f} s after its remote '
@@ -180,31 +180,6 @@ class RemoteDetection(FaultTest):
             self.assertTrue(exited, 'the heartbeat did not notice the stopped remote within '
                                     f'{HEARTBEAT_EXIT_TIMEOUT_S} s')
         remote.faults.resume()
-
-
-def _spread_ms(values) -> dict:
-    return {'median': ms(statistics.median(values), 2), 'min': ms(min(values), 2),
-            'max': ms(max(values), 2), 'n': len(values)}
-
-
-def _frame_name(line: str) -> str:
-    """``#3  0x55.. in proxy_bar_rw (...) at ...`` -> ``proxy_bar_rw``; an
-    unnamed frame by its module and offset."""
-    match = re.match(r'#\d+\s+(?:0x[0-9a-f]+ in )?(\S*) ?\(', line)
-    where = re.search(r'\[(\S+\+0x[0-9a-f]+)\]', line)
-    return (match.group(1) if match else '') or (where.group(1) if where else '?')
-
-
-def _waiting_threads(pid: int) -> list:
-    """Each thread of a process as ``name: f0 < f1 < ...`` (gdb), the
-    innermost frames first, for the evidence."""
-    threads = []
-    for block in re.split(r'(?m)^Thread ', backtrace.backtraces(pid))[1:]:
-        lines = block.splitlines()
-        name = lines[0].split('"')[1] if '"' in lines[0] else lines[0][:20]
-        frames = [_frame_name(line) for line in lines[1:12] if line.startswith('#')]
-        threads.append(f"{name}: {' < '.join(frames)}")
-    return threads
 
 
 class RemoteDetectionOverVfioUser(RemoteDetection):

@@ -47,6 +47,8 @@ def test_a_live_qemus_threads_are_unwound_and_it_goes_on(running):
     # named by module and offset, for addr2line with its debug symbols.
     assert '[qemu-system-x86_64+0x' in text, text
     assert qemu.poll() is None, 'gdb left the process stopped or killed it'
+    main = [line for line in backtrace.summary(qemu.pid) if 'main_loop_wait' in line]
+    assert main and ' < qemu_main_loop' in main[0], backtrace.summary(qemu.pid)
 
 
 def test_unnamed_frames_are_named_by_module_and_offset():
