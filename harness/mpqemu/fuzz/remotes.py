@@ -115,6 +115,11 @@ class FuzzRemote:
         if 'config' in touches:
             function = pci.PciFunction(self.proxy_access(memory))
             function.setup(IO_BASE, MMIO_BASE)
+        # SYNC_SYSMEM and SET_IRQFD have no reply: without this round trip
+        # a remote that a case left ready to loop (a /dev/zero resamplefd)
+        # could start looping before reading them, and the next case would
+        # take the blame for its hang.
+        self.proxy.barrier()
 
     def proxy_access(self, memory: GuestMemory) -> p.FakeProxyAccess:
         return p.FakeProxyAccess(self.proxy, memory)
