@@ -92,12 +92,13 @@ def _plots(plotted: Sequence[Tuple[Plot, Optional[str]]], out_dir: str) -> List[
 
 def cells(jobs: Sequence[Job]) -> Tuple[List[str], List[List[Cell]]]:
     """Row names (every test of any job, sorted) and one Cell per job."""
-    names = sorted({test_row_name(name): name for job in jobs for name in job.raw}.items())
-    grid = []
-    for _, name in names:
-        grid.append([classify(job.raw[name]) if name in job.raw else Cell('not-run', 'not run')
-                     for job in jobs])
-    return [row for row, _ in names], grid
+    # By row name: one test's full name differs between jobs run from
+    # different directories (tests/functional/x.py, /abs/path/x.py).
+    by_row = [{test_row_name(name): test for name, test in job.raw.items()} for job in jobs]
+    rows = sorted({row for tests in by_row for row in tests})
+    grid = [[classify(tests[row]) if row in tests else Cell('not-run', 'not run')
+             for tests in by_row] for row in rows]
+    return rows, grid
 
 
 def _results_table(jobs: Sequence[Job]) -> List[str]:

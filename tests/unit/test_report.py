@@ -11,7 +11,7 @@ from html.parser import HTMLParser
 import pytest
 
 from harness.mpqemu.topology import IN_PROCESS, PROXY
-from harness.report import plots
+from harness.report import page, plots
 from harness.report.results import Job, read_job
 from harness.tools import report
 
@@ -100,7 +100,9 @@ def job(label, tests):
     """A Job from {name: (transport tags, figures)}."""
     return Job(label, '/nonexistent', label, {}, {
         name: {'status': 'PASS', 'reason': '', 'tags': tags, 'figures': figures}
-        for name, (tags, figures) in tests.items()}, {})
+        for name, (tags, figures) in tests.items()},
+        {name: {'name': name, 'status': 'PASS', 'tags': tags}
+         for name, (tags, _) in tests.items()})
 
 
 REMOTE = f'{BOOT}:BootFromRemoteLsi.test_tiny_kernel_boot_with_lsi_data_disk'
@@ -141,3 +143,11 @@ def test_the_suite_results_of_a_real_job_read_back(finished_job):
     assert steady['figures']['round_trip.n'] == 100
     assert read.counts['pass'] == 1 and read.counts['failures'] == 1
     assert len(read.raw) == 2 and read.html == os.path.join(read.path, 'results.html')
+
+
+def test_one_test_is_one_row_whatever_directory_its_job_ran_from():
+    relative = job('a', {REMOTE: ({}, {'boot_to_ssh_s': 5.0})})
+    absolute = job('b', {f'/srv/ci/{REMOTE}': ({}, {'boot_to_ssh_s': 6.0})})
+    rows, grid = page.cells([relative, absolute])
+    assert rows == ['test_boot:BootFromRemoteLsi.test_tiny_kernel_boot_with_lsi_data_disk']
+    assert [cell.kind for cell in grid[0]] == ['pass', 'pass']
