@@ -34,10 +34,10 @@ from .qemu import subject
 from .qemu import vcpus
 
 # Why the tests in which the harness speaks mpqemu do not run on seed:v8.
-V8_WIRE_FORMAT = ("the harness speaks upstream's mpqemu wire format here (harness/mpqemu/"
-                  "protocol.py, QEMU >= 6.0); the v8 series' QEMU speaks its own (MPQemuMsg "
-                  "with bytestream, data1 and data2, other command numbers, PROXY_PING), so "
-                  "this test does not apply to it")
+V8_WIRE_FORMAT = ("this test builds upstream's mpqemu messages itself (harness/mpqemu/"
+                  "protocol.py's upstream dialect, QEMU >= 6.0); the fake proxy speaks the v8 "
+                  "series' dialect too, but the fuzzer's cases and the hostile remote's "
+                  "replies are upstream's bytes, so this test does not apply to the v8 series")
 AGENT = 'agent'        # launch(guest=AGENT): the bare-metal agent (harness/agent)
 
 
@@ -59,9 +59,10 @@ class MultiprocessTest(avocado.Test):
     # the guest's QEMU for the in-process controls.
     placement = topology.PROXY
     # The wire protocol the harness itself speaks to the QEMU under test,
-    # when it plays the proxy or the remote (the fake proxy, the fuzzer,
-    # the hostile remote): 'mpqemu' is upstream's (harness/mpqemu/
-    # protocol.py), which the v8 series' QEMU does not speak.
+    # when it plays the proxy or the remote: 'mpqemu' (the fake proxy, in
+    # the QEMU's own dialect: harness/mpqemu/protocol.py), 'mpqemu-upstream'
+    # (the fuzzer, the hostile remote: upstream's bytes, so not on the v8
+    # series), 'vfio-user'.
     harness_speaks: Optional[str] = None
     # How Linux guests do disk IO (harness/guest/diskio.py): None takes the
     # path this placement and accelerator can run (diskio.path_for);
@@ -183,7 +184,7 @@ class MultiprocessTest(avocado.Test):
         # The QEMU remotes run: the one under test, except over vfio-user.
         self.remote_caps = probed[-1]
         self.caps.require_multiprocess()
-        if self.harness_speaks == 'mpqemu' and self.caps.multiprocess.flavour == 'v8':
+        if self.harness_speaks == 'mpqemu-upstream' and self.caps.multiprocess.flavour == 'v8':
             self.cancel(V8_WIRE_FORMAT)
         self.accel = qemu_accel.select_accel(self.caps, params.get_accel(lookup), self.guest)
         self.machine = params.get('machine', lookup)

@@ -21,7 +21,8 @@ from ..base.units import MIB
 from ..qemu.binary import Capabilities
 from ..qemu.guestmem import GuestMemory
 from .confinement import Confinement
-from .protocol import DEFAULT_REPLY_TIMEOUT_S, FakeProxy, FakeProxyAccess, IntxEventFds
+from .protocol import (DEFAULT_REPLY_TIMEOUT_S, FakeProxy, FakeProxyAccess, IntxEventFds,
+                       dialect_of)
 from .remote import Remote
 
 DEFAULT_RAM_SIZE = 32 * MIB
@@ -94,7 +95,8 @@ def launch(caps: Capabilities, *, log_dir: str, drive: Optional[str] = None,
         ours.close()
         raise
     memory = GuestMemory()
-    proxy = FakeProxy(ours, timeout_s=timeout_s)
+    proxy = FakeProxy(ours, timeout_s=timeout_s,
+                      dialect=dialect_of(caps.require_multiprocess().flavour))
     launched = FakeProxiedRemote(remote, proxy, memory, FakeProxyAccess(proxy, memory))
     try:
         memory.add_region(ram_gpa, ram_size, 'guest-ram')

@@ -35,6 +35,16 @@ RET with no data; SYNC_SYSMEM and SET_IRQFD get no answer.  The remote
 handles one message at a time, in order, so a later request/reply acts as
 a barrier for the messages before it.
 
+The v8 series (seed:v8, July 2020) speaks an earlier dialect of it
+(io/mpqemu-link.h and hw/i386/remote-msg.c of that series), :data:`V8`:
+the header's padding is ``int bytestream`` (1: the data is a byte stream,
+``data2``, as config accesses are); the commands are numbered from
+``INIT = 0`` and include GET_PCI_INFO and PROXY_PING (its heartbeat, answered
+by an empty RET); BAR accesses and RET replies carry the whole 192-byte
+``data1`` union; a config access is refused when ``addr + 4`` passes the end
+of config space.  An invalid message makes that remote stop reading its
+socket (the GLib watch returns FALSE) instead of exiting.
+
 Upstream's proxy waits for a reply for ever (a SIGSTOPped remote hangs the
 vCPU).  The fake proxy never does: every receive has a deadline and ends in
 :class:`RemoteTimeout` or :class:`RemoteGone`.
@@ -46,7 +56,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import FrozenSet, List, Optional, Sequence, Tuple, Type
 
 from ..base.fdstream import (Connection, EventFdEdges, FdStream, ProtocolError, RemoteError,
                              RemoteGone, RemoteTimeout)
@@ -87,6 +97,74 @@ class Cmd(enum.IntEnum):
     MAX = 8
 
 
+class V8Cmd(enum.IntEnum):
+    """MPQemuCmd of the v8 series (its include/io/mpqemu-link.h)."""
+    INIT = 0
+    SYNC_SYSMEM = 1
+    RET = 2
+    PCI_CFGWRITE = 3
+    PCI_CFGREAD = 4
+    BAR_WRITE = 5
+    BAR_READ = 6
+    SET_IRQFD = 7
+    GET_PCI_INFO = 8
+    PROXY_PING = 9
+    DEVICE_RESET = 10
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one QEMU lays the protocol's messages on the wire.  Messages
+    are built with :class:`Cmd` (or, for a command only one dialect has,
+    its own enum's member); :meth:`wire_cmd` and :meth:`cmd` translate."""
+    name: str
+    cmds: Type[enum.IntEnum]
+    bytestream: FrozenSet[Cmd] = frozenset()    # sent with bytestream = 1
+    padded: FrozenSet[Cmd] = frozenset()        # data padded to the whole union
+    ret_size: int = RET_U64.size                # a RET with a value carries this
+
+    def wire_cmd(self, cmd: int) -> int:
+        if isinstance(cmd, Cmd) and self.cmds is not Cmd:
+            return int(self.cmds[cmd.name])
+        return int(cmd)
+
+    def cmd(self, wire: int) -> int:
+        """The :class:`Cmd` of a wire number where it has one."""
+        try:
+            known = self.cmds(wire)
+        except ValueError:
+            return wire
+        return Cmd[known.name] if known.name in Cmd.__members__ else known
+
+    def encode(self, message: 'Message') -> bytes:
+        cmd = message.cmd
+        data = message.data
+        if cmd in self.padded:
+            data = data.ljust(DATA_UNION_SIZE, b'\0')
+        size = len(data) if message.size is None else message.size
+        return DIALECT_HEADER.pack(self.wire_cmd(cmd), int(cmd in self.bytestream), size) + data
+
+    def decode_header(self, raw: bytes) -> Tuple[int, int]:
+        """(command, data size) of a header."""
+        cmd, _, size = DIALECT_HEADER.unpack(raw)
+        return self.cmd(cmd), size
+
+
+# The header's second int is padding upstream (zero: messages are built
+# from zeroed structs), v8's bytestream flag.
+DIALECT_HEADER = struct.Struct('<iiQ')
+UPSTREAM = Dialect('upstream', Cmd)
+V8 = Dialect('v8', V8Cmd,
+             bytestream=frozenset({Cmd.PCI_CFGREAD, Cmd.PCI_CFGWRITE}),
+             padded=frozenset({Cmd.BAR_READ, Cmd.BAR_WRITE}), ret_size=DATA_UNION_SIZE)
+
+
+def dialect_of(flavour: str) -> Dialect:
+    """The dialect of a QEMU whose multiprocess flavour (Capabilities.
+    multiprocess.flavour) is ``flavour``."""
+    return V8 if flavour == 'v8' else UPSTREAM
+
+
 class RemoteRejected(RemoteError):
     """The remote answered with its error value (it exits right after)."""
 
@@ -106,11 +184,13 @@ class Message:
     def header_size(self) -> int:
         return len(self.data) if self.size is None else self.size
 
-    def encode(self) -> bytes:
+    def encode(self, dialect: Dialect = UPSTREAM) -> bytes:
         """The bytes on the wire (fds travel separately, as SCM_RIGHTS)."""
-        return HEADER.pack(self.cmd, self.header_size) + self.data
+        return dialect.encode(self)
 
     def name(self) -> str:
+        if isinstance(self.cmd, enum.IntEnum):
+            return self.cmd.name
         try:
             return Cmd(self.cmd).name
         except ValueError:
@@ -198,15 +278,15 @@ def ret(value: Optional[int] = None) -> Message:
     return Message(Cmd.RET, b'' if value is None else RET_U64.pack(value & UINT64_MAX))
 
 
-def decode_ret(message: Message) -> Optional[int]:
+def decode_ret(message: Message, dialect: Dialect = UPSTREAM) -> Optional[int]:
     if message.cmd != Cmd.RET:
         raise ProtocolError(f"expected a RET reply, got {message.name()}")
     if message.fds:
         raise ProtocolError(f"RET reply carries {len(message.fds)} unexpected fds")
     if not message.data:
         return None
-    _expect_size('RET u64', message.data, RET_U64.size)
-    return RET_U64.unpack(message.data)[0]
+    _expect_size('RET u64', message.data, dialect.ret_size)
+    return RET_U64.unpack_from(message.data)[0]
 
 
 def _expect_size(what: str, data: bytes, size: int) -> None:
@@ -218,23 +298,26 @@ def _expect_size(what: str, data: bytes, size: int) -> None:
 
 class Link(FdStream):
     """mpqemu message framing over one stream socket, with deadlines
-    (harness/base/fdstream.py)."""
+    (harness/base/fdstream.py), in one dialect."""
+
+    def __init__(self, sock: socket.socket, dialect: Dialect = UPSTREAM):
+        super().__init__(sock)
+        self.dialect = dialect
 
     def send(self, message: Message, timeout_s: float) -> None:
-        self.send_raw(message.encode(), message.fds, timeout_s)
+        self.send_raw(message.encode(self.dialect), message.fds, timeout_s)
 
     def recv(self, timeout_s: float) -> Message:
         """Receive one message before the deadline."""
-        header, data, fds = self.recv_frame(HEADER_SIZE, _data_size, timeout_s)
-        return Message(HEADER.unpack(header)[0], data, tuple(fds))
+        header, data, fds = self.recv_frame(HEADER_SIZE, self._data_size, timeout_s)
+        return Message(self.dialect.decode_header(header)[0], data, tuple(fds))
 
-
-def _data_size(header: bytes) -> int:
-    cmd, size = HEADER.unpack(header)
-    if size > DATA_UNION_SIZE:
-        raise ProtocolError(f"the remote sent message {cmd} with {size} data bytes "
-                            f"(at most {DATA_UNION_SIZE}): the stream is corrupt")
-    return size
+    def _data_size(self, header: bytes) -> int:
+        cmd, size = self.dialect.decode_header(header)
+        if size > DATA_UNION_SIZE:
+            raise ProtocolError(f"the remote sent message {cmd} with {size} data bytes "
+                                f"(at most {DATA_UNION_SIZE}): the stream is corrupt")
+        return size
 
 
 # ---------------------------------------------------------------- interrupts
@@ -280,8 +363,10 @@ class FakeProxy(Connection):
     so a remote that was stopped and continued can be used again.
     """
 
-    def __init__(self, sock: socket.socket, timeout_s: float = DEFAULT_REPLY_TIMEOUT_S):
-        self.link = Link(sock)
+    def __init__(self, sock: socket.socket, timeout_s: float = DEFAULT_REPLY_TIMEOUT_S,
+                 dialect: Dialect = UPSTREAM):
+        self.link = Link(sock, dialect)
+        self.dialect = dialect
         self.timeout_s = timeout_s
         self.irq: Optional[IntxEventFds] = None
         self._replies_owed = 0
@@ -299,14 +384,14 @@ class FakeProxy(Connection):
         """Send ``message`` and return the value of its RET reply."""
         deadline = time.monotonic() + self._timeout(timeout_s)
         while self._replies_owed:
-            decode_ret(self.link.recv(max(0.0, deadline - time.monotonic())))
+            decode_ret(self.link.recv(max(0.0, deadline - time.monotonic())), self.dialect)
             self._replies_owed -= 1
         self.link.send(message, max(0.0, deadline - time.monotonic()))
         self.requests += 1
         self._replies_owed += 1
         reply = self.link.recv(max(0.0, deadline - time.monotonic()))
         self._replies_owed -= 1
-        return decode_ret(reply)
+        return decode_ret(reply, self.dialect)
 
     def _timeout(self, timeout_s: Optional[float]) -> float:
         return self.timeout_s if timeout_s is None else timeout_s
@@ -372,6 +457,14 @@ class FakeProxy(Connection):
         if value is not None:
             raise ProtocolError(f"DEVICE_RESET reply carries data ({value:#x}); "
                                 f"hw/remote/message.c sends none")
+
+    def ping(self, timeout_s: Optional[float] = None) -> None:
+        """The v8 proxy's heartbeat (its patch 17): PROXY_PING, answered by
+        a RET without a value."""
+        if 'PROXY_PING' not in self.dialect.cmds.__members__:
+            raise ProtocolError(f"the {self.dialect.name} protocol has no PROXY_PING")
+        if self.request(Message(self.dialect.cmds['PROXY_PING']), timeout_s):
+            raise ProtocolError("PROXY_PING answered with a value")
 
     def barrier(self, timeout_s: Optional[float] = None) -> None:
         """Round trip a harmless request: everything sent before it has

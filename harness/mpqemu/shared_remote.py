@@ -25,7 +25,7 @@ from ..vfio_user import protocol as vfu
 from ..vfio_user.access import VfioUserAccess
 from ..vfio_user.client import VfioUserClient
 from .confinement import Confinement
-from .protocol import FakeProxy, FakeProxyAccess
+from .protocol import FakeProxy, FakeProxyAccess, dialect_of
 from .remote import PROXY, VFIO_USER, Remote, ServerObject
 from .topology import short_socket_dir
 
@@ -134,7 +134,8 @@ def launch(caps: Capabilities, *, log_dir: str, transport: str,
             + [obj.id for obj in objects]
         for index, (object_id, target) in enumerate(zip(ids, served)):
             if transport == PROXY:
-                link = FakeProxy(ours[index], timeout_s=timeout_s)
+                link = FakeProxy(ours[index], timeout_s=timeout_s,
+                                 dialect=dialect_of(caps.require_multiprocess().flavour))
             else:
                 path = first_path if index == 0 else objects[index - 1].socket_path
                 link = VfioUserClient.connect(path, timeout_s)

@@ -34,7 +34,7 @@ class ProtocolFuzz(MultiprocessTest):
     """
 
     transport = PROXY_TRANSPORT
-    harness_speaks = 'mpqemu'
+    harness_speaks = 'mpqemu-upstream'
     timeout = deadlines.test_timeout(waits_s=TIME_LIMIT_S + deadlines.COMMAND_S)
     fuzzer = None               # until setUp has made it
 

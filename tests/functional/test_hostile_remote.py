@@ -59,7 +59,7 @@ class HostileRemoteTest(MultiprocessTest):
 
     guest = 'agent'
     timeout = deadlines.test_timeout(agent_boots=2, waits_s=60)
-    harness_speaks = 'mpqemu'
+    harness_speaks = 'mpqemu-upstream'
     fuzzing = None              # a campaign, for the classes whose setUp makes one
 
     def boot_target(self, peer: HostileRemote = None, **vm_kwargs) -> Target:

@@ -102,6 +102,60 @@ def test_lying_size_field_is_encoded_as_given():
     assert struct.unpack('<iIQ', message.encode()[:16])[2] == 4096
 
 
+# ---------------------------------------------------------------- the v8 dialect
+# Expected bytes from the v8 series' include/io/mpqemu-link.h: int cmd,
+# int bytestream, size_t size, then data1 (a 192-byte union) or data2.
+
+def test_v8_config_read_is_a_bytestream_numbered_from_init():
+    wire = p.pci_cfg_read(0x10, 4).encode(p.V8)
+    assert wire == (b'\x04\0\0\0' + b'\x01\0\0\0' + b'\x0c' + b'\0' * 7
+                    + b'\x10\0\0\0' + b'\0\0\0\0' + b'\x04\0\0\0')
+
+
+def test_v8_bar_access_carries_the_whole_union():
+    wire = p.bar_write(0xfebf1000, 0x11223344, 4).encode(p.V8)
+    assert struct.unpack('<iiQ', wire[:16]) == (5, 0, 192)     # BAR_WRITE, data1
+    assert struct.unpack('<QQI?', wire[16:37]) == (0xfebf1000, 0x11223344, 4, True)
+    assert wire[37:] == b'\0' * (192 - 21)
+
+
+def test_v8_set_irqfd_sync_sysmem_and_reset_keep_their_sizes():
+    assert struct.unpack('<iiQ', p.set_irqfd(5, 6).encode(p.V8)) == (7, 0, 0)
+    assert struct.unpack('<iiQ', p.device_reset().encode(p.V8)) == (10, 0, 0)
+    regions = [SysmemRegion(0, 4096, 0, 9)]
+    assert struct.unpack('<iiQ', p.sync_sysmem(regions).encode(p.V8)[:16]) == (1, 0, 192)
+
+
+def test_v8_replies_decode_from_the_union(pair):
+    a, b = pair
+    a.sendall(struct.pack('<iiQ', 2, 0, 192) + struct.pack('<Q', 0x1234).ljust(192, b'\0'))
+    a.sendall(struct.pack('<iiQ', 2, 0, 0))                   # DEVICE_RESET's, PROXY_PING's
+    link = p.Link(b, p.V8)
+    first = link.recv(SHORT_TIMEOUT_S)
+    assert first.cmd == p.Cmd.RET and p.decode_ret(first, p.V8) == 0x1234
+    assert p.decode_ret(link.recv(SHORT_TIMEOUT_S), p.V8) is None
+    with pytest.raises(p.ProtocolError, match='must be 8 bytes, got 192'):
+        p.decode_ret(first)                                   # not upstream's RET
+
+
+def test_v8_ping_is_its_own_command_and_upstream_has_none(pair):
+    a, b = pair
+    server = threading.Thread(target=_serve, args=(b, [p.ret(None)], p.V8))
+    server.start()
+    p.FakeProxy(a, timeout_s=1.0, dialect=p.V8).ping()
+    server.join(2.0)
+    assert p.V8.wire_cmd(p.V8Cmd.PROXY_PING) == 9
+    with pytest.raises(p.ProtocolError, match='no PROXY_PING'):
+        p.FakeProxy(a, timeout_s=1.0).ping()
+
+
+def test_upstream_bytes_are_unchanged_by_the_dialects():
+    for message in (p.pci_cfg_read(0x3c, 1), p.bar_read(0x1000, 8, False), p.ret(7)):
+        cmd, size = struct.unpack('<i4xQ', message.encode()[:16])
+        assert (cmd, size) == (message.cmd, len(message.data))
+        assert message.encode()[4:8] == b'\0' * 4
+
+
 # ---------------------------------------------------------------- framing
 
 def test_link_carries_fds_with_the_message(pair):
@@ -157,9 +211,9 @@ def test_send_into_a_full_socket_times_out(pair):
             link.send(p.bar_read(0, 4), SHORT_TIMEOUT_S)
 
 
-def _serve(sock, replies):
+def _serve(sock, replies, dialect=p.UPSTREAM):
     """A scripted remote: answer each request with the next reply."""
-    link = p.Link(sock)
+    link = p.Link(sock, dialect)
     for reply in replies:
         link.recv(2.0)
         if reply is not None:
