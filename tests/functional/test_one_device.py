@@ -21,6 +21,7 @@ import contextlib
 import signal
 import time
 
+from harness.base.errors import LaunchError
 from harness.base.fdstream import RemoteGone, RemoteTimeout
 from harness.base.units import ms
 from harness.devices import pci
@@ -35,13 +36,16 @@ REPLY_TIMEOUT_S = 5.0           # generous: it only keeps a broken remote from h
 UNSERVED_TIMEOUT_S = 0.5        # how long an object that serves nobody is given to answer
 EXIT_TIMEOUT_S = 5.0
 # hw/remote/remote-obj.c, remote_object_init: the second object is created
-# anyway, with this on stderr, and never served.
+# anyway, with this on stderr, and never served.  The v8 series' remote
+# (hw/i386/remote-obj.c) fails its creation instead: QEMU does not start.
 REFUSAL_LOG = 'Reached maximum number of devices: 1'
+REFUSED_AT_START = 'exited with status 1'
 INVALID_MESSAGE_LOG = 'Received invalid message from proxy'
 A_VALUE, B_VALUE = 0x1111_aaaa, 0x2222_bbbb
 PROMISE = 'ONE-DEVICE PROMISE'
 REMOTE_REFUSED_OBJECT = 'remote-runs-with-a-refused-remote-object'
 REMOTE_CRASHES_AT_EXIT = 'remote-crashes-freeing-a-refused-remote-object'
+V8_CRASHES_AT_EXIT = 'v8-remote-crashes-finalizing-its-object'
 VFIO_USER_SEVERAL_DEVICES = 'vfio-user-remote-serves-several-devices'
 
 
@@ -79,6 +83,17 @@ class OneDevicePerRemote(MultiprocessTest):
         self.record(remote_up_ms=ms(time.monotonic() - started),
                     objects=[f'{e.object_id} -> {e.devid}' for e in shared.endpoints])
         return shared.remote, shared.endpoints
+
+    def start_both(self, *served):
+        """start(*served), or None when the remote refuses to start at all
+        with a second object (the v8 series: the promise kept, strictly)."""
+        try:
+            return self.start(*served)
+        except LaunchError as err:
+            self.assertIn(REFUSAL_LOG, str(err))
+            self.assertIn(REFUSED_AT_START, str(err))
+            self.record(remote_refused_at_start=True)
+            return None
 
     def answers(self, endpoint) -> bool:
         """True if the object behind ``endpoint`` answers a config read with
@@ -130,7 +145,10 @@ class OneDevicePerRemote(MultiprocessTest):
     def test_second_device_and_object_are_refused(self):
         """Two LSIs and two objects in one remote: the remote does not start,
         or at least serves the first object only."""
-        remote, (first, second) = self.start('lsi1', 'lsi2')
+        started = self.start_both('lsi1', 'lsi2')
+        if started is None:
+            return
+        remote, (first, second) = started
         self.assertTrue(self.answers(first))
         self.assert_refused_but_running(remote, second)
         # The second LSI is emulated all the same, its disk open.
@@ -141,7 +159,10 @@ class OneDevicePerRemote(MultiprocessTest):
     def test_second_object_for_the_same_device(self):
         """A second x-remote-object naming the first's device (two proxies
         on one LSI) is refused like any second object."""
-        remote, (first, second) = self.start('lsi1', 'lsi1')
+        started = self.start_both('lsi1', 'lsi1')
+        if started is None:
+            return
+        remote, (first, second) = started
         self.assertTrue(self.answers(first))
         self.assert_refused_but_running(remote, second)
         self.record(second_object_served=False)
@@ -153,7 +174,7 @@ class OneDevicePerRemote(MultiprocessTest):
         address the remote's whole address space (hw/remote/message.c,
         process_bar_rw: address_space_memory/io), so an unmapped device is
         the only kind a proxy cannot reach."""
-        remote, (first, second) = self.start('lsi1', 'lsi2')
+        remote, (first, *second) = self.start_both('lsi1', 'lsi2') or self.start('lsi1')
         lsi1 = pci.PciFunction(first.access())
         bars = lsi1.setup()
         lsi1.write(lsi_regs.MMIO_BAR, lsi_regs.SCRATCHA, A_VALUE, 4)
@@ -162,15 +183,21 @@ class OneDevicePerRemote(MultiprocessTest):
         self.assertEqual(self.bar_addresses(self.remote_pci(remote, 'lsi1')), programmed)
         self.assertEqual(set(self.bar_addresses(self.remote_pci(remote, 'lsi2')).values()),
                          {-1}, 'lsi2 has BARs mapped')
-        with self.served_briefly(second):
-            self.assertFalse(self.answers(second))
+        for unserved in second:
+            with self.served_briefly(unserved):
+                self.assertFalse(self.answers(unserved))
         self.record(lsi1_bars={str(k): hex(v) for k, v in programmed.items()})
 
     def test_one_connection_failing_takes_the_other_down(self):
         """An invalid message on the first socket ends the remote's message
         loop and the whole process (hw/remote/message.c): the second
         socket closes with it."""
-        remote, (first, second) = self.start('lsi1', 'lsi2')
+        started = self.start_both('lsi1', 'lsi2')
+        if started is None:
+            self.cancel('this remote refuses to start with a second object '
+                        '(test_second_device_and_object_are_refused): no remote has two '
+                        'connections here')
+        remote, (first, second) = started
         self.assertTrue(self.answers(first))
         first.link.send(protocol.Message(protocol.Cmd.MAX))
         self.assertTrue(remote.process.wait_exit(EXIT_TIMEOUT_S), 'the remote did not exit')
@@ -183,7 +210,7 @@ class OneDevicePerRemote(MultiprocessTest):
     def test_remote_exits_cleanly_when_its_proxy_hangs_up(self):
         """The remote exits by itself once the proxy of its one served
         object hangs up, with status 0."""
-        remote, (first, _) = self.start('lsi1', 'lsi2')
+        remote, (first, *_) = self.start_both('lsi1', 'lsi2') or self.start('lsi1')
         self.assertTrue(self.answers(first))
         first.link.close()
         self.assertTrue(remote.process.wait_exit(EXIT_TIMEOUT_S), 'the remote did not exit')
@@ -191,7 +218,7 @@ class OneDevicePerRemote(MultiprocessTest):
         self.promise_clean_exit(remote)
 
     def promise_clean_exit(self, remote):
-        with self.known_issue_guard(REMOTE_CRASHES_AT_EXIT):
+        with self.known_issue_guard(REMOTE_CRASHES_AT_EXIT, V8_CRASHES_AT_EXIT):
             self.assertEqual(remote.process.exitcode, 0,
                              f'the remote did not exit cleanly: '
                              f'{remote.process.state_description()}')
