@@ -29,6 +29,7 @@ from harness.devices.lsi import driver as lsi, registers as lsi_regs
 from harness.devices import lsi_scenarios as scenarios
 from harness.mpqemu import fake_remote, protocol, topology
 from harness.vfio_user import client as vfu_client, protocol as vfu, server as vfu_server
+from harness.base.figures import spread
 from harness.base.units import MIB, ms
 from harness.testing import MultiprocessTest
 
@@ -40,6 +41,7 @@ HIGH_RAM_GPA = 0x4000_0000          # the region synced later, 1 GiB up
 HIGH_RAM_BYTES = 8 * MIB
 REPLY_TIMEOUT_S = 5.0               # generous: it only keeps a broken remote from hanging us
 STOPPED_REPLY_TIMEOUT_S = 0.3
+PINGS = 200
 RESET_TRACE_EVENT = 'lsi_reset'
 
 
@@ -283,3 +285,41 @@ class RemoteLsiOverVfioUser(RemoteLsiOverProtocol):
         with self.assertRaises(vfu_client.ServerRejected) as refused:
             self.served.client.dma_unmap(HIGH_RAM_GPA + HIGH_RAM_BYTES, HIGH_RAM_BYTES)
         self.assertEqual(refused.exception.errno, errno.ENOENT, str(refused.exception))
+
+
+class RemoteAnswersTheSeedHeartbeat(MultiprocessTest):
+    """The remote's half of the v8 series' heartbeat (its patch 17): the
+    proxy sends PROXY_PING every second and exits when an exchange fails
+    (test_faults.py:RemoteDetection.test_qemu_heartbeat times that side).
+    Upstream dropped the heartbeat; there the test cancels.
+
+    :avocado: enable
+    :avocado: tags=protocol,heartbeat
+    """
+
+    harness_speaks = 'mpqemu'
+
+    def test_ping_is_answered_in_order_and_not_when_stopped(self):
+        """Pings interleaved with config reads are answered by an empty RET,
+        each in its turn; a stopped remote leaves a ping unanswered (what
+        the proxy's heartbeat relies on) and answers it once continued."""
+        if self.caps.multiprocess.flavour != 'v8':
+            self.cancel(f'{self.caps.version_string} has no PROXY_PING (the v8 series has)')
+        with fake_remote.launch(self.remote_caps, log_dir=self.outputdir,
+                                confinement=self.confinement) as served:
+            proxy = served.proxy
+            round_trips = []
+            for _ in range(PINGS):
+                started = time.monotonic()
+                proxy.ping()
+                round_trips.append(time.monotonic() - started)
+                self.assertEqual(proxy.config_read(pci.VENDOR_ID, 2), lsi_regs.VENDOR_ID)
+            served.remote.faults.hang()
+            try:
+                with self.assertRaises(protocol.RemoteTimeout):
+                    proxy.ping(STOPPED_REPLY_TIMEOUT_S)
+            finally:
+                served.remote.faults.resume()
+            proxy.ping()                # after the late reply, drained
+            self.assertEqual(proxy.config_read(pci.VENDOR_ID, 2), lsi_regs.VENDOR_ID)
+        self.record(ping_round_trip_us=spread(round_trips, 1e6, 1))
