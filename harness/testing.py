@@ -33,7 +33,7 @@ from .qemu import binary as qemu_binary
 from .qemu import subject
 from .qemu import vcpus
 
-# Why the tests in which the harness speaks mpqemu do not run on seed:v8.
+# Why the tests in which the harness speaks 'mpqemu-upstream' do not run on seed:v8.
 V8_WIRE_FORMAT = ("this test builds upstream's mpqemu messages itself (harness/mpqemu/"
                   "protocol.py's upstream dialect, QEMU >= 6.0); the fake proxy speaks the v8 "
                   "series' dialect too, but the fuzzer's cases and the hostile remote's "

@@ -95,8 +95,7 @@ def launch(caps: Capabilities, *, log_dir: str, drive: Optional[str] = None,
         ours.close()
         raise
     memory = GuestMemory()
-    proxy = FakeProxy(ours, timeout_s=timeout_s,
-                      dialect=dialect_of(caps.require_multiprocess().flavour))
+    proxy = FakeProxy(ours, timeout_s=timeout_s, dialect=dialect_of(caps))
     launched = FakeProxiedRemote(remote, proxy, memory, FakeProxyAccess(proxy, memory))
     try:
         memory.add_region(ram_gpa, ram_size, 'guest-ram')

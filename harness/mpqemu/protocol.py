@@ -159,14 +159,15 @@ V8 = Dialect('v8', V8Cmd,
              padded=frozenset({Cmd.BAR_READ, Cmd.BAR_WRITE}), ret_size=DATA_UNION_SIZE)
 
 
-def dialect_of(flavour: str) -> Dialect:
-    """The dialect of a QEMU whose multiprocess flavour (Capabilities.
-    multiprocess.flavour) is ``flavour``."""
-    return V8 if flavour == 'v8' else UPSTREAM
+def dialect_of(caps) -> Dialect:
+    """The dialect the multi-process QEMU ``caps`` (harness/qemu/binary.py's
+    Capabilities) speaks."""
+    return V8 if caps.require_multiprocess().flavour == 'v8' else UPSTREAM
 
 
 class RemoteRejected(RemoteError):
-    """The remote answered with its error value (it exits right after)."""
+    """The remote answered with its error value (upstream's exits right
+after; the v8 series' serves on)."""
 
 
 # ---------------------------------------------------------------- codec
@@ -403,7 +404,7 @@ class FakeProxy(Connection):
         value = self.request(pci_cfg_read(offset, size), timeout_s)
         if value == UINT64_MAX:
             raise RemoteRejected(f"the remote refused a config read of {size} bytes at "
-                                 f"{offset:#x} (it exits after this)")
+                                 f"{offset:#x} (upstream's remote exits after this)")
         return value & _mask(size)
 
     def config_write(self, offset: int, value: int, size: int,
@@ -411,7 +412,7 @@ class FakeProxy(Connection):
         _check_config_access(offset, size)
         if self.request(pci_cfg_write(offset, value, size), timeout_s) == UINT64_MAX:
             raise RemoteRejected(f"the remote refused a config write of {size} bytes at "
-                                 f"{offset:#x} (it exits after this)")
+                                 f"{offset:#x} (upstream's remote exits after this)")
 
     def bar_read(self, addr: int, size: int, memory: bool = True,
                  timeout_s: Optional[float] = None) -> int:

@@ -134,8 +134,7 @@ def launch(caps: Capabilities, *, log_dir: str, transport: str,
             + [obj.id for obj in objects]
         for index, (object_id, target) in enumerate(zip(ids, served)):
             if transport == PROXY:
-                link = FakeProxy(ours[index], timeout_s=timeout_s,
-                                 dialect=dialect_of(caps.require_multiprocess().flavour))
+                link = FakeProxy(ours[index], timeout_s=timeout_s, dialect=dialect_of(caps))
             else:
                 path = first_path if index == 0 else objects[index - 1].socket_path
                 link = VfioUserClient.connect(path, timeout_s)
