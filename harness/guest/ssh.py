@@ -237,6 +237,10 @@ class GuestSSH:
                 if (chan.exit_status_ready() and chan.eof_received
                         and not chan.recv_ready() and not chan.recv_stderr_ready()):
                     break
+                # A lost connection closes the channel without an EOF (and
+                # paramiko then reports exit status -1 as ready).
+                if not transport.is_active() or (chan.closed and not chan.eof_received):
+                    raise EOFError('the connection closed before the command ended')
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise expired('did not finish (host deadline)')
@@ -245,6 +249,12 @@ class GuestSSH:
             raise expired('was not started (host deadline)') from None
         except socket.timeout:
             raise expired('stalled (host deadline)') from None
+        except (paramiko.SSHException, OSError, EOFError) as e:
+            # The guest's end went away mid-command (its QEMU exited, say):
+            # the same error as for a connection found closed, not paramiko's.
+            chan.close()
+            raise SSHError(f"SSH connection to {self.host}:{self.port} is closed while running "
+                           f"{command!r} ({type(e).__name__}: {e})") from None
         status = chan.recv_exit_status()
         chan.close()
         elapsed = time.monotonic() - started

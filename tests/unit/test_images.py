@@ -5,6 +5,7 @@ The boot tests use the in-process lsi53c895a (the multi-process wiring is
 tested elsewhere); they keep every wait bounded and always stop QEMU.
 """
 
+import concurrent.futures
 import gzip
 import hashlib
 import io
@@ -449,6 +450,18 @@ def test_tiny_boots_by_kernel_with_lsi_as_data_disk(built, boot, disk, tmp_path)
     with pytest.raises(ssh.SSHConnectError, match='host key other than'):
         ssh.GuestSSH.connect('127.0.0.1', guest.port, key_path=tiny.ssh_key,
                              host_key=not_the_host_key, timeout_s=SSH_TIMEOUT_S)
+
+    # The guest's QEMU gone under an open session: the harness's error for
+    # a closed connection, whether paramiko has noticed yet or not.
+    with guest.ssh(tiny) as session:
+        running = concurrent.futures.ThreadPoolExecutor(1).submit(
+            session.run, 'sleep 20', timeout_s=30)
+        time.sleep(1)
+        guest.qemu.kill()
+        with pytest.raises(ssh.SSHError, match='is closed'):
+            running.result(timeout=40)
+        with pytest.raises(ssh.SSHError, match='is closed'):
+            session.run('true', timeout_s=5)
 
 
 @pytest.mark.slow
