@@ -25,12 +25,12 @@ import socket
 import time
 
 from harness.base import bytecheck
+from harness.base.figures import spread
 from harness.devices import pci
 from harness.devices.lsi import driver as lsi, registers as lsi_regs
 from harness.devices import lsi_scenarios as scenarios
 from harness.mpqemu import fake_remote, protocol, topology
 from harness.vfio_user import client as vfu_client, protocol as vfu, server as vfu_server
-from harness.base.figures import spread
 from harness.base.units import MIB, ms
 from harness.testing import MultiprocessTest
 

@@ -21,6 +21,7 @@ import time
 import pytest
 
 from harness.images import bootdisk, cpio, debs, elf, image, initramfs
+from harness.base.waiting import wait_until
 from harness.guest import console, ssh
 from harness.guest.session import network_args
 from harness.qemu.process import QEMUProcess
@@ -453,10 +454,10 @@ def test_tiny_boots_by_kernel_with_lsi_as_data_disk(built, boot, disk, tmp_path)
 
     # The guest's QEMU gone under an open session: the harness's error for
     # a closed connection, whether paramiko has noticed yet or not.
-    with guest.ssh(tiny) as session:
-        running = concurrent.futures.ThreadPoolExecutor(1).submit(
-            session.run, 'sleep 20', timeout_s=30)
-        time.sleep(1)
+    with guest.ssh(tiny) as session, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(session.run, 'sleep 20', timeout_s=30)
+        wait_until(lambda: 'sleep 20' in session.run('ps').stdout, SSH_TIMEOUT_S,
+                   'the guest to run the sleep')
         guest.qemu.kill()
         with pytest.raises(ssh.SSHError, match='is closed'):
             running.result(timeout=40)
